@@ -1,0 +1,5 @@
+"""`python -m labctl` is the same as the `labctl` console script."""
+
+from labctl.cli import main
+
+main()

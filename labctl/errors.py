@@ -1,0 +1,41 @@
+"""The errors labctl shows to a person instead of a traceback.
+
+Every error a user can cause or meet (a bad YAML file, an engine that does not answer,
+a server that never listens) is one of these; the CLI prints the message and exits
+with the error's exit code (2: not gradable / cannot run).
+"""
+
+from __future__ import annotations
+
+
+class LabctlError(Exception):
+    """An error with a message written for the person at the terminal."""
+
+    exit_code = 2
+
+
+class SpecError(LabctlError):
+    """A lab.yaml / exercise.yaml that does not match its schema.
+
+    `problems` holds one line per mistake, each `file:line: field: expected ..., found ...`.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class EngineUnreachable(LabctlError):
+    """The Docker Engine could not be reached (not running, no permission, bad DOCKER_HOST)."""
+
+
+class ImageBuildError(LabctlError):
+    """An image could not be built; the message names the path taken and the fix."""
+
+
+class LabNotFound(LabctlError):
+    """A command named a lab that does not exist (or no lab is running)."""
+
+
+class ServerStartError(LabctlError):
+    """The server under test exited or never listened on its port."""
