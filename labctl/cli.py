@@ -1,0 +1,287 @@
+"""The command line: parse, call, print. No logic lives here.
+
+Every error a user can meet is a LabctlError: printed as one clear message, exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from labctl import __version__
+from labctl.errors import LabctlError
+from labctl.project import Project, find_root
+
+out = Console()
+err = Console(stderr=True)
+
+
+# -- plumbing -----------------------------------------------------------------------------------------
+
+class LabctlGroup(click.Group):
+    """Turns LabctlError into one red line and exit 2, and SIGTERM into a clean Ctrl-C."""
+
+    def invoke(self, ctx: click.Context):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return super().invoke(ctx)
+        except LabctlError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def progress_display(title: str) -> Iterator:
+    """A spinner with the current step on a terminal; plain timestamped lines elsewhere (CI logs)."""
+    if err.is_terminal:
+        with err.status(title) as status:
+            def say(message: str) -> None:
+                status.update(f"{title}: {message}")
+                if message.startswith(("built", "base:", "network", "the server", "removing")):
+                    err.print(f"  {message}", highlight=False)
+            yield say
+    else:
+        def say(message: str) -> None:
+            err.print(f"{title}: {message}", highlight=False, soft_wrap=True)
+        yield say
+
+
+def project(ctx: click.Context) -> Project:
+    return ctx.obj["project"]() if callable(ctx.obj["project"]) else ctx.obj["project"]
+
+
+@click.group(cls=LabctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The labctl project (folder with lab.yaml). Default: found from the current folder up.")
+@click.version_option(__version__, prog_name="labctl")
+@click.pass_context
+def main(ctx: click.Context, project_dir: Path | None) -> None:
+    """labctl: a containerized network lab for learning how servers wait for requests.
+
+    Start a lab (a server, a client, an injector and an observer on their own virtual
+    network), look inside it, and grade blocking, threaded and polling servers.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["project"] = lambda: Project(find_root(project_dir))
+
+
+# -- images -------------------------------------------------------------------------------------------
+
+@main.group()
+def images() -> None:
+    """Build and list labctl's container images."""
+
+
+@images.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when an image with the same content exists.")
+@click.option("--base", type=click.Choice(["auto", "pull", "bootstrap"]), default="auto", show_default=True,
+              help="Where the Debian base comes from: a registry, debootstrap offline, or pull-else-bootstrap.")
+@click.pass_context
+def images_build(ctx: click.Context, force: bool, base: str) -> None:
+    """Build the images from images/ (reused at once when unchanged)."""
+    proj = project(ctx)
+    with progress_display("images") as say:
+        builder = proj.image_builder(say)
+        builder.base_path = base if base != "auto" else builder.base_path
+        todo = builder.missing()
+        tags = builder.ensure(force=force)
+    for name, tag in tags.items():
+        state = "built" if force or name in todo else "up to date"
+        out.print(f"{tag:40} {state}", highlight=False)
+
+
+@images.command("list")
+@click.pass_context
+def images_list(ctx: click.Context) -> None:
+    """Show each image's tag and whether it exists on the engine."""
+    builder = project(ctx).image_builder()
+    for name, tag in builder.tags.items():
+        out.print(f"{tag:40} {'present' if builder.exists(tag) else 'missing'}", highlight=False)
+
+
+# -- schema -------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("kind", type=click.Choice(["lab"]), default="lab")
+def schema(kind: str) -> None:
+    """Print the JSON Schema of lab.yaml (for editors: completion and checking)."""
+    from labctl.spec import lab_json_schema
+
+    click.echo(json.dumps(lab_json_schema(), indent=2))
+
+
+# -- lifecycle ----------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--submission", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with the server to run (copied to /submission). Without it the server node idles.")
+@click.option("--run", "run_command", default="python3 server.py", show_default=True,
+              help="How to start the submission, run in /submission as the unprivileged user.")
+@click.option("--build", "build_command", default=None, help="A build step run before --run (e.g. make).")
+@click.option("--port", type=int, default=None, help="The port the server listens on (default: lab.yaml's).")
+@click.option("--docroot", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Files to serve, copied to /srv/www.")
+@click.option("--name", "lab_name", default=None, help="The lab's id (default: a new unique one).")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the server to listen.")
+@click.pass_context
+def up(ctx, submission, run_command, build_command, port, docroot, lab_name, no_wait) -> None:
+    """Start a lab: network, containers, code copied in; wait until the server listens."""
+    from labctl.lab import Lab, Submission
+
+    proj = project(ctx)
+    spec = proj.spec
+    with progress_display("up") as say:
+        tags = proj.ensure_images(say)
+        lab = Lab.create(spec, proj.backend, lab_name)
+        sub = None
+        if submission:
+            sub = Submission(path=submission, run=run_command, build=build_command, docroot=docroot,
+                             port=port or spec.server.port or 8080)
+        lab.up(tags, sub, progress=say, wait=not no_wait)
+    out.print(f"lab [bold]{lab.id}[/] is up", highlight=False)
+    _print_lab(lab.containers())
+    out.print(f"next: labctl exec client -- python3 -c \"...\"   labctl shell server   labctl down {lab.id}",
+              highlight=False)
+
+
+@main.command()
+@click.option("--any-owner", is_flag=True, help="Show every user's labs, not only yours.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx, any_owner: bool, as_json: bool) -> None:
+    """List running labs and their containers."""
+    from labctl.lab import current_owner, list_labs
+
+    labs = list_labs(project(ctx).backend, None if any_owner else current_owner())
+    if as_json:
+        click.echo(json.dumps([{"id": s.id, "owner": s.owner, "created": s.created, "subnet": s.subnet,
+                                "containers": [{"node": c.node, "role": c.role, "name": c.name, "status": c.status,
+                                                "exit_code": c.exit_code, "address": c.address}
+                                               for c in s.containers]} for s in labs], indent=2))
+        return
+    if not labs:
+        out.print("no labs running")
+        return
+    for summary in labs:
+        out.print(f"lab [bold]{summary.id}[/]  owner {summary.owner}  subnet {summary.subnet}  "
+                  f"created {summary.created}", highlight=False)
+        _print_lab(summary.containers)
+
+
+def _print_lab(containers) -> None:
+    table = Table(box=None, padding=(0, 2))
+    for column in ("node", "role", "status", "address", "container"):
+        table.add_column(column)
+    for info in containers:
+        state = info.status + (f" ({info.exit_code})" if info.exit_code is not None else "")
+        table.add_row(info.node, info.role, state, info.address or "-", info.name)
+    out.print(table)
+
+
+def _lab(ctx: click.Context, lab_id: str | None):
+    from labctl.lab import find_lab
+
+    proj = project(ctx)
+    return find_lab(proj.spec, proj.backend, lab_id)
+
+
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--timeout", type=float, default=None, help="Kill the command after this many seconds.")
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx, lab_id, timeout, node, command) -> None:
+    """Run COMMAND in NODE and exit with its exit code:  labctl exec client -- ping -c1 server"""
+    lab = _lab(ctx, lab_id)
+    result = lab.exec(node, list(command), timeout=timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stderr.buffer.write(result.stderr)
+    if result.timed_out:
+        err.print(f"[yellow]the command was stopped after {timeout or lab.spec.timeouts.exec:g} s[/]")
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--user", default=None, help="Run the shell as this user (default: the node's).")
+@click.argument("node")
+@click.pass_context
+def shell(ctx, lab_id, user, node) -> None:
+    """Open an interactive shell in NODE."""
+    from labctl import tty
+
+    lab = _lab(ctx, lab_id)
+    lab._node(node)
+    exec_id, sock = lab.backend.exec_stream(lab.container_name(node), ["/bin/bash"], user=user,  # type: ignore
+                                            tty=sys.stdin.isatty(), stdin=True)
+    tty.pump(sock)
+    code = lab.backend.exec_exit_code(exec_id)  # type: ignore[attr-defined]
+    sys.exit(code or 0)
+
+
+@main.command()
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--tail", default="all", help="Only the last N lines.")
+@click.argument("node", default="server")
+@click.pass_context
+def logs(ctx, lab_id, follow, tail, node) -> None:
+    """Print the log (stdout and stderr) of NODE, by default the server."""
+    lab = _lab(ctx, lab_id)
+    tail_value = int(tail) if str(tail).isdigit() else "all"
+    try:
+        for chunk in lab.logs(node, tail=tail_value, follow=follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("lab_id", required=False)
+@click.option("--all", "all_labs", is_flag=True, help="Remove all your labs, also ones orphaned by a killed labctl.")
+@click.option("--any-owner", is_flag=True, help="With --all: every user's labs on this engine.")
+@click.pass_context
+def down(ctx, lab_id, all_labs, any_owner) -> None:
+    """Remove a lab (containers and network). Safe to repeat."""
+    from labctl.lab import Lab, current_owner, list_labs
+
+    proj = project(ctx)
+    if all_labs:
+        labs = list_labs(proj.backend, None if any_owner else current_owner())
+        ids = [summary.id for summary in labs]
+    elif lab_id:
+        ids = [lab_id]
+    else:
+        mine = list_labs(proj.backend, current_owner())
+        if len(mine) > 1:
+            raise LabctlError(f"{len(mine)} labs are running ({', '.join(s.id for s in mine)}): "
+                              "name one, or use --all")
+        ids = [s.id for s in mine]
+    if not ids:
+        out.print("nothing to remove")
+        return
+    for one in ids:
+        removed = Lab(proj.spec, proj.backend, one).down()
+        out.print(f"lab {one}: removed {removed} object(s)" if removed else f"lab {one}: already gone",
+                  highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Build labctl's images from images/, offline when no registry answers.
+
+The images form a small tree:  base -> server -> server-c,  base -> tools.
+Each tag carries a hash of everything that goes into the image (its folder, its
+package group, its parent's hash), so an unchanged image is found and reused at once
+and a changed Dockerfile or package list builds a new one.
+
+The base image has two ways in, and both end in the same Dockerfile (images/base):
+- pull: `debian:bookworm-slim` from a registry (a user's machine with Docker Hub);
+- bootstrap: no registry answers (this project's CI), so the root file system is
+  made with `debootstrap` from Debian's packages, with the same package list, and
+  imported with `docker import`.
+The build reports which path it took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import docker
+import docker.errors
+
+from labctl.errors import ImageBuildError
+
+#: Debian release and the registry image of it; the offline bootstrap makes the same.
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("LABCTL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+REGISTRY_ROOT = "debian:bookworm-slim"
+LABEL = "labctl.image"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImageDef:
+    """One image of the tree: its folder under images/, its parent, its package group."""
+
+    name: str
+    parent: str | None
+    packages: str | None = None
+
+
+#: The image tree, parents before children.
+IMAGES: tuple[ImageDef, ...] = (
+    ImageDef("base", parent=None, packages="base"),
+    ImageDef("server", parent="base"),
+    ImageDef("tools", parent="base"),
+    ImageDef("server-c", parent="server", packages="c"),
+)
+_BY_NAME = {image.name: image for image in IMAGES}
+
+
+def read_packages(images_dir: Path) -> dict[str, list[str]]:
+    """Read images/packages.txt: `group package...` lines, `#` comments."""
+    groups: dict[str, list[str]] = {}
+    path = images_dir / "packages.txt"
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        group, *packages = line.split()
+        if not packages:
+            raise ImageBuildError(f"{path}:{number}: group {group!r} lists no packages")
+        groups.setdefault(group, []).extend(packages)
+    return groups
+
+
+def _hash_folder(folder: Path, digest: "hashlib._Hash") -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+
+
+def image_tags(images_dir: Path) -> dict[str, str]:
+    """The tag of every image, e.g. {"server": "labctl-server:3f2a9c01b7de"}, from content alone."""
+    packages = read_packages(images_dir)
+    tags: dict[str, str] = {}
+    for image in IMAGES:
+        digest = hashlib.sha256()
+        if image.parent:
+            digest.update(tags[image.parent].encode())
+        if image.packages:
+            digest.update(" ".join(packages[image.packages]).encode())
+        _hash_folder(images_dir / image.name, digest)
+        tags[image.name] = f"labctl-{image.name}:{digest.hexdigest()[:12]}"
+    return tags
+
+
+class ImageBuilder:
+    """Finds or builds the images of one images/ folder on one engine."""
+
+    def __init__(self, client: docker.DockerClient, images_dir: Path, progress: Progress | None = None,
+                 base_path: str = "auto"):
+        """base_path: "auto" (pull, else bootstrap), "pull" or "bootstrap" (LABCTL_BASE overrides)."""
+        self.client = client
+        self.images_dir = images_dir
+        self.progress = progress or (lambda message: None)
+        self.base_path = os.environ.get("LABCTL_BASE", base_path)
+        self.tags = image_tags(images_dir)
+        self.packages = read_packages(images_dir)
+
+    def exists(self, tag: str) -> bool:
+        try:
+            self.client.images.get(tag)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def ensure(self, names: list[str] | None = None, force: bool = False) -> dict[str, str]:
+        """Make sure the named images (default all) exist, building only what is missing.
+
+        Returns {name: tag}. With force, rebuild them and their parents (a bootstrapped root
+        is reused: it depends only on the package list).
+        """
+        names = names or [image.name for image in IMAGES]
+        if force:
+            wanted = self._with_parents(names)
+            todo = [image.name for image in IMAGES if image.name in wanted]
+        else:
+            todo = self.missing(names)
+        for name in todo:
+            self._build(_BY_NAME[name])
+        return {name: self.tags[name] for name in names}
+
+    def _with_parents(self, names: list[str]) -> set[str]:
+        out: set[str] = set()
+        for name in names:
+            while name:
+                out.add(name)
+                name = _BY_NAME[name].parent
+        return out
+
+    def missing(self, names: list[str] | None = None) -> list[str]:
+        """The images (with their parents) that need a build before `names` can run, parents first."""
+        wanted = self._with_parents(names or [image.name for image in IMAGES])
+        return [image.name for image in IMAGES
+                if image.name in wanted and not self.exists(self.tags[image.name])]
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build(self, image: ImageDef) -> None:
+        tag = self.tags[image.name]
+        buildargs: dict[str, str] = {}
+        if image.parent:
+            buildargs["BASE"] = self.tags[image.parent]
+        if image.packages:
+            buildargs["PACKAGES"] = " ".join(self.packages[image.packages])
+        if image.name == "base":
+            buildargs["ROOT"] = self._base_root()
+        self.progress(f"building {tag}")
+        self._docker_build(image.name, tag, buildargs)
+        self.progress(f"built {tag}")
+
+    def _docker_build(self, name: str, tag: str, buildargs: dict[str, str]) -> None:
+        repository, version = tag.split(":")
+        try:
+            stream = self.client.api.build(
+                path=str(self.images_dir / name), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+                labels={LABEL: name, "labctl.hash": version}, decode=True, pull=False,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    raise ImageBuildError(
+                        f"building image {name!r} failed: {chunk['error'].strip()}\n"
+                        f"(Dockerfile: {self.images_dir / name / 'Dockerfile'})")
+                line = (chunk.get("stream") or "").strip()
+                if line.startswith("Step "):
+                    self.progress(f"{name}: {line}")
+        except docker.errors.APIError as error:
+            raise ImageBuildError(f"building image {name!r} failed: {error.explanation or error}") from error
+        self.client.images.get(tag)  # raises if the build did not tag
+
+    def _base_root(self) -> str:
+        """The image the base Dockerfile starts FROM: pulled, or bootstrapped offline."""
+        if self.base_path in ("auto", "pull"):
+            if self.exists(REGISTRY_ROOT):
+                self.progress(f"base: using {REGISTRY_ROOT}, already on the engine")
+                return REGISTRY_ROOT
+            self.progress(f"base: pulling {REGISTRY_ROOT}")
+            try:
+                self.client.images.pull(REGISTRY_ROOT)
+                self.progress(f"base: took the registry path ({REGISTRY_ROOT})")
+                return REGISTRY_ROOT
+            except docker.errors.APIError as error:
+                if self.base_path == "pull":
+                    raise ImageBuildError(f"cannot pull {REGISTRY_ROOT}: {error.explanation or error}") from error
+                self.progress(f"base: no registry answers ({_short(error)}); bootstrapping offline")
+        return self._bootstrap_root()
+
+    def _bootstrap_root(self) -> str:
+        """debootstrap a minimal Debian with the base packages and import it as an image."""
+        digest = hashlib.sha256(f"{DEBIAN_SUITE} {' '.join(self.packages['base'])}".encode()).hexdigest()[:12]
+        tag = f"labctl-root:{digest}"
+        if self.exists(tag):
+            self.progress(f"base: using the bootstrapped root {tag}")
+            return tag
+        debootstrap = shutil.which("debootstrap") or next(
+            (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.path.exists(p)), None)
+        if debootstrap is None:
+            raise ImageBuildError(
+                f"no registry answers to pull {REGISTRY_ROOT}, and debootstrap is not installed to build "
+                "the base offline.\nFix: install it (Debian/Ubuntu: sudo apt-get install debootstrap), or "
+                "let the engine reach a registry.")
+        if os.geteuid() != 0:
+            raise ImageBuildError(
+                f"no registry answers to pull {REGISTRY_ROOT}; the offline bootstrap needs root "
+                "(debootstrap creates device files and chroots).\nFix: run `sudo labctl images build` once; "
+                "later runs reuse the image.")
+        self.progress(f"base: took the offline path: debootstrap {DEBIAN_SUITE} (about a minute)")
+        with tempfile.TemporaryDirectory(prefix="labctl-root-") as scratch:
+            root = Path(scratch) / "root"
+            command = [debootstrap, "--variant=minbase", "--include=" + ",".join(self.packages["base"]),
+                       DEBIAN_SUITE, str(root), DEBIAN_MIRROR]
+            log = Path(scratch) / "debootstrap.log"
+            with open(log, "w") as out:
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                assert process.stdout is not None
+                for line in process.stdout:
+                    out.write(line)
+                    if line.startswith("I: ") and any(w in line for w in ("Retrieving", "Validating", "Extracting",
+                                                                          "Installing", "Configuring", "Base")):
+                        self.progress("debootstrap: " + line[3:].strip())
+                code = process.wait()
+            if code != 0:
+                tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+                raise ImageBuildError(f"debootstrap failed (exit {code}); its last lines:\n{tail}")
+            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for entry in (root / cache).glob("*"):
+                    if entry.is_file():
+                        entry.unlink()
+            self.progress(f"base: importing the root file system as {tag}")
+            self._import_root(root, tag)
+        return tag
+
+    def _import_root(self, root: Path, tag: str) -> None:
+        repository, version = tag.split(":")
+        tarball = root.parent / "root.tar"
+        # tar(1) keeps device nodes, owners and modes exactly as debootstrap made them.
+        subprocess.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], check=True)
+        try:
+            self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version,
+                                                   changes=[f"LABEL {LABEL}=root", 'CMD ["/bin/bash"]'])
+        except docker.errors.APIError as error:
+            raise ImageBuildError(f"docker import of the bootstrapped root failed: {_short(error)}") from error
+        self.client.images.get(tag)
+
+
+def _short(error: docker.errors.APIError) -> str:
+    text = str(error.explanation or error)
+    return text if len(text) < 160 else text[:157] + "..."

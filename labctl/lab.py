@@ -1,0 +1,336 @@
+"""The running lab: up, down, exec, copy, logs, status. Backend-neutral.
+
+A lab is one network and one container per node of lab.yaml, all carrying the labels
+below. Nothing is stored on the host: `status`, `down` and stale-lab reaping find a lab
+by its labels, so a lab orphaned by a killed labctl is still found.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import shlex
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from labctl import archive
+from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult
+from labctl.errors import LabctlError, LabNotFound, ServerStartError
+from labctl.spec import LabSpec, NodeSpec
+
+# The labels every object of a lab carries: the one place that names them.
+LABEL_LAB = "labctl.lab"
+LABEL_ROLE = "labctl.role"
+LABEL_NODE = "labctl.node"
+LABEL_OWNER = "labctl.owner"
+LABEL_CREATED = "labctl.created"
+LABEL_HOST = "labctl.host"
+LABEL_PID = "labctl.pid"
+
+#: Where things go inside the containers.
+HARNESS_DIR = "/opt/labctl"
+SUBMISSION_DIR = "/submission"
+DOCROOT_DIR = "/srv/www"
+HARNESS_SOURCE = Path(__file__).parent / "harness"
+
+#: What the server runs when no submission is given: nothing listens, the lab is a
+#: playground (`labctl shell server`, start a server by hand).
+IDLE_COMMAND = ["sleep", "infinity"]
+
+Progress = Callable[[str], None]
+
+
+def current_owner() -> str:
+    """Who owns the labs this process makes: $LABCTL_OWNER (CI jobs, tests) or the user name."""
+    return os.environ.get("LABCTL_OWNER") or getpass.getuser()
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The server under test: a folder, how to build and run it, what it serves."""
+
+    path: Path
+    run: str = "python3 server.py"
+    build: str | None = None
+    docroot: Path | None = None
+    port: int = 8080
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        """The server container's command: build (if any), then replace the shell by the server."""
+        script = f"exec {self.run}" if not self.build else f"{self.build} && exec {self.run}"
+        return ["sh", "-c", script]
+
+
+class Lab:
+    """One lab on one backend: made by `Lab.create(...).up()`, found again by `Lab.find(id)`."""
+
+    def __init__(self, spec: LabSpec, backend: Backend, lab_id: str, owner: str | None = None):
+        self.spec = spec
+        self.backend = backend
+        self.id = lab_id
+        self.owner = owner or current_owner()
+        self.submission: Submission | None = None
+
+    # -- naming -----------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, spec: LabSpec, backend: Backend, name: str | None = None) -> "Lab":
+        """A new lab with a unique id: the lab's name and a random suffix, or the name given."""
+        lab_id = name or f"{spec.name}-{secrets.token_hex(3)}"
+        return cls(spec, backend, lab_id)
+
+    def container_name(self, node: str) -> str:
+        return f"labctl-{self.id}-{node}"
+
+    @property
+    def network_name(self) -> str:
+        return f"labctl-{self.id}"
+
+    def labels(self, node: NodeSpec | None = None) -> dict[str, str]:
+        labels = {LABEL_LAB: self.id, LABEL_OWNER: self.owner,
+                  LABEL_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid())}
+        if node is not None:
+            labels.update({LABEL_ROLE: node.role, LABEL_NODE: node.name})
+        return labels
+
+    # -- up ---------------------------------------------------------------------------------------
+
+    def up(self, images: dict[str, str], submission: Submission | None = None,
+           progress: Progress | None = None, wait: bool = True) -> "Lab":
+        """Create the network and the containers, copy the code in, start, wait for the server.
+
+        On any failure, and on Ctrl-C, everything made so far is removed before the error
+        goes up: an `up` either gives a whole lab or leaves nothing.
+        """
+        say = progress or (lambda message: None)
+        self.submission = submission
+        try:
+            self._up(images, submission, say, wait)
+        except BaseException:
+            say("removing what was made")
+            self.down()
+            raise
+        return self
+
+    def _up(self, images: dict[str, str], submission: Submission | None, say: Progress, wait: bool) -> None:
+        net = self.spec.network
+        say(f"network {self.network_name}")
+        network = self.backend.create_network(self.network_name, str(net.pool), net.prefix,
+                                              self.labels(), internal=net.internal)
+        say(f"network {self.network_name}: {network.subnet}")
+        plans = {node.name: self._plan(node, images, submission) for node in self.spec.nodes.values()}
+        first = [plan for plan in plans.values() if plan.pid_of is None]
+        sidecars = [plan for plan in plans.values() if plan.pid_of is not None]
+        with ThreadPoolExecutor(max_workers=max(1, len(first))) as pool:
+            list(pool.map(self._create_and_fill, first))
+            say("containers created: " + ", ".join(plan.node for plan in first))
+            list(pool.map(self._start, first))
+        # A sidecar joins the PID namespace of a container that must already be running.
+        for plan in sidecars:
+            self._create_and_fill(plan)
+            self._start(plan)
+        say("containers started")
+        if submission is not None and wait:
+            self.wait_listening(submission.port, self.spec.timeouts.up, say)
+
+    def _plan(self, node: NodeSpec, images: dict[str, str], submission: Submission | None) -> ContainerPlan:
+        env: dict[str, str] = {}
+        command = ["sleep", "infinity"]
+        workdir = None
+        if node.role == "server":
+            workdir = SUBMISSION_DIR
+            port = submission.port if submission else (node.port or 8080)
+            env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1"}
+            if submission:
+                env.update(submission.env)
+                command = submission.command()
+            else:
+                command = IDLE_COMMAND
+        else:
+            env = {"PYTHONPATH": HARNESS_DIR, "PYTHONDONTWRITEBYTECODE": "1"}
+        return ContainerPlan(
+            name=self.container_name(node.name), node=node.name, image=images[node.image], command=command,
+            labels=self.labels(node), user=node.user, workdir=workdir, env=env, cap_add=tuple(node.capabilities),
+            cpus=node.limits.cpus, memory_bytes=node.limits.memory_bytes, pids=node.limits.pids,
+            nofile=node.limits.nofile,
+            network=None if node.role == "observer" else self.network_name,
+            pid_of=self.container_name(node.watches) if node.role == "observer" and node.watches else None,
+        )
+
+    def _create_and_fill(self, plan: ContainerPlan) -> None:
+        self.backend.create_container(plan)
+        node = self.spec.nodes[plan.node]
+        if node.role == "server":
+            if self.submission is not None:
+                uid, gid = _ids(node.user)
+                self.backend.put_archive(plan.name, SUBMISSION_DIR,
+                                         archive.tar_directory(self.submission.path, uid, gid))
+                if self.submission.docroot is not None:
+                    self.backend.put_archive(plan.name, DOCROOT_DIR, archive.tar_directory(self.submission.docroot))
+        else:
+            self.backend.put_archive(plan.name, HARNESS_DIR,
+                                     archive.tar_directory(HARNESS_SOURCE, prefix="harness"))
+
+    def _start(self, plan: ContainerPlan) -> None:
+        try:
+            self.backend.start(plan.name)
+        except LabctlError as error:
+            if "rlimit type 7" not in str(error):
+                raise
+            # The engine's own hard nofile limit is below what lab.yaml asks: clamp and say so.
+            limit = self.backend.engine_nofile_limit()  # type: ignore[attr-defined]
+            self.backend.remove({LABEL_LAB: self.id, LABEL_NODE: plan.node})
+            clamped = ContainerPlan(**{**plan.__dict__, "nofile": min(plan.nofile, limit)})
+            print(f"labctl: node {plan.node}: nofile {plan.nofile} is above the engine's limit {limit}; "
+                  f"using {clamped.nofile}")
+            self._create_and_fill(clamped)
+            self.backend.start(clamped.name)
+
+    def wait_listening(self, port: int, timeout: float, say: Progress | None = None) -> float:
+        """Wait until the server accepts a TCP connection on `port`, seen from the client.
+
+        Returns the seconds waited. Raises ServerStartError with the exit code and the
+        log tail when the server exits, or when it does not listen within `timeout`.
+        """
+        say = say or (lambda message: None)
+        server = self.spec.server
+        prober = next((n for n in self.spec.nodes.values() if n.role in ("client", "injector")), None)
+        if prober is None:
+            raise LabctlError("lab.yaml has no client or injector node to check that the server listens")
+        say(f"waiting for the server to listen on port {port}")
+        started = time.monotonic()
+        while True:
+            info = self.backend.inspect(self.container_name(server.name))
+            if info.status not in ("running", "created", "restarting"):
+                raise ServerStartError(
+                    f"the server exited with code {info.exit_code} before it listened on port {port}.\n"
+                    f"Its log ends with:\n{self.log_tail(server.name)}")
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise ServerStartError(
+                    f"the server did not listen on port {port} within {timeout:g} s "
+                    f"(it is still running: is it listening on another port, or on 127.0.0.1 only?).\n"
+                    f"Its log ends with:\n{self.log_tail(server.name)}")
+            result = self.harness(prober.name, "wait_listening",
+                                  {"host": server.name, "port": port, "timeout": min(1.0, left)}, timeout=5)
+            if result.get("listening"):
+                waited = time.monotonic() - started
+                say(f"the server listens on port {port} ({waited:.2f} s)")
+                return waited
+
+    # -- using a running lab ----------------------------------------------------------------------
+
+    def exec(self, node: str, command: list[str], timeout: float | None = None,
+             user: str | None = None) -> ExecResult:
+        self._node(node)
+        return self.backend.exec(self.container_name(node), command, user=user,
+                                 timeout=timeout or self.spec.timeouts.exec)
+
+    def harness(self, node: str, check: str, params: dict, timeout: float = 60) -> dict:
+        """Run one harness command in a client/injector/observer container: JSON in, JSON out."""
+        result = self.exec(node, ["python3", "-m", "harness", check, "--params", json.dumps(params)],
+                           timeout=timeout)
+        if result.timed_out:
+            raise LabctlError(f"harness {check} on {node} did not finish within {timeout:g} s")
+        try:
+            return json.loads(result.stdout.decode().strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError) as error:
+            raise LabctlError(f"harness {check} on {node} failed (exit {result.exit_code}): "
+                              f"{(result.stderr or result.stdout).decode(errors='replace')[-800:]}") from error
+
+    def put(self, node: str, path: str, tar_bytes: bytes) -> None:
+        self._node(node)
+        self.backend.put_archive(self.container_name(node), path, tar_bytes)
+
+    def logs(self, node: str, tail: int | str = "all", follow: bool = False) -> Iterator[bytes]:
+        self._node(node)
+        return self.backend.logs(self.container_name(node), tail=tail, follow=follow)
+
+    def log_tail(self, node: str, lines: int = 20) -> str:
+        text = b"".join(self.logs(node, tail=lines)).decode(errors="replace").rstrip()
+        return text or "(the log is empty)"
+
+    def containers(self) -> list[ContainerInfo]:
+        return self.backend.find_containers({LABEL_LAB: self.id})
+
+    def address(self, node: str) -> str | None:
+        return self.backend.inspect(self.container_name(node)).address
+
+    def down(self) -> int:
+        """Remove everything of this lab. Idempotent: a lab already gone is not an error."""
+        return self.backend.remove({LABEL_LAB: self.id})
+
+    def _node(self, node: str) -> NodeSpec:
+        if node not in self.spec.nodes:
+            raise LabctlError(f"lab {self.id} has no node {node!r}; its nodes: {', '.join(self.spec.nodes)}")
+        return self.spec.nodes[node]
+
+
+# -- finding labs by label ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabSummary:
+    id: str
+    owner: str
+    created: str
+    subnet: str | None
+    containers: list[ContainerInfo]
+
+
+def list_labs(backend: Backend, owner: str | None = None) -> list[LabSummary]:
+    """Every lab on the engine (of one owner, when given), found by label."""
+    labels = {LABEL_LAB: ""}
+    if owner:
+        labels[LABEL_OWNER] = owner
+    by_lab: dict[str, list[ContainerInfo]] = {}
+    for info in backend.find_containers(labels):
+        by_lab.setdefault(info.labels[LABEL_LAB], []).append(info)
+    networks = {net.labels.get(LABEL_LAB): net for net in backend.find_networks(labels)}
+    summaries = []
+    for lab_id in sorted(set(by_lab) | {key for key in networks if key}):
+        containers = by_lab.get(lab_id, [])
+        labels_seen = containers[0].labels if containers else networks[lab_id].labels
+        network = networks.get(lab_id)
+        summaries.append(LabSummary(lab_id, labels_seen.get(LABEL_OWNER, "?"), labels_seen.get(LABEL_CREATED, "?"),
+                                    network.subnet if network else None, containers))
+    return summaries
+
+
+def find_lab(spec: LabSpec, backend: Backend, lab_id: str | None = None) -> Lab:
+    """The lab named, or this owner's only lab; a clear error when that is ambiguous."""
+    owner = current_owner()
+    if lab_id:
+        if not any(summary.id == lab_id for summary in list_labs(backend)):
+            raise LabNotFound(f"no lab {lab_id!r} on this engine (see `labctl status`)")
+        return Lab(spec, backend, lab_id)
+    mine = list_labs(backend, owner)
+    if not mine:
+        raise LabNotFound("no lab is running: start one with `labctl up`")
+    if len(mine) > 1:
+        raise LabNotFound(f"{len(mine)} labs are running ({', '.join(s.id for s in mine)}): "
+                          "name one with --lab")
+    return Lab(spec, backend, mine[0].id)
+
+
+def _ids(user: str | None) -> tuple[int, int]:
+    """uid, gid of a "uid:gid" user string (numeric, as lab.yaml gives it)."""
+    if not user:
+        return 0, 0
+    uid, _, gid = user.partition(":")
+    try:
+        return int(uid), int(gid or uid)
+    except ValueError:
+        return 0, 0
+
+
+def quote(command: list[str]) -> str:
+    return " ".join(shlex.quote(part) for part in command)

@@ -1,0 +1,72 @@
+"""The project a command works on: the folder holding lab.yaml, images/ and exercises/.
+
+Found like git finds a repository: from the current folder upwards, or named with
+`--project DIR` / $LABCTL_PROJECT. Nothing else is remembered between commands.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from labctl.backends.base import Backend
+from labctl.errors import LabctlError
+from labctl.images import ImageBuilder, Progress
+from labctl.spec import LabSpec, load_lab
+
+LAB_FILE = "lab.yaml"
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) that holds lab.yaml."""
+    named = os.environ.get("LABCTL_PROJECT")
+    if start is None and named:
+        start = Path(named)
+        if not (start / LAB_FILE).is_file():
+            raise LabctlError(f"LABCTL_PROJECT={named}: no {LAB_FILE} there")
+        return start.resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / LAB_FILE).is_file():
+            return folder
+    raise LabctlError(f"no {LAB_FILE} in {here} or any folder above it: run labctl inside a labctl project "
+                      "(a clone of the course repository or a student handout), or pass --project DIR")
+
+
+class Project:
+    """lab.yaml, the images and the engine, each loaded on first use."""
+
+    def __init__(self, root: Path, backend: Backend | None = None):
+        self.root = root
+        self._backend = backend
+
+    @cached_property
+    def spec(self) -> LabSpec:
+        """lab.yaml, loaded with errors that name it as the user would (relative when below cwd)."""
+        lab_file = self.root / LAB_FILE
+        try:
+            lab_file = lab_file.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        return load_lab(lab_file)
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            from labctl.backends.docker import DockerBackend
+
+            self._backend = DockerBackend()
+        return self._backend
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    def image_builder(self, progress: Progress | None = None) -> ImageBuilder:
+        return ImageBuilder(self.backend.client, self.images_dir, progress)  # type: ignore[attr-defined]
+
+    def ensure_images(self, progress: Progress | None = None, names: list[str] | None = None) -> dict[str, str]:
+        """The tags of the images the lab needs, building what is missing (first use)."""
+        names = names or sorted({node.image for node in self.spec.nodes.values()})
+        return self.image_builder(progress).ensure(names)
