@@ -1,11 +1,18 @@
-"""The harness's command table: name -> function(**params) -> dict (JSON-able)."""
+"""The harness's command table: name -> function(**params) -> dict (JSON-able).
+
+Each harness module exports its own COMMANDS; they are merged here, and a name used
+twice is a mistake caught at import.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from harness import net
+from harness import concurrency, net, proc, protocol
 
-COMMANDS: dict[str, Callable[..., dict]] = {
-    "wait_listening": net.wait_listening,
-}
+COMMANDS: dict[str, Callable[..., dict]] = {}
+for _module in (net, protocol, concurrency, proc):
+    for _name, _function in _module.COMMANDS.items():
+        if _name in COMMANDS:
+            raise RuntimeError(f"harness command {_name!r} defined twice")
+        COMMANDS[_name] = _function

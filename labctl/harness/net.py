@@ -25,3 +25,6 @@ def wait_listening(host: str, port: int, timeout: float = 1.0, interval: float =
         if time.monotonic() + interval >= deadline:
             return {"listening": False, "attempts": attempts, "last_error": last_error}
         time.sleep(interval)
+
+
+COMMANDS = {"wait_listening": wait_listening}

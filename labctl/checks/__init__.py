@@ -1,0 +1,104 @@
+"""The check catalog: name -> (typed parameters, function(ctx, params) -> Outcome).
+
+A check orchestrates harness commands (in the client/injector) and observer reads (in
+the sidecar) and decides, on the host, whether the server passed, with a message a
+student understands and the numbers behind it. Exercise YAML names checks by their
+catalog name and gives parameters, validated by each check's pydantic model.
+
+Instructors add a check next to an exercise with the same decorator (see
+`load_exercise_checks`); it lands in the same registry and returns the same type.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from labctl.lab import Lab
+
+
+class CheckParams(BaseModel):
+    """Base of every check's parameters: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Outcome:
+    """What a check function returns; grading adds name, points, visibility and duration."""
+
+    passed: bool
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckContext:
+    """What a check may use: the running lab and facts about the server under test."""
+
+    lab: Lab
+    port: int
+    deadline: float                       # time.monotonic() by which the check must be done
+    exercise_dir: Path | None = None      # files the exercise ships (docroot, expected bodies)
+    docroot: Path | None = None           # the docroot on the host (for digests of expected files)
+    client: str = "client"                # node names in the lab
+    injector: str = "injector"
+    observer: str = "observer"
+    server: str = "server"
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left of this check's budget (never below a small floor for cleanup calls)."""
+        return max(0.5, self.deadline - time.monotonic())
+
+    def harness(self, node: str, command: str, params: dict[str, Any], timeout: float | None = None) -> dict:
+        """Run a harness command, bounded by the check's remaining budget."""
+        return self.lab.harness(node, command, params, timeout=min(timeout or self.remaining, self.remaining))
+
+
+P = TypeVar("P", bound=CheckParams)
+
+
+@dataclass(frozen=True)
+class CheckDef(Generic[P]):
+    name: str
+    params: type[P]
+    run: Callable[[CheckContext, P], Outcome]
+    summary: str                          # one line: what it looks for and why
+    default_timeout: float = 30.0
+
+
+REGISTRY: dict[str, CheckDef] = {}
+
+
+def check(name: str, params: type[P], summary: str, default_timeout: float = 30.0):
+    """Register a check function under `name` (decorator)."""
+
+    def register(function: Callable[[CheckContext, P], Outcome]) -> Callable[[CheckContext, P], Outcome]:
+        if name in REGISTRY and REGISTRY[name].run is not function:
+            raise ValueError(f"check {name!r} is registered twice")
+        REGISTRY[name] = CheckDef(name, params, function, summary, default_timeout)
+        return function
+
+    return register
+
+
+def load_catalog() -> dict[str, CheckDef]:
+    """Import the built-in check modules (they register themselves) and return the registry."""
+    from labctl.checks import concurrency, process, protocol  # noqa: F401  (they register on import)
+
+    return REGISTRY
+
+
+def load_exercise_checks(path: Path) -> None:
+    """Import an instructor's checks.py next to an exercise; its @check functions register."""
+    spec = importlib.util.spec_from_file_location(f"labctl_exercise_checks_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)

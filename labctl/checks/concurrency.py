@@ -1,0 +1,1 @@
+"""Checks of the catalog: concurrency side (being written)."""

@@ -1,0 +1,1 @@
+"""Checks of the catalog: process side (being written)."""

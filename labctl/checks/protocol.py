@@ -1,0 +1,1 @@
+"""Checks of the catalog: protocol side (being written)."""

@@ -1,0 +1,7 @@
+"""Harness commands: concurrency (being written)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+COMMANDS: dict[str, Callable[..., dict]] = {}
