@@ -134,10 +134,15 @@ class Lab:
             list(pool.map(self._create_and_fill, first))
             say("containers created: " + ", ".join(plan.node for plan in first))
             list(pool.map(self._start, first))
-        # A sidecar joins the PID namespace of a container that must already be running.
+        # A sidecar joins the PID namespace of a container that must still be running: a
+        # server that exited at once is reported as such, not as a sidecar failure.
         for plan in sidecars:
             self._create_and_fill(plan)
-            self._start(plan)
+            try:
+                self._start(plan)
+            except LabctlError:
+                self._raise_if_server_exited(submission.port if submission else 0)
+                raise
         say("containers started")
         if submission is not None and wait:
             self.wait_listening(submission.port, self.spec.timeouts.up, say)
@@ -209,11 +214,7 @@ class Lab:
         say(f"waiting for the server to listen on port {port}")
         started = time.monotonic()
         while True:
-            info = self.backend.inspect(self.container_name(server.name))
-            if info.status not in ("running", "created", "restarting"):
-                raise ServerStartError(
-                    f"the server exited with code {info.exit_code} before it listened on port {port}.\n"
-                    f"Its log ends with:\n{self.log_tail(server.name)}")
+            self._raise_if_server_exited(port)
             left = timeout - (time.monotonic() - started)
             if left <= 0:
                 raise ServerStartError(
@@ -226,6 +227,14 @@ class Lab:
                 waited = time.monotonic() - started
                 say(f"the server listens on port {port} ({waited:.2f} s)")
                 return waited
+
+    def _raise_if_server_exited(self, port: int) -> None:
+        server = self.spec.server.name
+        info = self.backend.inspect(self.container_name(server))
+        if info.status not in ("running", "created", "restarting"):
+            raise ServerStartError(
+                f"the server exited with code {info.exit_code} before it listened on port {port}.\n"
+                f"Its log ends with:\n{self.log_tail(server)}")
 
     # -- using a running lab ----------------------------------------------------------------------
 
