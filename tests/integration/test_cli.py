@@ -1,0 +1,111 @@
+"""The `labctl` command as a user runs it: a real process, the real engine, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labctl.lab import LABEL_OWNER
+
+from conftest import OWNER, ROOT, SERVERS
+
+
+def labctl(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120,
+           ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labctl", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "LABCTL_OWNER": OWNER, **(env or {})}, timeout=timeout)
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "labctl", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "LABCTL_OWNER": OWNER})
+
+
+def wait_for_containers(backend, lab_id: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(backend.find_containers({"labctl.lab": lab_id})) < count:
+        assert time.monotonic() < deadline, f"lab {lab_id} did not get {count} containers"
+        time.sleep(0.1)
+
+
+def test_up_exec_logs_status_down(project):
+    up = labctl("up", "--submission", str(SERVERS / "hello"), "--name", f"cli-{OWNER}")
+    lab_id = f"cli-{OWNER}"
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"lab {lab_id} is up" in up.stdout
+        fetched = labctl("exec", "--lab", lab_id, "client", "--", "python3", "-c",
+                         "import urllib.request as u; print(u.urlopen('http://server:8080/').read().decode())")
+        assert (fetched.returncode, fetched.stdout.strip()) == (0, "hello from the lab")
+        failing = labctl("exec", "--lab", lab_id, "client", "--", "sh", "-c", "exit 9")
+        assert failing.returncode == 9, "labctl exec must exit with the command's exit code"
+        logs = labctl("logs", "--lab", lab_id, "server")
+        assert logs.stdout.strip() == "listening on 8080"
+        status = json.loads(labctl("status", "--json").stdout)
+        mine = [lab for lab in status if lab["id"] == lab_id]
+        assert len(mine) == 1 and {c["node"] for c in mine[0]["containers"]} == {"server", "client", "injector",
+                                                                                 "observer"}
+    finally:
+        down = labctl("down", lab_id)
+    assert down.returncode == 0 and "removed 5 object(s)" in down.stdout
+    again = labctl("down", lab_id)
+    assert again.returncode == 0 and "already gone" in again.stdout
+
+
+def test_a_lab_orphaned_by_a_killed_labctl_is_removed_by_down_all(project):
+    orphan = spawn("up", "--submission", str(SERVERS / "hello"), "--name", f"orphan-{OWNER}")
+    try:
+        wait_for_containers(project.backend, f"orphan-{OWNER}", 4)
+    finally:
+        orphan.kill()  # SIGKILL: no cleanup can run
+        orphan.wait()
+    assert project.backend.find_containers({"labctl.lab": f"orphan-{OWNER}"}), "the orphan should still be there"
+    down = labctl("down", "--all")
+    assert down.returncode == 0, down.stderr
+    assert project.backend.find_containers({LABEL_OWNER: OWNER}) == []
+    assert project.backend.find_networks({LABEL_OWNER: OWNER}) == []
+
+
+def test_ctrl_c_during_up_removes_what_was_made(project):
+    # The silent server never listens, so `up` is still waiting when the interrupt comes.
+    up = spawn("up", "--submission", str(SERVERS / "silent"), "--name", f"intr-{OWNER}")
+    wait_for_containers(project.backend, f"intr-{OWNER}", 4)
+    up.send_signal(signal.SIGINT)
+    _, stderr = up.communicate(timeout=60)
+    assert up.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert project.backend.find_containers({"labctl.lab": f"intr-{OWNER}"}) == []
+    assert project.backend.find_networks({"labctl.lab": f"intr-{OWNER}"}) == []
+
+
+def test_an_unreachable_engine_is_one_clear_line_and_exit_2():
+    result = labctl("status", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Docker Engine at "
+                                                   "unix:///nonexistent/docker.sock"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_broken_lab_yaml_is_reported_with_file_and_line(tmp_path):
+    (tmp_path / "lab.yaml").write_text("nodes:\n  server:\n    role: server\n    limits: {memory: 12q}\n")
+    result = labctl("up", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "lab.yaml:4: nodes.server.limits.memory: expected a size like 256m or 1g, found '12q'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_outside_a_project_the_error_says_where_it_looked(tmp_path):
+    result = labctl("status", cwd=tmp_path)
+    assert result.returncode == 2 and f"no lab.yaml in {tmp_path}" in result.stderr
+
+
+def test_schema_prints_the_json_schema_of_lab_yaml():
+    result = labctl("schema")
+    schema = json.loads(result.stdout)
+    assert schema["type"] == "object" and "nodes" in schema["properties"]
