@@ -7,6 +7,7 @@ by its labels, so a lab orphaned by a killed labctl is still found.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -127,17 +128,21 @@ class Lab:
         network = self.backend.create_network(self.network_name, str(net.pool), net.prefix,
                                               self.labels(), internal=net.internal)
         say(f"network {self.network_name}: {network.subnet}")
-        plans = {node.name: self._plan(node, images, submission) for node in self.spec.nodes.values()}
-        first = [plan for plan in plans.values() if plan.pid_of is None]
-        sidecars = [plan for plan in plans.values() if plan.pid_of is not None]
-        with ThreadPoolExecutor(max_workers=max(1, len(first))) as pool:
+        plans = [self._plan(node, images, submission) for node in self.spec.nodes.values()]
+        first = [plan for plan in plans if plan.pid_of is None]
+        sidecars = [plan for plan in plans if plan.pid_of is not None]
+        with ThreadPoolExecutor(max_workers=len(plans)) as pool:
             list(pool.map(self._create_and_fill, first))
-            say("containers created: " + ", ".join(plan.node for plan in first))
+            # A sidecar can be created once the container whose PID namespace it joins
+            # exists (while that one starts), but started only once it runs.
+            made = [pool.submit(self._create_and_fill, plan) for plan in sidecars]
             list(pool.map(self._start, first))
+            for future in made:
+                future.result()
+        say("containers created and started: " + ", ".join(plan.node for plan in first))
         # A sidecar joins the PID namespace of a container that must still be running: a
         # server that exited at once is reported as such, not as a sidecar failure.
         for plan in sidecars:
-            self._create_and_fill(plan)
             try:
                 self._start(plan)
             except LabctlError:
@@ -182,8 +187,7 @@ class Lab:
                 if self.submission.docroot is not None:
                     self.backend.put_archive(plan.name, DOCROOT_DIR, archive.tar_directory(self.submission.docroot))
         else:
-            self.backend.put_archive(plan.name, HARNESS_DIR,
-                                     archive.tar_directory(HARNESS_SOURCE, prefix="harness"))
+            self.backend.put_archive(plan.name, HARNESS_DIR, _harness_archive())
 
     def _start(self, plan: ContainerPlan) -> None:
         try:
@@ -328,6 +332,12 @@ def find_lab(spec: LabSpec, backend: Backend, lab_id: str | None = None) -> Lab:
         raise LabNotFound(f"{len(mine)} labs are running ({', '.join(s.id for s in mine)}): "
                           "name one with --lab")
     return Lab(spec, backend, mine[0].id)
+
+
+@functools.lru_cache(maxsize=1)
+def _harness_archive() -> bytes:
+    """The harness folder as a tar, made once per process (it goes into three containers)."""
+    return archive.tar_directory(HARNESS_SOURCE, prefix="harness")
 
 
 def _ids(user: str | None) -> tuple[int, int]:

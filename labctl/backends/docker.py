@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import docker
@@ -202,16 +203,20 @@ class DockerBackend:
 
         Idempotent: what is already gone is not an error.
         """
-        removed = 0
-        for summary in self.client.api.containers(all=True, filters={"label": _label_filters(labels)}):
+        def remove_container(summary: dict) -> int:
             try:
                 self.client.api.remove_container(summary["Id"], force=True, v=True)
-                removed += 1
+                return 1
             except docker.errors.NotFound:
-                pass
+                return 0
             except docker.errors.APIError as error:
-                if "already in progress" not in str(error):
-                    raise
+                if "already in progress" in str(error):
+                    return 0
+                raise
+
+        containers = self.client.api.containers(all=True, filters={"label": _label_filters(labels)})
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
+            removed = sum(pool.map(remove_container, containers))
         for network in self.client.api.networks(filters={"label": _label_filters(labels)}):
             for attempt in range(20):
                 try:
