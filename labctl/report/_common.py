@@ -1,0 +1,176 @@
+"""Small text helpers shared by the renderers: points, statuses, evidence in words, size limits.
+
+Nothing here knows a format; each renderer decides what to show and where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from labctl.results import CheckResult, GradeReport
+
+STATUS_WORDS = {"passed": "passed", "failed": "failed", "timed_out": "timed out", "error": "error"}
+
+# The most of one evidence value shown by default (a long text keeps its last lines).
+_LONG_VALUE = 600
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_KEEP_CR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, keep_cr: bool = False) -> str:
+    """Text safe to show on a terminal or a web page: control characters (ESC of a colour code a
+    student's server logged, NUL, ...) become visible \\xNN; CRLF becomes LF unless keep_cr."""
+    if keep_cr:
+        return _CONTROL_KEEP_CR.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
+
+
+def printable_all(value: Any) -> Any:
+    """printable() applied to every string in a JSON-like document (keys too). Platforms that keep
+    results in PostgreSQL jsonb refuse \\u0000, and a colour code is noise in a web page."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable_all(key): printable_all(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [printable_all(item) for item in value]
+    return value
+
+
+def points(value: float) -> str:
+    """2.0 -> "2", 1.5 -> "1.5", 0.333333 -> "0.33": what a person reads in a score."""
+    if not math.isfinite(value):
+        return str(value)
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def status_word(result: CheckResult) -> str:
+    return STATUS_WORDS.get(result.status, result.status)
+
+
+def failed(report: GradeReport) -> list[CheckResult]:
+    return [result for result in report.results if not result.passed]
+
+
+def counts(report: GradeReport) -> str:
+    """ "3 of 5 checks passed" """
+    passed = sum(1 for result in report.results if result.passed)
+    total = len(report.results)
+    return f"{passed} of {total} check{'s' if total != 1 else ''} passed"
+
+
+def score_line(report: GradeReport) -> str:
+    return f"{points(report.score)}/{points(report.max_score)} points"
+
+
+def tail(text: str, limit: int, what: str = "lines") -> str:
+    """The last `limit` characters of text (whole lines where possible), with a note when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[-limit:]
+    newline = cut.find("\n")
+    if 0 <= newline < len(cut) - 1:
+        cut = cut[newline + 1:]
+    return f"[... {len(text) - len(cut)} earlier characters of {what} left out ...]\n{cut}"
+
+
+def head(text: str, limit: int) -> str:
+    """The first `limit` characters of text, with a note when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit} more characters left out ...]"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def evidence_lines(evidence: dict[str, Any], long_limit: int = _LONG_VALUE) -> list[str]:
+    """Evidence as `key: value` lines; a multi-line value becomes an indented block (its tail)."""
+    lines: list[str] = []
+    for key, value in evidence.items():
+        text = _value_text(value)
+        if "\n" in text.rstrip("\n"):
+            lines.append(f"{key}:")
+            lines.extend("    " + line for line in tail(text.rstrip("\n"), long_limit).splitlines())
+        else:
+            lines.append(f"{key}: {head(text.rstrip(chr(10)), long_limit)}")
+    return lines
+
+
+def check_text(result: CheckResult, *, description: bool = True, evidence_limit: int = _LONG_VALUE) -> str:
+    """A check in plain text: status, message, evidence (and what it looks for)."""
+    parts = [f"{status_word(result)}: {points(result.points)}/{points(result.max_points)} points "
+             f"in {seconds(result.duration)}", result.message]
+    if result.evidence:
+        parts.append("evidence:\n" + "\n".join("  " + line for line in
+                                                evidence_lines(result.evidence, evidence_limit)))
+    if description and result.description:
+        parts.append(f"what it checks: {result.description}")
+    return "\n".join(part for part in parts if part)
+
+
+def not_gradable_text(report: GradeReport) -> str:
+    return (f"labctl could not grade this submission: {report.error or 'no reason was given'}\n"
+            "No points were given for this run. If the reason lies in your server, fix it and submit "
+            "again; if not, tell your instructor.")
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def longest_run(text: str, char: str) -> int:
+    best = run = 0
+    for c in text:
+        run = run + 1 if c == char else 0
+        best = max(best, run)
+    return best
+
+
+def write_text(path: Path, text: str, *, append: bool = False) -> None:
+    """Write a report file: parents created; a regular file is replaced atomically (readers never see
+    half a report); a device or pipe (/dev/stdout) is written in place; `append` adds to the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if append or (path.exists() and not path.is_file()):
+        with open(path, "a" if append else "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

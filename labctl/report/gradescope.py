@@ -1,0 +1,104 @@
+"""The gradescope report: the results.json a Gradescope autograder leaves in /autograder/results.
+
+Decisions (students read this file through Gradescope's UI):
+- A hidden check becomes a test with visibility "after_published": instructors see it at once,
+  students only once the instructor publishes grades. ("hidden" would hide it from students for
+  good; "after_due_date" would show it while late submissions are still possible.)
+- The top-level `score` is the whole score, hidden checks included (Gradescope records it as the
+  grade); `output` speaks of public checks only.
+- `stdout_visibility` is "hidden": what labctl printed while grading may name hidden checks.
+- The server's log tail is a test of its own without points, visible when the exercise has no
+  hidden checks and "after_published" when it has: a student's server can log every request a
+  hidden check made.
+- Not gradable: score 0, one failed test "grading" saying why, the reason in `output`.
+- Gradescope has no top-level max_score (the assignment's settings hold it): labctl's own facts
+  (max_score, exercise, version, gradable, error) go in the documented `extra_data`.
+- timed_out and error checks are "failed" (Gradescope knows no other status); the output says which.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from labctl.report._common import (check_text, counts, failed, not_gradable_text, printable_all, score_line,
+                                   tail)
+from labctl.results import CheckResult, GradeReport
+
+SCHEMA_FILE = "gradescope-results.schema.json"
+AUTOGRADER_ROOT = Path("/autograder")
+OUTPUT_LIMIT = 10_000
+LOG_LIMIT = 20_000
+
+VISIBILITY = {"public": "visible", "hidden": "after_published"}
+
+
+def _test(result: CheckResult, number: int) -> dict[str, Any]:
+    return {
+        "name": result.name,
+        "number": str(number),
+        "score": result.points,
+        "max_score": result.max_points,
+        "status": "passed" if result.passed else "failed",
+        "output": tail(check_text(result, evidence_limit=2000), OUTPUT_LIMIT, "output"),
+        "output_format": "text",
+        "tags": [result.check],
+        "visibility": VISIBILITY[result.visibility],
+    }
+
+
+def results(report: GradeReport) -> dict[str, Any]:
+    """The results.json content as a dict."""
+    has_hidden = any(result.visibility == "hidden" for result in report.results)
+    public = report.visible(include_hidden=False)
+    tests: list[dict[str, Any]] = []
+    if report.gradable:
+        score = report.score
+        tests = [_test(result, number) for number, result in enumerate(report.results, start=1)]
+        lines = [f"{report.exercise}: public checks {score_line(public)}, {counts(public)}."]
+        if has_hidden:
+            lines.append("Some checks are hidden: their results appear once grades are published.")
+        failing = [result.name for result in failed(public)]
+        if failing:
+            lines.append("Failed: " + ", ".join(failing) + " (see each test below).")
+        if report.budget_exhausted:
+            lines.append("The time budget ran out: some checks did not run.")
+        output = "\n".join(lines)
+    else:
+        score = 0.0
+        output = not_gradable_text(report)
+        tests.append({"name": "grading", "number": "0", "score": 0.0, "max_score": report.max_score,
+                      "status": "failed", "output": output, "output_format": "text", "visibility": "visible"})
+    if report.server_log_tail:
+        tests.append({"name": "server log (last lines)",
+                      "output": tail(report.server_log_tail, LOG_LIMIT, "the log"),
+                      "output_format": "text",
+                      "visibility": "after_published" if has_hidden else "visible"})
+    return {
+        "score": score,
+        "execution_time": max(0, math.ceil(report.duration)),
+        "output": output,
+        "output_format": "text",
+        "test_output_format": "text",
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "extra_data": {"labctl": {"exercise": report.exercise, "max_score": report.max_score,
+                                  "gradable": report.gradable, "error": report.error,
+                                  "budget_exhausted": report.budget_exhausted,
+                                  "labctl_version": report.labctl_version,
+                                  "schema_version": report.schema_version}},
+        "tests": tests,
+    }
+
+
+def render(report: GradeReport) -> str:
+    return json.dumps(printable_all(results(report)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def default_path() -> Path:
+    """/autograder/results/results.json inside Gradescope's autograder, else ./results.json."""
+    if AUTOGRADER_ROOT.is_dir():
+        return AUTOGRADER_ROOT / "results" / "results.json"
+    return Path("results.json")

@@ -1,0 +1,83 @@
+"""The prairielearn report: the results.json a PrairieLearn external grader leaves in /grade/results.
+
+Decisions (PrairieLearn shows this file to the student at once and has no per-test visibility):
+- score is report.score / report.max_score in [0, 1] (1 when there are no points to earn and all
+  passed), hidden checks included.
+- Hidden checks are folded into ONE test, "hidden checks", with their summed points and no names,
+  messages or evidence, so the score adds up and nothing about them leaks.
+- The server's log tail goes in `output` only when the exercise has no hidden checks (a student's
+  server can log every request a hidden check made).
+- Not gradable -> "gradable": false, the reason in `message` and `format_errors`; PrairieLearn then
+  gives no points and does not count the attempt (a server that never starts is a free retry).
+- Outputs are cut so the file stays well under PrairieLearn's 1 MB limit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from labctl.report._common import (check_text, counts, not_gradable_text, points, printable_all, score_line,
+                                   tail)
+from labctl.results import CheckResult, GradeReport
+
+SCHEMA_FILE = "prairielearn-results.schema.json"
+GRADE_ROOT = Path("/grade")
+OUTPUT_LIMIT = 8_000
+LOG_LIMIT = 50_000
+
+
+def _test(result: CheckResult) -> dict[str, Any]:
+    test = {"name": result.name, "points": result.points, "max_points": result.max_points,
+            "message": result.message,
+            "output": tail(check_text(result, description=False, evidence_limit=2000), OUTPUT_LIMIT, "output")}
+    if result.description:
+        test["description"] = result.description
+    return test
+
+
+def fraction(report: GradeReport) -> float:
+    if report.max_score <= 0:
+        return 1.0 if report.all_passed else 0.0
+    return min(1.0, max(0.0, report.score / report.max_score))
+
+
+def results(report: GradeReport) -> dict[str, Any]:
+    """The results.json content as a dict."""
+    if not report.gradable:
+        message = not_gradable_text(report)
+        return {"gradable": False, "score": 0.0, "message": message,
+                "format_errors": [report.error or "labctl could not grade this submission"],
+                "tests": []}
+    hidden = [result for result in report.results if result.visibility == "hidden"]
+    public = report.visible(include_hidden=False)
+    tests = [_test(result) for result in public.results]
+    if hidden:
+        earned = sum(result.points for result in hidden)
+        possible = sum(result.max_points for result in hidden)
+        tests.append({"name": "hidden checks", "points": earned, "max_points": possible,
+                      "message": f"{len(hidden)} hidden check{'s' if len(hidden) != 1 else ''}: "
+                                 f"{points(earned)}/{points(possible)} points. Their details are not shown.",
+                      "output": ""})
+    message = f"{report.exercise}: {score_line(report)}; public checks: {counts(public)}."
+    if report.budget_exhausted:
+        message += " The time budget ran out: some checks did not run."
+    output = ""
+    if report.server_log_tail and not hidden:
+        output = "server log (last lines):\n" + tail(report.server_log_tail, LOG_LIMIT, "the log")
+    result: dict[str, Any] = {"gradable": True, "score": fraction(report), "message": message, "tests": tests}
+    if output:
+        result["output"] = output
+    return result
+
+
+def render(report: GradeReport) -> str:
+    return json.dumps(printable_all(results(report)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def default_path() -> Path:
+    """/grade/results/results.json inside PrairieLearn's grader container, else ./results.json."""
+    if GRADE_ROOT.is_dir():
+        return GRADE_ROOT / "results" / "results.json"
+    return Path("results.json")

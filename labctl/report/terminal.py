@@ -1,0 +1,89 @@
+"""The terminal report: a table of checks, then why each failed check failed, then the score.
+
+It shows the report it is given: hiding hidden checks is the caller's choice
+(`report.visible(include_hidden)`; `labctl test` shows only public checks).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from labctl.report._common import (counts, evidence_lines, failed, points, printable, score_line, seconds,
+                                   status_word, write_text)
+from labctl.results import GradeReport
+
+STYLES = {"passed": "green", "failed": "red", "timed_out": "yellow", "error": "magenta"}
+MARKS = {"passed": "✓", "failed": "✗", "timed_out": "⏱", "error": "!"}
+
+
+def renderable(report: GradeReport) -> RenderableType:
+    """The report as rich renderables (Text objects only: no markup is parsed from report strings)."""
+    parts: list[RenderableType] = []
+    title = Text.assemble(("labctl grade ", "bold"), (printable(report.exercise), "bold cyan"))
+    if report.title:
+        title.append(f"  {printable(report.title)}", style="dim")
+    parts.append(title)
+    if report.results:
+        table = Table(box=None, padding=(0, 2), show_edge=False)
+        table.add_column("check")
+        table.add_column("status")
+        table.add_column("points", justify="right")
+        table.add_column("duration", justify="right")
+        for result in report.results:
+            name = Text(printable(result.name))
+            if result.visibility == "hidden":
+                name.append(" (hidden)", style="dim")
+            table.add_row(name,
+                          Text(f"{MARKS.get(result.status, '?')} {status_word(result)}",
+                               style=STYLES.get(result.status, "")),
+                          Text(f"{points(result.points)}/{points(result.max_points)}"),
+                          Text(seconds(result.duration)))
+        parts.append(table)
+    for result in failed(report):
+        block = Text("\n")
+        block.append(f"{MARKS.get(result.status, '?')} {printable(result.name)}", style=f"bold {STYLES.get(result.status, '')}")
+        block.append(f" ({status_word(result)})\n", style="dim")
+        block.append(printable(result.message.rstrip()))
+        for line in evidence_lines(result.evidence, long_limit=400):
+            block.append(f"\n  {printable(line)}", style="dim")
+        parts.append(block)
+    footer = Text("\n")
+    if not report.gradable:
+        footer.append("not gradable: ", style="bold red")
+        footer.append(printable(report.error or "no reason was given"))
+        footer.append("\n")
+    if report.budget_exhausted:
+        footer.append("the time budget ran out: some checks did not run\n", style="yellow")
+    style = "bold green" if report.all_passed else "bold red"
+    footer.append(f"score {score_line(report)}", style=style)
+    footer.append(f"  ({counts(report)}, {seconds(report.duration)})", style="dim")
+    parts.append(footer)
+    return Group(*parts)
+
+
+def render(report: GradeReport, width: int = 100) -> str:
+    """The same report as plain text (no colours), e.g. for a file."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, force_terminal=False, soft_wrap=False,
+            highlight=False, emoji=False).print(renderable(report))
+    return buffer.getvalue()
+
+
+def default_path() -> Path | None:
+    return None
+
+
+def emit(report: GradeReport, target: Path | None, console: Console) -> list[str]:
+    if target is None:
+        console.print(renderable(report), highlight=False)
+        return []
+    write_text(target, render(report))
+    return [str(target)]
+
+
+__all__ = ["render", "renderable", "emit", "default_path"]
