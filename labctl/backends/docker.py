@@ -15,7 +15,7 @@ from typing import Iterator
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import EndpointConfig, Ulimit
+from docker.types import EndpointConfig, LogConfig, Ulimit
 
 from labctl.backends.base import ContainerInfo, ContainerPlan, ExecResult, NetworkInfo
 from labctl.errors import EngineUnreachable, LabctlError
@@ -23,6 +23,9 @@ from labctl.errors import EngineUnreachable, LabctlError
 #: Engine calls that stream (an exec running a check, a build) may take long; the exec
 #: itself is bounded by `timeout` inside the container, this only guards a dead engine.
 API_TIMEOUT = 900
+
+#: The most log a container keeps (twice this, in two files): a log flood stays small.
+LOG_MAX_SIZE = "2m"
 
 
 def connect() -> docker.DockerClient:
@@ -102,6 +105,8 @@ class DockerBackend:
             init=True, cap_drop=["ALL"], cap_add=list(plan.cap_add), security_opt=["no-new-privileges"],
             nano_cpus=int(plan.cpus * 1e9), mem_limit=plan.memory_bytes, memswap_limit=plan.memory_bytes,
             pids_limit=plan.pids, ulimits=[Ulimit(name="nofile", soft=plan.nofile, hard=plan.nofile)],
+            # A server that floods its log must not fill the host's disk: keep the last few MB.
+            log_config=LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "2"}),
         )
         if plan.pid_of:
             kwargs["pid_mode"] = f"container:{plan.pid_of}"
