@@ -374,8 +374,11 @@ def load_lab(path: str | Path) -> LabSpec:
     return load_model(path, LabSpec, "lab")
 
 
-def load_model(path: str | Path, model: type[M], what: str = "lab") -> M:
-    """Read YAML from `path` into `model`, or raise SpecError with one `file:line: ...` per problem."""
+def load_model(path: str | Path, model: type[M], what: str = "lab", context: dict[str, Any] | None = None) -> M:
+    """Read YAML from `path` into `model`, or raise SpecError with one `file:line: ...` per problem.
+
+    `context` goes to the validators (pydantic's validation context), e.g. the folder the file is in.
+    """
     source = read_yaml(path, what)
     if not isinstance(source.data, dict):
         found = "an empty file" if source.data is None else _found(source.data)
@@ -383,13 +386,48 @@ def load_model(path: str | Path, model: type[M], what: str = "lab") -> M:
                          f"{what} fields ({', '.join(_field_names(model))}), found {found}"])
     problems = list(source.problems)
     try:
-        result = model.model_validate(source.data)
+        result = model.model_validate(source.data, context=context)
     except ValidationError as error:
-        problems += [_describe(model, source, e) for e in error.errors(include_url=False)]
+        problems += _describe_all(model, source, error.errors(include_url=False))
     if problems:
         problems.sort(key=lambda problem: problem[0])
+        problems = list(dict.fromkeys(problems))  # the same line twice says nothing more
         raise SpecError([f"{source.display}:{line}: {text}" for line, text in problems])
     return result
+
+
+def _describe_all(model: type[BaseModel], source: YamlSource, errors: list[Any]) -> list[tuple[int, str]]:
+    """Describe pydantic's errors, one line per mistake.
+
+    pydantic puts union members in `loc`: a discriminated union's tag (`checks.2.http.params.x`), a
+    plain union's member type (`status.int`, `status.list[int]`). The shown path leaves them out, and
+    the errors of a plain union's members become one line: when some member got inside the value
+    (the value was a list, a mapping), its errors; else `expected A or B, found X`.
+    """
+    described: list[tuple[int, str]] = []
+    unions: dict[tuple[Any, ...], dict[str, list[tuple[tuple[Any, ...], Any]]]] = {}
+    for error in errors:
+        loc, branch = _split_loc(model, error["loc"])
+        if branch is None:
+            described.append(_describe(model, source, error, loc))
+        else:
+            at, member = branch
+            unions.setdefault(loc[:at], {}).setdefault(member, []).append((loc, error))
+    for where, members in unions.items():
+        inside = [items for items in members.values() if all(len(loc) > len(where) for loc, _ in items)]
+        if inside:
+            described += [_describe(model, source, error, loc) for loc, error in min(inside, key=len)]
+            continue
+        errors_here = [error for items in members.values() for _, error in items]
+        words = [_expected_words(error) for error in errors_here]
+        if None in words:
+            described += [_describe(model, source, error, where) for error in errors_here]
+        else:
+            expected = " or ".join(dict.fromkeys(word for word in words if word))
+            text = f"{path_text(where, source.data) or 'top level'}: expected {expected}, found " \
+                   f"{_found(errors_here[0]['input'])}"
+            described.append((line_of(source.lines, where), text))
+    return described
 
 
 # pydantic error kind -> what was expected, in words
@@ -407,10 +445,37 @@ _EXPECTED = {
 }
 
 
-def _describe(model: type[BaseModel], source: YamlSource, error: Any) -> tuple[int, str]:
-    """(line, `path: expected X, found Y`) for one pydantic error."""
+def _expected_words(error: Any) -> str | None:
+    """What a type-like error expected, in words (None for other kinds of error)."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "expected":
+        return ctx["what"]
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_WORDS.get(ctx["pattern"], f"text matching {ctx['pattern']}")
+    if kind in _EXPECTED:
+        return _EXPECTED[kind].format(**ctx)
+    return None
+
+
+def _describe(model: type[BaseModel], source: YamlSource, error: Any,
+              shown: tuple[Any, ...] | None = None) -> tuple[int, str]:
+    """(line, `path: expected X, found Y`) for one pydantic error; `shown`: its loc without union members."""
     loc, kind, ctx = error["loc"], error["type"], error.get("ctx") or {}
+    shown = loc if shown is None else shown
     found = _found(error["input"])
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # the tag's key is the field to show
+        key = ctx.get("discriminator", "").strip("'")
+        tags = _union_tags(_annotation_at(model, loc), key)
+        shown = (*shown, key)
+        if kind == "union_tag_invalid":
+            tag = error["input"].get(key, ctx.get("tag")) if isinstance(error["input"], dict) else ctx.get("tag")
+            tags = tags or re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
+            text = f"expected one of {_one_of(tags)}, found {_found(tag)}{_did_you_mean(tag, tags)}"
+        else:
+            text = "required, but missing" + (f": expected one of {_one_of(tags)}" if tags else "")
+        return line_of(source.lines, shown), f"{path_text(shown, source.data)}: {text}"
     if kind == "rule":
         text = ctx["message"]
     elif kind == "expected":
@@ -436,7 +501,7 @@ def _describe(model: type[BaseModel], source: YamlSource, error: Any) -> tuple[i
     else:
         message = ctx.get("_msg", error["msg"])
         text = f"{message[:1].lower()}{message[1:]}, found {found}"
-    return line_of(source.lines, loc), f"{path_text(loc, source.data) or 'top level'}: {text}"
+    return line_of(source.lines, shown), f"{path_text(shown, source.data) or 'top level'}: {text}"
 
 
 def _found(value: Any) -> str:
@@ -467,23 +532,93 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class found at `loc` inside `model` (through fields, dict values, list items)."""
+    """The model class found at `loc` inside `model` (through fields, dict values, list items, unions)."""
+    current = _annotation_at(model, loc)
+    return current if _is_model(current) else None
+
+
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The type found at pydantic's `loc` inside `model` (None when it cannot be followed)."""
     current: Any = model
     for part in loc:
         current = _unwrap(current)
-        if _is_model(current):
-            field = current.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return None
-            current = field.annotation
-        elif get_origin(current) is dict:
-            current = get_args(current)[1]
-        elif get_origin(current) is list:
-            current = get_args(current)[0]
-        else:
+        current = _union_member(current, part) if _is_union(current) else _step(current, part)
+        if current is None:
             return None
-    current = _unwrap(current)
-    return current if _is_model(current) else None
+    return _unwrap(current)
+
+
+def _step(current: Any, part: Any) -> Any:
+    """The type one level down: a model's field, a dict's value, a list's item."""
+    if _is_model(current):
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    if get_origin(current) is dict:
+        return get_args(current)[1]
+    if get_origin(current) is list:
+        return get_args(current)[0]
+    return None
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType)
+
+
+def _union_member(union: Any, part: Any) -> Any:
+    """The member of `union` that pydantic names `part` in a loc: by tag or by class name."""
+    members = [_unwrap(member) for member in get_args(union)]
+    models = [member for member in members if _is_model(member)]
+    for member in models:
+        if part in _literal_values(member):
+            return member
+    return next((member for member in models if member.__name__ == part), None)
+
+
+def _literal_values(model: type[BaseModel]) -> list[Any]:
+    """The values of the Literal fields of `model` (a discriminated union's tags are among them)."""
+    return [value for field in model.model_fields.values()
+            if get_origin(_unwrap(field.annotation)) is Literal for value in get_args(_unwrap(field.annotation))]
+
+
+def _union_field(union: Any, part: Any) -> Any:
+    """The type of the field `part` in the first model member of `union` that has it (else None)."""
+    for member in get_args(union):
+        member = _unwrap(member)
+        if _is_model(member) and part in member.model_fields:
+            return member.model_fields[part].annotation
+    return None
+
+
+def _union_tags(annotation: Any, key: str) -> list[Any]:
+    """The tags of a union of models discriminated by the field `key`."""
+    tags: list[Any] = []
+    for member in get_args(annotation) if _is_union(annotation) else ():
+        member = _unwrap(member)
+        field = member.model_fields.get(key) if _is_model(member) else None
+        if field is not None and get_origin(_unwrap(field.annotation)) is Literal:
+            tags += get_args(_unwrap(field.annotation))
+    return tags
+
+
+def _split_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[int, str] | None]:
+    """`loc` without the union members pydantic puts in it, and where a plain (not discriminated)
+    union's member was named: (its index in the returned loc, the member's name), else None."""
+    shown: list[Any] = []
+    branch: tuple[int, str] | None = None
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current) if current is not None else None
+        if part != "[key]" and current is not None and _is_union(current) and isinstance(part, str):
+            member = _union_member(current, part)
+            if member is not None or not _union_field(current, part):  # a member's name, not a field's
+                if member is None or part not in _literal_values(member):
+                    branch = (len(shown), part)
+                current = member
+                continue
+            current = _union_field(current, part)  # a loc made by a validator, without the member
+        shown.append(part)
+        current = _step(current, part) if current is not None else None
+    return tuple(shown), branch
 
 
 def _is_model(annotation: Any) -> bool:

@@ -1,0 +1,1 @@
+# placeholder: only the folder matters to the loader
