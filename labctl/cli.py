@@ -283,5 +283,186 @@ def down(ctx, lab_id, all_labs, any_owner) -> None:
                   highlight=False)
 
 
+
+# -- grading ------------------------------------------------------------------------------------------
+
+def _exercise(ctx: click.Context, name: str):
+    """An exercise by id (a folder under exercises/) or by path, with its checks registered."""
+    from labctl.checks import load_catalog
+    from labctl.exercise import load_exercise
+
+    load_catalog()
+    proj = project(ctx)
+    folder = Path(name)
+    if not (folder / "exercise.yaml").is_file():
+        folder = proj.root / "exercises" / name
+    if not (folder / "exercise.yaml").is_file():
+        from labctl.exercise import find_exercises
+
+        known = ", ".join(path.name for path in find_exercises(proj.root)) or "none"
+        raise LabctlError(f"no exercise {name!r}: looked for {folder}/exercise.yaml (exercises here: {known})")
+    return load_exercise(folder)
+
+
+def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, include_hidden: bool,
+                 only: tuple[str, ...], reports: tuple[str, ...]) -> None:
+    from labctl.grading import GradeOptions, grade
+    from labctl.report import write_reports
+
+    proj = project(ctx)
+    exercise = _exercise(ctx, exercise_name)
+    if only:
+        unknown = sorted(set(only) - {check.name for check in exercise.checks})
+        if unknown:
+            raise LabctlError(f"--only names no check of {exercise.id}: {', '.join(unknown)}")
+    shown = "all checks" if include_hidden else "public checks"
+    err.print(f"[bold]{exercise.id}[/]: {exercise.title} — {shown} on {submission}", highlight=False)
+
+    def on_result(result) -> None:
+        mark = "[green]pass[/]" if result.passed else ("[yellow]time[/]" if result.status == "timed_out"
+                                                       else "[red]FAIL[/]")
+        err.print(f"  {mark} {result.name:28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s",
+                  highlight=False)
+
+    with progress_display("grading") as say:
+        report = grade(proj, exercise, submission, GradeOptions(include_hidden=include_hidden,
+                                                                 only=list(only) or None),
+                       progress=say, on_result=on_result)
+    report = report.visible(include_hidden)
+    write_reports(report, list(reports) or ["terminal"], out)
+    if not report.gradable:
+        err.print(f"[bold red]not gradable:[/] {report.error}", highlight=False)
+    sys.exit(report.exit_code)
+
+
+_submission_option = click.option(
+    "--submission", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="The folder with the server to grade (copied into the server container).")
+_only_option = click.option("--only", multiple=True, metavar="CHECK", help="Run only this check (repeatable).")
+_report_option = click.option(
+    "--report", "reports", multiple=True, metavar="FORMAT[:PATH]",
+    help="Write a report: terminal, json, junit, gradescope, prairielearn, github (repeatable; "
+         "default: terminal).")
+
+
+@main.command()
+@click.argument("exercise")
+@_submission_option
+@_only_option
+@_report_option
+@click.pass_context
+def test(ctx, exercise, submission, only, reports) -> None:
+    """Run an exercise's public checks on your server, with explanations.
+
+    Exit 0: every check passed; 1: some failed; 2: could not grade (the message says why).
+    """
+    _run_grading(ctx, exercise, submission, include_hidden=False, only=only, reports=reports)
+
+
+@main.command()
+@click.argument("exercise")
+@_submission_option
+@_only_option
+@_report_option
+@click.pass_context
+def grade(ctx, exercise, submission, only, reports) -> None:
+    """Grade a submission with all checks, public and hidden; write reports for CI and graders.
+
+    Exit 0: every check passed; 1: graded with failures; 2: not gradable (bad input, the
+    server never started, the engine unreachable), always with a clear message.
+    """
+    _run_grading(ctx, exercise, submission, include_hidden=True, only=only, reports=reports)
+
+
+# -- authoring ----------------------------------------------------------------------------------------
+
+def _exercise_names(ctx: click.Context, names: tuple[str, ...]) -> list:
+    from labctl.exercise import find_exercises
+
+    if names:
+        return [_exercise(ctx, name) for name in names]
+    folders = find_exercises(project(ctx).root)
+    if not folders:
+        raise LabctlError(f"no exercises under {project(ctx).root / 'exercises'}")
+    return [_exercise(ctx, str(folder)) for folder in folders]
+
+
+@main.command(name="list")
+@click.pass_context
+def list_(ctx) -> None:
+    """The exercises: id, title, I/O model, points (public + hidden)."""
+    table = Table(box=None, padding=(0, 2))
+    for column in ("exercise", "title", "model", "checks", "points"):
+        table.add_column(column)
+    for exercise in _exercise_names(ctx, ()):
+        public = sum(check.points for check in exercise.public_checks)
+        hidden = sum(check.points for check in exercise.hidden_checks)
+        table.add_row(exercise.id, exercise.title, exercise.model, str(len(exercise.checks)),
+                      f"{public:g}" + (f" + {hidden:g} hidden" if hidden else ""))
+    out.print(table)
+
+
+@main.command()
+@click.argument("exercises", nargs=-1)
+@click.pass_context
+def validate(ctx, exercises) -> None:
+    """Prove exercises grade right: the solution gets full marks, the starter does not, and
+    every mutant fails exactly the checks it declares. Prints the matrix; exit 1 on any
+    difference. Without EXERCISES: every exercise."""
+    from labctl.validate import validate_exercise
+
+    proj = project(ctx)
+    loaded = _exercise_names(ctx, exercises)  # every YAML is checked before anything runs
+    failed = []
+    for exercise in loaded:
+        if exercise.validate is None:
+            err.print(f"[yellow]{exercise.id}: no validate section: nothing to prove[/]")
+            continue
+        err.print(f"[bold]{exercise.id}[/]: {len(exercise.validate.mutants) + 2} submissions to grade",
+                  highlight=False)
+
+        def on_row(row) -> None:
+            mark = "[green]as expected[/]" if not row.problems else "[red]DIFFERS[/]"
+            err.print(f"  {row.label:28} {mark}  ({row.report.duration:.1f} s)", highlight=False)
+
+        with progress_display("validate") as say:
+            outcome = validate_exercise(proj, exercise, progress=say, on_row=on_row)
+        _print_matrix(outcome)
+        if not outcome.ok:
+            failed.append(exercise.id)
+    if failed:
+        err.print(f"[bold red]validate failed:[/] {', '.join(failed)}")
+        sys.exit(1)
+    out.print("[green]every exercise grades as expected[/]")
+
+
+def _print_matrix(outcome) -> None:
+    """Checks down, submissions across; a cell that differs from its expectation is marked '!'."""
+    table = Table(title=f"{outcome.exercise.id}: submissions x checks ('!' = differs from expected)",
+                  title_justify="left", box=None, padding=(0, 1))
+    table.add_column("check")
+    for row in outcome.rows:
+        table.add_column(row.label.replace("mutant:", "m:"), justify="center")
+    gradable = ["gradable"]
+    for row in outcome.rows:
+        text = "yes" if row.report.gradable else "no"
+        gradable.append(f"[red]{text}![/]" if row.expect_gradable != row.report.gradable else text)
+    table.add_row(*gradable)
+    for check in outcome.exercise.checks:
+        cells = [check.name + (" (0 pts)" if check.points == 0 else "")]
+        for row in outcome.rows:
+            result = next((r for r in row.report.results if r.name == check.name), None)
+            if result is None:
+                cells.append("-")
+                continue
+            text = "pass" if result.passed else "FAIL"
+            cells.append(f"[red]{text}![/]" if row.cell_differs(check.name) and check.points > 0 else
+                         (f"[dim]{text}[/]" if check.points == 0 else text))
+        table.add_row(*cells)
+    out.print(table)
+    for row in outcome.rows:
+        for problem in row.problems:
+            out.print(f"  [red]{row.label}[/]: {problem}", highlight=False)
+
 if __name__ == "__main__":
     main()

@@ -61,7 +61,9 @@ class GradeReport(BaseModel):
 
     @property
     def all_passed(self) -> bool:
-        return self.gradable and all(result.passed for result in self.results)
+        """Every graded check passed. A check worth 0 points is a demonstration (shown for the
+        lesson, e.g. "a slow client blocks a blocking server") and never counts."""
+        return self.gradable and all(result.passed for result in self.results if result.max_points > 0)
 
     @property
     def exit_code(self) -> int:

@@ -31,7 +31,8 @@ class Row:
 
     @property
     def failing(self) -> set[str]:
-        return {result.name for result in self.report.results if not result.passed}
+        """The graded checks that failed (a 0-point demonstration check is shown, never compared)."""
+        return {result.name for result in self.report.results if not result.passed and result.max_points > 0}
 
     def cell_differs(self, check: str) -> bool:
         if not self.expect_gradable or not self.report.gradable or self.expect_failing is None:

@@ -1,0 +1,172 @@
+"""Grading: a fresh lab per grading, each check within its time budget, a report that survives.
+
+Rules this module keeps:
+- the lab is started fresh for each grading and removed afterwards, also on failure and
+  on Ctrl-C;
+- every check has a budget (its own, and what is left of the grading's); a check that
+  runs out fails with a message saying so; checks already finished keep their results
+  when the grading's budget runs out, and the checks that could not run say why;
+- a server that never starts makes the grading "not gradable" (exit 2) with its exit
+  code and log, not a list of failed checks;
+- a server that dies during grading fails the remaining checks at once, saying when it
+  died, instead of letting each one time out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from labctl import __version__
+from labctl.checks import REGISTRY, CheckContext, Outcome
+from labctl.errors import LabctlError, ServerStartError
+from labctl.exercise import CheckSpec, Exercise
+from labctl.lab import Lab, Submission
+from labctl.project import Project
+from labctl.results import CheckResult, GradeReport
+
+#: Seconds a check may overrun its budget before grading stops waiting for it (its
+#: harness commands are killed inside the containers on their own timeouts).
+GRACE = 5.0
+LOG_TAIL_LINES = 40
+
+Progress = Callable[[str], None]
+OnResult = Callable[[CheckResult], None]
+
+
+@dataclass
+class GradeOptions:
+    include_hidden: bool = True            # `labctl test` runs public checks only
+    only: list[str] | None = None          # run only these check names (debugging an exercise)
+    budget: float | None = None            # override the exercise's total budget
+
+
+def grade(project: Project, exercise: Exercise, submission_dir: Path, options: GradeOptions | None = None,
+          progress: Progress | None = None, on_result: OnResult | None = None) -> GradeReport:
+    """Grade one submission of one exercise on a fresh lab; always returns a report."""
+    options = options or GradeOptions()
+    say = progress or (lambda message: None)
+    tell = on_result or (lambda result: None)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
+    budget = options.budget or exercise.budget
+    checks = [spec for spec in exercise.checks
+              if (options.include_hidden or spec.visibility == "public")
+              and (not options.only or spec.name in options.only)]
+
+    def report(**fields) -> GradeReport:
+        results = fields.pop("results", [])
+        return GradeReport(labctl_version=__version__, exercise=exercise.id, title=exercise.title,
+                           submission=str(submission_dir), started_at=started_at,
+                           duration=round(time.monotonic() - started, 3),
+                           score=sum(r.points for r in results),
+                           max_score=sum(spec.points for spec in checks), results=results, **fields)
+
+    if not submission_dir.is_dir():
+        return report(gradable=False, error=f"the submission folder {submission_dir} does not exist")
+    sub = exercise.submission
+    lab: Lab | None = None
+    try:
+        images = project.ensure_images(say, names=sorted({sub.image, "tools"}))
+        spec = project.spec
+        if sub.image != spec.server.image:
+            spec = _with_server_image(spec, sub.image)
+        lab = Lab.create(spec, project.backend)
+        submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
+                                port=sub.port)
+        try:
+            lab.up(images, submission, progress=say)
+        except ServerStartError as error:
+            return report(gradable=False, error=f"the server did not start: {error}")
+        results: list[CheckResult] = []
+        exhausted = False
+        server_gone: str | None = None
+        for spec_ in checks:
+            left = budget - (time.monotonic() - started)
+            if server_gone is not None:
+                result = _not_run(spec_, "failed", f"not run: {server_gone}")
+            elif left <= 1.0:
+                exhausted = True
+                result = _not_run(spec_, "timed_out",
+                                  f"not run: the grading's time budget of {budget:g} s ran out before this check")
+            else:
+                say(f"check {spec_.name}")
+                result = run_check(lab, exercise, spec_, min(spec_.budget, left))
+                if not result.passed:
+                    server_gone = _server_gone(lab, spec_.name)
+                    if server_gone:
+                        result = result.model_copy(update={"message": f"{result.message} ({server_gone})"})
+            results.append(result)
+            tell(result)
+        return report(gradable=True, results=results, budget_exhausted=exhausted,
+                      server_log_tail=lab.log_tail(lab.spec.server.name, LOG_TAIL_LINES))
+    except LabctlError as error:
+        return report(gradable=False, error=str(error))
+    finally:
+        if lab is not None:
+            say("removing the lab")
+            lab.down()
+
+
+def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> CheckResult:
+    """Run one check in a thread, within `budget` seconds (+ GRACE), and turn it into a CheckResult."""
+    definition = REGISTRY[spec.check]
+    ctx = CheckContext(lab=lab, port=exercise.submission.port, deadline=time.monotonic() + budget,
+                       exercise_dir=exercise.dir, docroot=exercise.docroot)
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["outcome"] = definition.run(ctx, spec.params)
+        except BaseException as error:  # reported in the result, never lost in a thread
+            box["error"] = error
+
+    started = time.monotonic()
+    worker = threading.Thread(target=target, name=f"check-{spec.name}", daemon=True)
+    worker.start()
+    worker.join(budget + GRACE)
+    duration = round(time.monotonic() - started, 3)
+    if worker.is_alive() or (isinstance(box.get("error"), LabctlError) and time.monotonic() >= ctx.deadline):
+        status, outcome = "timed_out", Outcome(
+            False, f"the check did not finish within its time budget of {budget:g} s: the server may be stuck "
+                   "or far too slow", {"budget_seconds": budget})
+    elif "error" in box:
+        error = box["error"]
+        status, outcome = "error", Outcome(False, f"the check could not run: {error}",
+                                           {"exception": type(error).__name__})
+    else:
+        outcome = box["outcome"]  # type: ignore[assignment]
+        status = "passed" if outcome.passed else "failed"
+    return CheckResult(name=spec.name, check=spec.check, status=status,
+                       points=spec.points if status == "passed" else 0.0, max_points=spec.points,
+                       visibility=spec.visibility, duration=duration, message=outcome.message,
+                       evidence=outcome.evidence, description=spec.description or definition.summary)
+
+
+def _not_run(spec: CheckSpec, status: str, message: str) -> CheckResult:
+    return CheckResult(name=spec.name, check=spec.check, status=status, points=0.0, max_points=spec.points,
+                       visibility=spec.visibility, duration=0.0, message=message,
+                       description=spec.description or REGISTRY[spec.check].summary)
+
+
+def _server_gone(lab: Lab, after: str) -> str | None:
+    """Why the server is no longer there (exited, killed for memory), or None while it runs."""
+    info = lab.backend.inspect(lab.container_name(lab.spec.server.name))
+    if info.status == "running":
+        return None
+    state = lab.backend.client.api.inspect_container(  # type: ignore[attr-defined]
+        lab.container_name(lab.spec.server.name))["State"]
+    cause = "it was killed for using more memory than allowed" if state.get("OOMKilled") else \
+        f"it exited with code {info.exit_code}"
+    return f"the server stopped during check {after}: {cause}"
+
+
+def _with_server_image(spec, image: str):
+    """The lab spec with the server node on another image (an exercise in C uses server-c)."""
+    server = spec.server.model_copy(update={"image": image})
+    nodes = {name: (server if name == server.name else node) for name, node in spec.nodes.items()}
+    return spec.model_copy(update={"nodes": nodes})
