@@ -464,5 +464,64 @@ def _print_matrix(outcome) -> None:
         for problem in row.problems:
             out.print(f"  [red]{row.label}[/]: {problem}", highlight=False)
 
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--markdown", is_flag=True, help="The whole catalog as Markdown (as in exercises/README.md).")
+def checks(name, markdown) -> None:
+    """The check catalog: every check exercises can use, with its parameters."""
+    from labctl import catalog_docs
+    from labctl.checks import load_catalog
+
+    catalog = load_catalog()
+    if markdown:
+        click.echo(catalog_docs.catalog_markdown(), nl=False)
+        return
+    if name:
+        if name not in catalog:
+            raise LabctlError(f"no check {name!r}; the catalog: {', '.join(catalog)}")
+        definition = catalog[name]
+        out.print(f"[bold]{name}[/]: {definition.summary}  (budget {definition.default_timeout:g} s)",
+                  highlight=False)
+        table = Table(box=None, padding=(0, 2))
+        for column in ("parameter", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for row in catalog_docs.parameters(definition.params):
+            table.add_row(*row)
+        out.print(table)
+        return
+    table = Table(box=None, padding=(0, 2))
+    table.add_column("check")
+    table.add_column("what it looks for", overflow="fold")
+    for definition in catalog.values():
+        table.add_row(definition.name, definition.summary)
+    out.print(table)
+    out.print("labctl checks NAME: its parameters", highlight=False)
+
+
+@main.command()
+@click.argument("exercise_id")
+@click.option("--title", default=None, help="The exercise's title (default: from the id).")
+@click.pass_context
+def new(ctx, exercise_id, title) -> None:
+    """Create exercises/EXERCISE_ID from a scaffold that validates out of the box."""
+    from labctl.authoring import new_exercise
+
+    folder = new_exercise(project(ctx).root, exercise_id, title)
+    out.print(f"created {folder}: edit exercise.yaml, README.md, solution/ and starter/, then "
+              f"`labctl validate {exercise_id}`", highlight=False)
+
+
+@main.command()
+@click.option("--student", "target", type=click.Path(path_type=Path), required=True,
+              help="The folder to write the handout into (new or empty).")
+@click.pass_context
+def export(ctx, target) -> None:
+    """Write a student handout: no solutions, mutants or hidden checks; `labctl test` still works."""
+    from labctl.authoring import export_student
+
+    exported = export_student(project(ctx).root, target)
+    out.print(f"handout in {target}: {', '.join(exported)}", highlight=False)
+
 if __name__ == "__main__":
     main()

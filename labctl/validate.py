@@ -8,6 +8,7 @@ differs from its expectation is marked; any difference makes validate fail.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -82,7 +83,7 @@ def validate_exercise(project: Project, exercise: Exercise, progress: Callable[[
         ("starter", exercise.dir / plan.starter, None, True, "runs, but does not do the task"),
     ]
     for mutant in plan.mutants:
-        subjects.append((f"mutant:{Path(mutant.path).name}", exercise.dir / mutant.path, set(mutant.fails),
+        subjects.append((f"mutant:{os.path.normpath(mutant.path)}", exercise.dir / mutant.path, set(mutant.fails),
                          not mutant.not_gradable, mutant.why))
     for label, path, failing, gradable, why in subjects:
         say(f"{exercise.id}: grading {label}")

@@ -90,7 +90,8 @@ def check(name: str, params: type[P], summary: str, default_timeout: float = 30.
 
 def load_catalog() -> dict[str, CheckDef]:
     """Import the built-in check modules (they register themselves) and return the registry."""
-    from labctl.checks import concurrency, process, protocol  # noqa: F401  (they register on import)
+    # Imported in this order, which is the catalog's order: the network side, then the process side.
+    from labctl.checks import protocol, concurrency, process  # noqa: F401,I001  (they register on import)
 
     return REGISTRY
 
