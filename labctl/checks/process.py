@@ -1,1 +1,377 @@
-"""Checks of the catalog: process side (being written)."""
+"""Checks of the catalog: process side. They look at the server from the observer sidecar.
+
+- `threads`: how many threads / processes the server has while the client holds N connections;
+- `blocked_in`: when idle, every server thread sleeps in one of the named syscalls;
+- `idle_cpu`: with no client (or only idle ones) the server uses almost no CPU: no busy loop;
+- `io_model`: blocking / threaded / forking / event-driven, as the exercise expects.
+
+Facts come from the harness (observer: proc_snapshot, proc_sample; client:
+hold_connections); labctl/observe.py interprets them; this module decides and words it.
+While the client holds connections (one harness exec, run in a host thread) the observer
+samples the server; everything is bounded by the check's remaining budget.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from labctl import observe, syscalls
+from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.errors import LabctlError
+
+#: Seconds the client's hold starts before the observer looks (exec start + connects).
+HOLD_LEAD = 1.0
+#: Seconds the hold lasts past the end of the observer's window.
+HOLD_TAIL = 0.8
+#: Seconds an exec may take beyond the work it does (engine round trip, python start).
+EXEC_SLACK = 5.0
+
+
+# -- expectations like "1", ">= N", "<= 8" ------------------------------------------------------
+
+_EXPECTATION = re.compile(r"^(==|>=|<=|>|<)?\s*(?:(\d+)|N(?:\s*([+-])\s*(\d+))?)$")
+_OPS = {"==": lambda a, b: a == b, ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b,
+        ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A count expectation: `[op] term`; op one of == >= <= > < (none: ==); term a whole number,
+    or N, N+k, N-k where N is the number of connections the check holds open.
+
+    Strict: "=> 3", "= 3", "1.5", "-1", "n", ">= N*2" are errors, not guesses.
+    """
+
+    op: str
+    value: int                        # the number, or the offset from N
+    symbolic: bool                    # True: value is relative to N
+
+    @classmethod
+    def parse(cls, text: str | int) -> "Expectation":
+        if isinstance(text, bool) or not isinstance(text, (str, int)):
+            raise ValueError(f"expected a count like 1, '>= N' or '<= 8', found {text!r}")
+        if isinstance(text, int):
+            if text < 0:
+                raise ValueError(f"a count cannot be negative: {text}")
+            return cls("==", text, False)
+        match = _EXPECTATION.match(text.strip())
+        if not match:
+            raise ValueError(f"expected a count like 1, '>= 4', '<= 8' or '>= N' (N: the connections held), "
+                             f"found {text!r}")
+        op, number, sign, offset = match.groups()
+        if number is not None:
+            return cls(op or "==", int(number), False)
+        delta = int(offset or 0) * (-1 if sign == "-" else 1)
+        return cls(op or "==", delta, True)
+
+    def target(self, n: int) -> int:
+        return n + self.value if self.symbolic else self.value
+
+    def holds(self, count: int, n: int = 0) -> bool:
+        return _OPS[self.op](count, self.target(n))
+
+    def describe(self, n: int = 0) -> str:
+        """">= 4 (N = 4 connections held)", "== 1"."""
+        if not self.symbolic:
+            return f"{self.op} {self.value}"
+        term = "N" if self.value == 0 else f"N {'+' if self.value > 0 else '-'} {abs(self.value)}"
+        return f"{self.op} {self.target(n)} ({term}, N = {n} connections held)"
+
+
+def _expectation_field(value: Any) -> Any:
+    if value is None:
+        return None
+    Expectation.parse(value)
+    return str(value).strip()
+
+
+def _plural(count: int, word: str) -> str:
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {word}es" if word.endswith("s") else f"{count} {word}s"
+
+
+# -- gathering facts (bounded by the budget) -----------------------------------------------------
+
+def _harness(ctx: CheckContext, node: str, command: str, params: dict, work: float) -> dict:
+    """One harness command expected to take `work` seconds; its errors become LabctlError."""
+    if ctx.remaining < work + 0.5:
+        raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short for {command} "
+                          f"({work:.1f} s of work): give the check a longer timeout")
+    answer = ctx.harness(node, command, params, timeout=work + EXEC_SLACK)
+    if "error" in answer:
+        raise LabctlError(f"harness {command} on {node} failed: {answer['error']}")
+    return answer
+
+
+def _observer_errors(sample: observe.Sample) -> None:
+    if sample.errors:
+        raise LabctlError("the observer could not read the server's /proc (does it have SYS_PTRACE and "
+                          "DAC_READ_SEARCH, and does it share the server's PID namespace?): "
+                          + "; ".join(sample.errors[:3]))
+
+
+def sample(ctx: CheckContext, window: float, samples: int) -> observe.Sample:
+    """The server over `window` seconds, seen `samples` times, from the observer."""
+    spec = getattr(ctx.lab, "spec", None)
+    if spec is not None and ctx.observer not in spec.nodes:
+        raise LabctlError(f"this check looks at the server's threads from an observer node, and lab.yaml has "
+                          f"no node {ctx.observer!r} (role: observer, watches: {ctx.server})")
+    answer = _harness(ctx, ctx.observer, "proc_sample", {"window": window, "samples": samples}, work=window)
+    try:
+        result = observe.Sample.from_json(answer)
+    except syscalls.UnknownArchitecture as error:
+        raise LabctlError(f"the server runs on a kernel labctl cannot read syscalls of: {error}") from error
+    _observer_errors(result)
+    return result
+
+
+def sample_while_holding(ctx: CheckContext, connections: int, window: float, samples: int,
+                         probe: bool = False) -> tuple[observe.Sample, dict]:
+    """Sample the server while the client holds `connections` connections with partial requests.
+
+    The client's hold runs in a host thread (one harness exec); HOLD_LEAD s after it starts,
+    the observer samples for `window` s; the hold ends HOLD_TAIL s after that; then join.
+    """
+    hold = HOLD_LEAD + window + HOLD_TAIL
+    needed = hold + 1.0
+    if ctx.remaining < needed:
+        raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to hold "
+                          f"connections for {hold:.1f} s: give the check a longer timeout")
+    params = {"host": ctx.server, "port": ctx.port, "connections": connections, "hold": hold,
+              "probe": probe, "probe_after": HOLD_LEAD * 0.6, "probe_timeout": 1.0}
+    outcome: dict[str, Any] = {}
+
+    def hold_them() -> None:
+        try:
+            outcome["answer"] = _harness(ctx, ctx.client, "hold_connections", params, work=hold)
+        except BaseException as error:  # re-raised in the check's thread
+            outcome["error"] = error
+
+    holder = threading.Thread(target=hold_them, name="labctl-hold", daemon=True)
+    holder.start()
+    try:
+        time.sleep(HOLD_LEAD)
+        seen = sample(ctx, window, samples)
+    finally:
+        holder.join(timeout=ctx.remaining)
+    if holder.is_alive():
+        raise LabctlError("the client's hold of connections did not end within the check's budget")
+    if "error" in outcome:
+        raise outcome["error"]
+    return seen, outcome["answer"]
+
+
+def _hold_evidence(hold: dict) -> dict:
+    """The client's side of a hold, for the evidence: how many connected, errors, the probe."""
+    shown = {"connected": hold.get("connected", 0)}
+    for key in ("requested", "connect_errors", "closed_by_server", "answered", "probe"):
+        if hold.get(key) not in (None, [], {}):
+            shown[key] = hold[key]
+    return shown
+
+
+# -- threads -----------------------------------------------------------------------------------
+
+class ThreadsParams(CheckParams):
+    connections: int = Field(4, ge=0, le=2000, description="Connections the client holds open (N), each "
+                                                           "with a partial request, while the server is counted.")
+    threads: str | int | None = Field(None, description="Expected threads of the server's (largest) process: "
+                                                        "'1', '>= N', '<= 8', 'N + 1' ...")
+    processes: str | int | None = Field(None, description="Expected number of server processes, same syntax.")
+    window: float = Field(1.0, ge=0.2, le=10, description="Seconds the observer watches while they are held.")
+    samples: int = Field(4, ge=2, le=50)
+
+    @field_validator("threads", "processes", mode="before")
+    @classmethod
+    def _counts(cls, value: Any) -> Any:
+        return _expectation_field(value)
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> "ThreadsParams":
+        if self.threads is None and self.processes is None:
+            raise ValueError("give `threads`, `processes` or both (e.g. threads: '>= N')")
+        return self
+
+
+@check("threads", ThreadsParams,
+       "Counts the server's threads and processes while the client holds N connections open: a thread-per-"
+       "client server grows with its clients, a blocking or event-driven one stays at one.",
+       default_timeout=30.0)
+def threads_check(ctx: CheckContext, params: ThreadsParams) -> Outcome:
+    n = params.connections
+    idle = sample(ctx, 0.0, 2)
+    if n:
+        seen, hold = sample_while_holding(ctx, n, params.window, params.samples)
+    else:
+        seen, hold = sample(ctx, params.window, params.samples), {}
+    if seen.peak_processes == 0:
+        return Outcome(False, "no server process was seen: did the server exit?", {})
+    while_ = f"while {n} connections were held" if n else "with no client"
+    counts = {"threads": seen.peak_threads, "processes": seen.peak_processes}
+    evidence: dict[str, Any] = {
+        "connections": n, "idle_threads": idle.peak_threads, "idle_processes": idle.peak_processes,
+        "threads": seen.peak_threads, "processes": seen.peak_processes,
+        "thread_total": seen.peak_thread_total,
+        "per_look": [{"processes": s.process_count, "threads": s.max_threads} for s in seen.snapshots],
+    }
+    if hold:
+        evidence["hold"] = _hold_evidence(hold)
+    failures, found = [], []
+    for what, word in (("threads", "thread"), ("processes", "process")):
+        text = getattr(params, what)
+        if text is None:
+            continue
+        expectation = Expectation.parse(text)
+        count = counts[what]
+        evidence[f"expected_{what}"] = expectation.describe(n)
+        found.append(f"{_plural(count, word)} (expected {expectation.describe(n)})")
+        if expectation.holds(count, n):
+            continue
+        idle_count = idle.peak_threads if what == "threads" else idle.peak_processes
+        failure = (f"{while_} the server had {_plural(count, word)} (idle: {idle_count}); "
+                   f"expected {what} {expectation.describe(n)}")
+        if expectation.op in (">", ">=") and count <= idle_count:
+            failure += f": it does not start a {word} per client"
+        elif expectation.op in ("<", "<="):
+            failure += f": it starts more {what} than allowed"
+        failures.append(failure)
+    note = ""
+    if hold and hold.get("connected", n) < n:
+        note = f" Only {hold.get('connected')} of the {n} connections were made."
+    if failures:
+        return Outcome(False, "; ".join(failures) + "." + note, evidence)
+    return Outcome(True, f"{while_} the server had " + " and ".join(found) + "." + note, evidence)
+
+
+# -- blocked_in --------------------------------------------------------------------------------
+
+def _known_syscall(name: str) -> str:
+    if name not in syscalls.ALL_NAMES:
+        close = difflib.get_close_matches(name, sorted(syscalls.ALL_NAMES), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown syscall {name!r}{hint}")
+    return name
+
+
+class BlockedInParams(CheckParams):
+    syscalls: list[str] = Field(min_length=1, description="Syscall names a waiting thread may sleep in, "
+                                                          "e.g. [accept4] or [epoll_wait, epoll_pwait].")
+    window: float = Field(1.0, ge=0.0, le=10, description="Seconds the idle server is watched.")
+    samples: int = Field(5, ge=2, le=50, description="Looks at the threads within the window.")
+
+    @field_validator("syscalls")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        return [_known_syscall(name) for name in names]
+
+
+@check("blocked_in", BlockedInParams,
+       "When no client is connected, every server thread is asleep (state S) in one of the named syscalls "
+       "(checked by number for the kernel's architecture); a thread that runs is a busy loop.",
+       default_timeout=20.0)
+def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
+    seen = sample(ctx, params.window, params.samples)
+    arch = seen.machine
+    numbers = syscalls.numbers(params.syscalls, arch)
+    if not numbers:
+        raise LabctlError(f"none of {', '.join(params.syscalls)} exists on {arch}: the exercise should name "
+                          f"syscalls of this architecture (e.g. epoll_pwait, ppoll, pselect6 on aarch64)")
+    verdicts = observe.blocked_in(seen, params.syscalls)
+    evidence: dict[str, Any] = {
+        "architecture": arch, "expected": {name: number for name, number in numbers.items()},
+        "not_on_this_architecture": [name for name in params.syscalls if name not in numbers],
+        "threads": [dict(v.thread.evidence(), ok=v.ok) for v in verdicts],
+        "looks": len(seen.snapshots), "window": round(seen.elapsed, 2),
+    }
+    if not verdicts:
+        return Outcome(False, "no server thread was seen: did the server exit?", evidence)
+    bad = [v for v in verdicts if not v.ok]
+    if bad:
+        more = f" (and {len(bad) - 1} more thread{'s' if len(bad) > 2 else ''} like it)" if len(bad) > 1 else ""
+        why = bad[0].why
+        return Outcome(False, why + more + ("" if why.endswith("?") and not more else "."), evidence)
+    shown = "; ".join(v.why for v in verdicts[:3]) + (f"; and {len(verdicts) - 3} more" if len(verdicts) > 3 else "")
+    return Outcome(True, f"idle, every server thread sleeps where expected: {shown}.", evidence)
+
+
+# -- idle_cpu ----------------------------------------------------------------------------------
+
+class IdleCpuParams(CheckParams):
+    max_percent: float = Field(5.0, gt=0, le=400, description="Most CPU the idle server may use, in percent "
+                                                              "of one CPU.")
+    window: float = Field(2.0, ge=0.5, le=30, description="Seconds over which the CPU is measured.")
+    connections: int = Field(0, ge=0, le=2000, description="Idle connections held open meanwhile (0: none); "
+                                                           "a server must not spin on idle clients either.")
+
+
+@check("idle_cpu", IdleCpuParams,
+       "The server uses (almost) no CPU while it waits: a server that busy-polls a non-blocking socket "
+       "burns a whole CPU doing nothing.", default_timeout=20.0)
+def idle_cpu_check(ctx: CheckContext, params: IdleCpuParams) -> Outcome:
+    hold: dict = {}
+    if params.connections:
+        seen, hold = sample_while_holding(ctx, params.connections, params.window, 3)
+    else:
+        seen = sample(ctx, params.window, 3)
+    percent = seen.cpu_percent
+    busiest = sorted(observe.watch(seen), key=lambda entry: -entry.cpu_ticks)[:3]
+    evidence: dict[str, Any] = {
+        "cpu_percent": round(percent, 1), "max_percent": params.max_percent, "cpu_ticks": seen.cpu_ticks,
+        "clk_tck": seen.clk_tck, "window": round(seen.elapsed, 2),
+        "busiest_threads": [entry.evidence() for entry in busiest],
+    }
+    if hold:
+        evidence["hold"] = _hold_evidence(hold)
+    while_ = (f"while {params.connections} idle connections were held" if params.connections
+              else "while no client was connected")
+    if seen.peak_processes == 0:
+        return Outcome(False, "no server process was seen: did the server exit?", evidence)
+    if percent > params.max_percent:
+        top = busiest[0] if busiest and busiest[0].cpu_ticks > 0 else None
+        who = (f"; {top.label} used {100 * top.cpu_ticks / seen.clk_tck / seen.elapsed:.0f}% and was "
+               f"{top.usual}" if top else "")
+        return Outcome(False, f"{while_} the server used {percent:.0f}% of a CPU over {seen.elapsed:.1f} s "
+                              f"(limit {params.max_percent:g}%){who}: it spins instead of sleeping until a "
+                              f"client sends something (busy-polling?).", evidence)
+    return Outcome(True, f"{while_} the server used {percent:.1f}% of a CPU over {seen.elapsed:.1f} s "
+                         f"(limit {params.max_percent:g}%).", evidence)
+
+
+# -- io_model ----------------------------------------------------------------------------------
+
+Model = Literal["blocking", "threaded", "forking", "event-driven"]
+
+
+class IoModelParams(CheckParams):
+    expect: Model | list[Model] = Field(description="The model (or models) the exercise asks for: blocking, "
+                                                    "threaded, forking, event-driven.")
+    connections: int = Field(4, ge=1, le=200, description="Connections held (partial requests) while watching.")
+    window: float = Field(1.0, ge=0.2, le=10, description="Seconds watched idle, and again while loaded.")
+    samples: int = Field(4, ge=2, le=50)
+    busy_percent: float = Field(20.0, gt=0, le=400, description="Idle CPU (% of one CPU) from which the "
+                                                                "server counts as busy-polling.")
+
+
+@check("io_model", IoModelParams,
+       "Tells how the server waits for clients (blocking, threaded, forking, event-driven, or busy-polling) "
+       "from its threads, processes, syscalls and CPU, idle and with clients held, and compares with the "
+       "exercise.", default_timeout=30.0)
+def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
+    expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
+    idle = sample(ctx, params.window, params.samples)
+    loaded, hold = sample_while_holding(ctx, params.connections, params.window, params.samples, probe=True)
+    found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=params.connections, hold=hold,
+                                           busy_fraction=params.busy_percent / 100))
+    evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts}
+    wanted = " or ".join(expected)
+    if found.model in expected:
+        return Outcome(True, f"the server is {found.model}: {found.reason}.", evidence)
+    return Outcome(False, f"the server looks {found.model}, expected {wanted}: {found.reason}.", evidence)

@@ -1,7 +1,344 @@
-"""Harness commands: proc (being written)."""
+"""Process-side facts: the server's processes and threads, read from /proc in the observer.
+
+The observer container shares the server container's PID namespace (pid_mode=container:
+server) and holds SYS_PTRACE + DAC_READ_SEARCH, so it can read every server thread's
+/proc/<pid>/task/<tid>/{stat,status,syscall,wchan}. These commands report what they read,
+nothing more: which syscall a number is, whether a state is good, is decided on the host
+(labctl/observe.py, labctl/checks/process.py).
+
+Which processes are the server's (`server_pids`):
+    the server's processes are PID 1 of the namespace and its descendants, less an init
+    shim at PID 1. The observer joins the SERVER's namespace, so PID 1 is the server
+    container's first process: docker-init (`/sbin/docker-init -- sh -c 'exec ...'`),
+    whose child is the submission. Everything another container or `docker exec` puts in
+    the namespace (the observer's `sleep infinity`, this harness and its `timeout`, a
+    `labctl shell server`) is started from outside the namespace, so its PPid reads 0 and
+    it is never in PID 1's tree; orphans of the server are re-parented to PID 1 and stay
+    in it. The rule does not look at uids: lab.yaml chooses the server's user (it may be
+    root), and docker-init runs as that same user, so a uid says neither "server" nor
+    "not server". PID 1 itself counts as the server only when it is not an init shim
+    (docker-init, tini, dumb-init, catatonit): a lab started without an init runs the
+    server as PID 1.
+
+One command also runs in the CLIENT: `hold_connections` opens N connections to the
+server and holds them (optionally with a partial request, and one full "probe" request
+while they are held), so the observer can look at the server while it has clients.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+import socket
+import time
 
-COMMANDS: dict[str, Callable[..., dict]] = {}
+#: What a PID 1 that only starts the real server and forwards signals is called.
+INIT_SHIMS = frozenset({"docker-init", "tini", "dumb-init", "catatonit"})
+
+#: How much of a command line is reported.
+CMDLINE_MAX = 200
+
+
+# -- parsing /proc text (pure functions: unit-tested on recorded samples) ----------------------
+
+def parse_stat(text: str) -> dict:
+    """The fields of /proc/<pid>[/task/<tid>]/stat that matter here.
+
+    The command name is in parentheses and may itself hold spaces and ')', so the fields
+    are counted from the LAST ')' (proc(5)).
+    """
+    open_at, close_at = text.index("("), text.rindex(")")
+    rest = text[close_at + 2:].split()
+    # rest[0] is field 3 (state); field k of proc(5) is rest[k - 3].
+    return {
+        "pid": int(text[:open_at]),
+        "comm": text[open_at + 1:close_at],
+        "state": rest[0],
+        "ppid": int(rest[1]),
+        "utime": int(rest[11]),
+        "stime": int(rest[12]),
+        "cutime": int(rest[13]),
+        "cstime": int(rest[14]),
+        "num_threads": int(rest[17]),
+        "starttime": int(rest[19]),
+    }
+
+
+def parse_status(text: str) -> dict:
+    """Real uid, thread group id and context switches from /proc/<pid>[/task/<tid>]/status."""
+    found: dict = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "Uid":
+            found["uid"] = int(value.split()[0])
+        elif key == "Tgid":
+            found["tgid"] = int(value)
+        elif key == "PPid":
+            found["ppid"] = int(value)
+        elif key == "voluntary_ctxt_switches":
+            found["voluntary"] = int(value)
+        elif key == "nonvoluntary_ctxt_switches":
+            found["nonvoluntary"] = int(value)
+    return found
+
+
+def parse_syscall(text: str) -> dict:
+    """/proc/<pid>/task/<tid>/syscall: the syscall a task is blocked in.
+
+    "running": the task is running (or runnable), not blocked at all.
+    "-1 sp pc": blocked, but not in a syscall (e.g. a page fault, or stopped).
+    "nr arg0 ... arg5 sp pc": blocked in syscall nr (its arguments in hex).
+    Returns {"syscall": nr | "running" | -1, "arg0": first argument or None}.
+    """
+    fields = text.split()
+    if not fields:
+        return {"syscall": None, "arg0": None}
+    if fields[0] == "running":
+        return {"syscall": "running", "arg0": None}
+    nr = int(fields[0])
+    arg0 = int(fields[1], 16) if nr >= 0 and len(fields) > 1 else None
+    return {"syscall": nr, "arg0": arg0}
+
+
+def server_pids(parents: dict[int, int], comms: dict[int, str]) -> tuple[int | None, list[int]]:
+    """(the init shim's pid or None, the server's pids): PID 1's tree, less a shim at PID 1.
+
+    `parents` maps every visible pid to its ppid. See the module's docstring for why
+    the rule is "descendants of PID 1", not "uid 1000".
+    """
+    if 1 not in parents:
+        return None, []
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        if pid != ppid:
+            children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [1]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    shim = 1 if comms.get(1) in INIT_SHIMS else None
+    return shim, sorted(pid for pid in tree if pid != shim)
+
+
+# -- reading /proc ------------------------------------------------------------------------------
+
+def _read(path: str, errors: list[str] | None = None) -> str | None:
+    """A /proc file's text; None when the task went away (or, noted in `errors`, was unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as error:
+        if errors is not None and len(errors) < 20:
+            errors.append(f"{path}: {type(error).__name__}: {error.strerror or error}")
+        return None
+
+
+def _pids(root: str) -> list[int]:
+    return sorted(int(name) for name in os.listdir(root) if name.isdigit())
+
+
+def _task(root: str, pid: int, tid: int, errors: list[str]) -> dict | None:
+    base = f"{root}/{pid}/task/{tid}"
+    stat_text = _read(f"{base}/stat")
+    if stat_text is None:
+        return None
+    stat = parse_stat(stat_text)
+    status = parse_status(_read(f"{base}/status") or "")
+    syscall_text = _read(f"{base}/syscall", errors)
+    syscall = parse_syscall(syscall_text) if syscall_text is not None else {"syscall": None, "arg0": None}
+    wchan = (_read(f"{base}/wchan") or "").strip()
+    return {
+        "tid": tid, "comm": stat["comm"], "state": stat["state"],
+        "syscall": syscall["syscall"], "arg0": syscall["arg0"],
+        "wchan": "" if wchan == "0" else wchan,
+        "ticks": stat["utime"] + stat["stime"],
+        "voluntary": status.get("voluntary"), "nonvoluntary": status.get("nonvoluntary"),
+        "uid": status.get("uid"),
+    }
+
+
+def _cmdline(root: str, pid: int) -> str:
+    raw = _read(f"{root}/{pid}/cmdline") or ""
+    return raw.replace("\0", " ").strip()[:CMDLINE_MAX]
+
+
+def _machine() -> str:
+    return os.uname().machine
+
+
+def proc_snapshot(proc_root: str = "/proc") -> dict:
+    """The server's processes and threads, now.
+
+    Per process: pid, ppid, comm, uid, cmdline, its own CPU ticks (utime+stime of all its
+    threads, living and exited) and its reaped children's (cutime+cstime), and per thread:
+    tid, comm, state (R, S, D, ...), syscall (number, "running", -1 = blocked outside a
+    syscall, or None when unreadable), arg0 (the syscall's first argument: often the fd),
+    wchan (the kernel function it sleeps in: shown, never graded; names differ between
+    kernel builds), ticks (utime+stime), voluntary/nonvoluntary context switches, uid.
+    `ticks_total` sums the processes' own and children's ticks (the init shim's too, which
+    reaps orphans): its growth between two snapshots is the CPU the server used.
+    Ticks are 1/clk_tck s.
+    """
+    errors: list[str] = []
+    parents: dict[int, int] = {}
+    stats: dict[int, dict] = {}
+    for pid in _pids(proc_root):
+        text = _read(f"{proc_root}/{pid}/stat")
+        if text is None:
+            continue
+        stat = parse_stat(text)
+        parents[pid], stats[pid] = stat["ppid"], stat
+    shim, pids = server_pids(parents, {pid: stat["comm"] for pid, stat in stats.items()})
+    processes = []
+    ticks_total = 0
+    for pid in pids:
+        stat = stats[pid]
+        status = parse_status(_read(f"{proc_root}/{pid}/status") or "")
+        threads = []
+        try:
+            tids = _pids(f"{proc_root}/{pid}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited since the listing
+        for tid in tids:
+            task = _task(proc_root, pid, tid, errors)
+            if task is not None:
+                threads.append(task)
+        if not threads:
+            continue
+        own, children = stat["utime"] + stat["stime"], stat["cutime"] + stat["cstime"]
+        ticks_total += own + children
+        processes.append({"pid": pid, "ppid": stat["ppid"], "comm": stat["comm"], "uid": status.get("uid"),
+                          "state": stat["state"], "cmdline": _cmdline(proc_root, pid),
+                          "ticks": own, "child_ticks": children, "threads": threads})
+    init = None
+    if shim is not None:
+        stat = stats[shim]
+        ticks_total += stat["utime"] + stat["stime"] + stat["cutime"] + stat["cstime"]
+        init = {"pid": shim, "comm": stat["comm"], "cmdline": _cmdline(proc_root, shim)}
+    elif 1 in stats:
+        init = {"pid": 1, "comm": stats[1]["comm"], "cmdline": _cmdline(proc_root, 1), "is_server": True}
+    return {
+        "machine": _machine(),
+        "clk_tck": os.sysconf("SC_CLK_TCK"),
+        "time": time.monotonic(),
+        "init": init,
+        "processes": processes,
+        "process_count": len(processes),
+        "thread_count": sum(len(process["threads"]) for process in processes),
+        "ticks_total": ticks_total,
+        "errors": errors,
+    }
+
+
+def proc_sample(window: float = 2.0, samples: int = 5, proc_root: str = "/proc") -> dict:
+    """`samples` snapshots spread evenly over `window` seconds (the first at once, the last at the end).
+
+    The CPU the server used in the window is `cpu_ticks` / clk_tck over `elapsed` seconds
+    (`cpu_fraction`: 1.0 is one CPU busy all the time); the snapshots in between show the
+    thread states as they were sampled.
+    """
+    samples = max(2, int(samples))
+    window = max(0.0, float(window))
+    started = time.monotonic()
+    snapshots = []
+    for index in range(samples):
+        due = started + window * index / (samples - 1)
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        snapshots.append(proc_snapshot(proc_root))
+    first, last = snapshots[0], snapshots[-1]
+    elapsed = last["time"] - first["time"]
+    cpu_ticks = last["ticks_total"] - first["ticks_total"]
+    clk_tck = first["clk_tck"]
+    return {
+        "machine": first["machine"],
+        "clk_tck": clk_tck,
+        "elapsed": elapsed,
+        "cpu_ticks": cpu_ticks,
+        "cpu_fraction": (cpu_ticks / clk_tck / elapsed) if elapsed > 0 else 0.0,
+        "snapshots": snapshots,
+    }
+
+
+# -- in the client: hold connections open while the observer looks ------------------------------
+
+def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3.0,
+                     request: str = "GET / HTTP/1.0\r\n", connect_timeout: float = 2.0,
+                     probe: bool = False, probe_after: float = 0.5, probe_timeout: float = 1.0,
+                     path: str = "/") -> dict:
+    """Open `connections` TCP connections, send each `request` (a PARTIAL request by default:
+    the server is left waiting for the rest), hold them `hold` seconds from the start, close.
+    Connecting stops after hold/2 s (a server whose backlog is full lets SYNs go unanswered).
+
+    With `probe`, `probe_after` s after the start one more client sends a whole request
+    and waits up to `probe_timeout` s: whether a server answers a new client while others
+    are held is what tells an event loop from a one-at-a-time server.
+    Reports how many connected, and at the end how many the server had closed or answered.
+    """
+    started = time.monotonic()
+    connect_by = started + max(0.1, hold / 2)  # a full backlog drops SYNs: never spend the hold connecting
+    held: list[socket.socket] = []
+    errors: list[str] = []
+    for _ in range(int(connections)):
+        left = connect_by - time.monotonic()
+        if left <= 0:
+            errors.append(f"stopped connecting after {hold / 2:g} s")
+            break
+        try:
+            sock = socket.create_connection((host, port), timeout=min(connect_timeout, left))
+        except OSError as error:
+            if len(errors) < 5:
+                errors.append(f"{type(error).__name__}: {error}")
+            continue
+        held.append(sock)
+        try:
+            if request:
+                sock.sendall(request.encode())
+        except OSError as error:
+            if len(errors) < 5:
+                errors.append(f"sending: {type(error).__name__}: {error}")
+    connected_at = time.monotonic() - started
+    probe_result = None
+    if probe:
+        time.sleep(max(0.0, started + probe_after - time.monotonic()))
+        probe_result = _probe(host, port, path, probe_timeout)
+    time.sleep(max(0.0, started + hold - time.monotonic()))
+    open_, closed, answered = 0, 0, 0
+    for sock in held:
+        try:
+            sock.setblocking(False)
+            data = sock.recv(1)
+            if data:
+                answered += 1
+            else:
+                closed += 1
+        except BlockingIOError:
+            open_ += 1
+        except OSError:
+            closed += 1
+        finally:
+            sock.close()
+    return {"requested": int(connections), "connected": len(held), "connect_errors": errors,
+            "connected_after": round(connected_at, 4), "still_open": open_, "closed_by_server": closed,
+            "answered": answered, "held_for": round(time.monotonic() - started, 4), "probe": probe_result}
+
+
+def _probe(host: str, port: int, path: str, timeout: float) -> dict:
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(max(0.05, timeout - (time.monotonic() - started)))
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            data = sock.recv(256)
+        status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+        return {"answered": bool(data), "status_line": status_line, "seconds": round(time.monotonic() - started, 4)}
+    except OSError as error:
+        return {"answered": False, "error": f"{type(error).__name__}: {error}",
+                "seconds": round(time.monotonic() - started, 4)}
+
+
+COMMANDS = {"proc_snapshot": proc_snapshot, "proc_sample": proc_sample, "hold_connections": hold_connections}

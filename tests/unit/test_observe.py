@@ -1,0 +1,442 @@
+"""Reading /proc (labctl/harness/proc.py), the syscall table (labctl/syscalls.py) and the
+interpretation of what was read (labctl/observe.py), on text and samples recorded from real labs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from labctl import observe, syscalls
+from labctl.harness import proc
+
+# -- recorded on this engine (Linux 6.18, x86_64): tests/servers/hello idle, seen from the observer --
+
+STAT_SERVER = ("7 (python3) S 1 7 1 0 -1 4194304 1108 0 95 0 1 0 0 0 20 0 1 0 80913 14516224 2308 "
+               "18446744073709551615 4321280 7154137 140728039184496 0 0 0 0 16781312 2 1 0 0 17 1 0 0 0 0 0 "
+               "9727432 11029816 859615232 140728039190254 140728039190272 140728039190272 140728039190503 0\n")
+STAT_INIT = ("1 (docker-init) S 0 1 1 0 -1 4194560 965 0 0 0 2 1 0 0 20 0 1 0 80856 1044480 150 "
+             "18446744073709551615 4198400 4705985 140726427260784 0 0 0 0 3145728 0 1 0 0 17 1 0 0 0 0 0 "
+             "4878296 4904528 417288192 140726427262685 140726427262735 140726427262735 140726427262950 0\n")
+STATUS_SERVER = """Name:\tpython3
+Umask:\t0022
+State:\tS (sleeping)
+Tgid:\t7
+Ngid:\t0
+Pid:\t7
+PPid:\t1
+TracerPid:\t0
+Uid:\t1000\t1000\t1000\t1000
+Gid:\t1000\t1000\t1000\t1000
+NSpid:\t7
+Threads:\t1
+voluntary_ctxt_switches:\t551
+nonvoluntary_ctxt_switches:\t120
+"""
+SYSCALL_ACCEPT4 = "288 0x3 0x7ffdccc911e0 0x7ffdccc911bc 0x80000 0x0 0x0 0x7ffdccc910e8 0x7f13f8a3ff63\n"
+SYSCALL_OUTSIDE = "-1 0x7ffdccc910e8 0x7f13f8a3ff63\n"
+
+#: proc_snapshot's answer for model_threaded while the client held 4 connections (recorded, trimmed).
+RECORDED_THREADED_SNAPSHOT = {
+    "machine": "x86_64", "clk_tck": 100, "time": 1029.9,
+    "init": {"pid": 1, "comm": "docker-init", "cmdline": "/sbin/docker-init -- sh -c exec python3 server.py"},
+    "processes": [{"pid": 7, "ppid": 1, "comm": "python3", "uid": 1000, "state": "S", "cmdline": "python3 server.py",
+                   "ticks": 3, "child_ticks": 0, "threads": [
+                       {"tid": 7, "comm": "python3", "state": "S", "syscall": 288, "arg0": 3,
+                        "wchan": "inet_csk_accept", "ticks": 3, "voluntary": 571, "nonvoluntary": 34, "uid": 1000},
+                       *[{"tid": tid, "comm": "python3", "state": "S", "syscall": 45, "arg0": 4 + i,
+                          "wchan": "wait_woken", "ticks": 0, "voluntary": 2, "nonvoluntary": 0, "uid": 1000}
+                         for i, tid in enumerate((22, 23, 24, 25))]]}],
+    "process_count": 1, "thread_count": 5, "ticks_total": 6, "errors": [],
+}
+
+
+# -- parsing /proc text -------------------------------------------------------------------------
+
+def test_parse_stat_of_a_recorded_server():
+    stat = proc.parse_stat(STAT_SERVER)
+    assert stat["pid"] == 7 and stat["comm"] == "python3" and stat["state"] == "S" and stat["ppid"] == 1
+    assert (stat["utime"], stat["stime"], stat["cutime"], stat["cstime"]) == (1, 0, 0, 0)
+    assert stat["num_threads"] == 1 and stat["starttime"] == 80913
+
+
+def test_parse_stat_with_spaces_and_parentheses_in_the_name():
+    """A thread may name itself anything (prctl PR_SET_NAME): count fields from the LAST ')'."""
+    text = STAT_SERVER.replace("(python3)", "(a) b (c)")
+    stat = proc.parse_stat(text)
+    assert stat["comm"] == "a) b (c" and stat["state"] == "S" and stat["ppid"] == 1
+
+
+def test_parse_status():
+    assert proc.parse_status(STATUS_SERVER) == {"tgid": 7, "ppid": 1, "uid": 1000, "voluntary": 551,
+                                                "nonvoluntary": 120}
+
+
+@pytest.mark.parametrize("text, expected", [
+    (SYSCALL_ACCEPT4, {"syscall": 288, "arg0": 3}),
+    ("running\n", {"syscall": "running", "arg0": None}),
+    (SYSCALL_OUTSIDE, {"syscall": -1, "arg0": None}),
+    ("", {"syscall": None, "arg0": None}),
+])
+def test_parse_syscall(text, expected):
+    assert proc.parse_syscall(text) == expected
+
+
+def test_server_pids_recorded_namespace():
+    """As `ps` showed it in the observer: docker-init(1) -> python3(7); the observer's sleep (8),
+    the harness's timeout (15) and its children have their parent outside the namespace (0)."""
+    parents = {1: 0, 7: 1, 8: 0, 15: 0, 21: 15, 22: 21}
+    comms = {1: "docker-init", 7: "python3", 8: "sleep", 15: "timeout", 21: "sh", 22: "ps"}
+    assert proc.server_pids(parents, comms) == (1, [7])
+
+
+def test_server_pids_children_orphans_and_exec_shells():
+    parents = {1: 0, 6: 1, 30: 6, 31: 6, 40: 1, 50: 0, 51: 50}
+    comms = {1: "docker-init", 6: "python3", 30: "python3", 31: "python3", 40: "python3", 50: "sh", 51: "cat"}
+    # 30, 31: forked children; 40: an orphan re-parented to PID 1; 50/51: `docker exec` into the server
+    # (same uid as the server, but started from outside the namespace: not the server)
+    assert proc.server_pids(parents, comms) == (1, [6, 30, 31, 40])
+
+
+def test_server_pids_without_an_init_shim_the_server_is_pid_1():
+    assert proc.server_pids({1: 0, 9: 1, 12: 0}, {1: "python3", 9: "python3", 12: "sleep"}) == (None, [1, 9])
+    assert proc.server_pids({5: 0}, {5: "sleep"}) == (None, [])
+
+
+# -- proc_snapshot / proc_sample on a /proc tree made of recorded files --------------------------
+
+def _write_task(root: Path, pid: int, tid: int, stat: str, status: str, syscall: str | None, wchan: str) -> None:
+    task = root / str(pid) / "task" / str(tid)
+    task.mkdir(parents=True)
+    (task / "stat").write_text(stat)
+    (task / "status").write_text(status)
+    if syscall is None:
+        (task / "syscall").mkdir()  # unreadable: reading it raises (IsADirectoryError) like EPERM would
+    else:
+        (task / "syscall").write_text(syscall)
+    (task / "wchan").write_text(wchan)
+
+
+def _fake_proc(root: Path, syscall_of_server: str | None = SYSCALL_ACCEPT4) -> Path:
+    for pid, stat, status, syscall, wchan, cmdline in (
+        (1, STAT_INIT, STATUS_SERVER.replace("Tgid:\t7", "Tgid:\t1"), "128 0x0\n", "do_sigtimedwait",
+         "/sbin/docker-init\0--\0sh\0-c\0exec python3 server.py\0"),
+        (7, STAT_SERVER, STATUS_SERVER, syscall_of_server, "inet_csk_accept", "python3\0server.py\0"),
+        (8, STAT_SERVER.replace("7 (python3) S 1", "8 (sleep) S 0"), STATUS_SERVER, "34 0x0\n", "do_sys_pause",
+         "sleep\0infinity\0"),
+    ):
+        (root / str(pid)).mkdir(parents=True, exist_ok=True)
+        (root / str(pid) / "stat").write_text(stat)
+        (root / str(pid) / "status").write_text(status)
+        (root / str(pid) / "cmdline").write_text(cmdline)
+        _write_task(root, pid, pid, stat, status, syscall, wchan)
+    # a second thread of the server, running
+    _write_task(root, 7, 9, STAT_SERVER.replace("7 (python3) S", "9 (worker) R"), STATUS_SERVER, "running\n", "0")
+    (root / "self").mkdir()
+    return root
+
+
+def test_proc_snapshot_reads_only_the_servers_tasks(tmp_path):
+    snap = proc.proc_snapshot(str(_fake_proc(tmp_path)))
+    assert snap["machine"] == os.uname().machine and snap["clk_tck"] > 0
+    assert snap["init"]["comm"] == "docker-init" and "exec python3 server.py" in snap["init"]["cmdline"]
+    assert [p["pid"] for p in snap["processes"]] == [7]
+    assert snap["process_count"] == 1 and snap["thread_count"] == 2
+    main, worker = snap["processes"][0]["threads"]
+    assert main == {"tid": 7, "comm": "python3", "state": "S", "syscall": 288, "arg0": 3, "wchan": "inet_csk_accept",
+                    "ticks": 1, "voluntary": 551, "nonvoluntary": 120, "uid": 1000}
+    assert worker["state"] == "R" and worker["syscall"] == "running" and worker["wchan"] == ""
+    assert snap["processes"][0]["cmdline"] == "python3 server.py"
+    assert snap["ticks_total"] == 1 + 3  # the server's 1 tick and docker-init's 2+1
+    assert snap["errors"] == []
+    json.dumps(snap)  # JSON-able, as the harness prints it
+
+
+def test_proc_snapshot_reports_an_unreadable_syscall_file(tmp_path):
+    snap = proc.proc_snapshot(str(_fake_proc(tmp_path, syscall_of_server=None)))
+    assert snap["processes"][0]["threads"][0]["syscall"] is None
+    assert snap["errors"] and "7/task/7/syscall" in snap["errors"][0]
+
+
+def test_proc_sample_spreads_snapshots_and_measures_cpu(tmp_path):
+    root = _fake_proc(tmp_path)
+    answer = proc.proc_sample(window=0.05, samples=3, proc_root=str(root))
+    assert len(answer["snapshots"]) == 3 and answer["elapsed"] >= 0.04
+    assert answer["cpu_ticks"] == 0 and answer["cpu_fraction"] == 0.0
+
+
+def test_harness_command_table_has_the_proc_commands():
+    assert set(proc.COMMANDS) == {"proc_snapshot", "proc_sample", "hold_connections"}
+
+
+# -- the syscall table -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, x86_64, aarch64", [
+    ("read", 0, 63), ("write", 1, 64), ("poll", 7, None), ("select", 23, None), ("nanosleep", 35, 101),
+    ("connect", 42, 203), ("accept", 43, 202), ("sendto", 44, 206), ("recvfrom", 45, 207), ("recvmsg", 47, 212),
+    ("wait4", 61, 260), ("futex", 202, 98), ("clock_nanosleep", 230, 115), ("epoll_wait", 232, None),
+    ("pselect6", 270, 72), ("ppoll", 271, 73), ("epoll_pwait", 281, 22), ("accept4", 288, 242),
+    ("epoll_pwait2", 441, 441), ("futex_wait", 455, 455), ("io_uring_enter", 426, 426),
+])
+def test_syscall_numbers_per_architecture(name, x86_64, aarch64):
+    assert syscalls.number(name, "x86_64") == x86_64
+    assert syscalls.number(name, "aarch64") == aarch64
+    if x86_64 is not None:
+        assert syscalls.name(x86_64, "amd64") == name
+    if aarch64 is not None:
+        assert syscalls.name(aarch64, "arm64") == name
+
+
+def test_syscall_tables_are_whole_and_one_to_one():
+    for arch, table in syscalls.TABLES.items():
+        assert len(set(table.values())) == len(table)
+        assert all(isinstance(n, int) and n >= 0 for n in table)
+    assert len(syscalls.TABLES["x86_64"]) > 380 and max(syscalls.TABLES["x86_64"]) == 470
+    assert set(range(0, 335)) <= set(syscalls.TABLES["x86_64"])
+    assert len(syscalls.TABLES["aarch64"]) > 320
+    assert syscalls.label(288, "x86_64") == "accept4 (288)" and syscalls.label(9999, "x86_64") == "syscall 9999"
+    assert syscalls.numbers(["poll", "ppoll", "accept4"], "aarch64") == {"ppoll": 73, "accept4": 242}
+
+
+def test_unknown_architecture_is_an_error():
+    with pytest.raises(syscalls.UnknownArchitecture, match="riscv64"):
+        syscalls.number("read", "riscv64")
+
+
+# -- observe: typed views ---------------------------------------------------------------------------
+
+def test_snapshot_from_recorded_json():
+    snap = observe.Snapshot.from_json(RECORDED_THREADED_SNAPSHOT)
+    assert snap.machine == "x86_64" and snap.process_count == 1 and snap.thread_count == 5 and snap.max_threads == 5
+    main = snap.threads[0]
+    assert main.syscall_name == "accept4" and main.asleep and main.waiting == "asleep in accept4 (288)"
+    assert main.label == "thread 7 (python3, main)"
+    assert {t.waiting for t in snap.threads[1:]} == {"asleep in recvfrom (45)"}
+    table = observe.render(snap)
+    assert "accept4 (288)" in table and "inet_csk_accept" in table and "1 process(es), 5 thread(s)" in table
+
+
+@pytest.mark.parametrize("state, syscall, waiting", [
+    ("R", "running", "running"),
+    ("S", -1, "in state S outside a syscall"),
+    ("D", 0, "in state D in read (0)"),
+    ("S", None, "in state S (its syscall file was unreadable)"),
+    ("S", 999, "asleep in syscall 999"),
+])
+def test_thread_waiting_in_words(state, syscall, waiting):
+    thread = observe.Thread(pid=7, tid=8, comm="python3", state=state, syscall=syscall, machine="x86_64")
+    assert thread.waiting == waiting
+
+
+# -- building samples for the classifier ------------------------------------------------------------
+
+def snap_json(processes: list[tuple[int, list[tuple[int, str, object]]]], ticks_total: int = 0,
+              machine: str = "x86_64") -> dict:
+    """processes: [(pid, [(tid, state, syscall), ...]), ...]"""
+    return {"machine": machine, "clk_tck": 100, "time": 0.0, "init": None, "ticks_total": ticks_total,
+            "errors": [], "processes": [
+                {"pid": pid, "ppid": 1, "comm": "python3", "uid": 1000, "cmdline": "python3 server.py",
+                 "ticks": 0, "child_ticks": 0,
+                 "threads": [{"tid": tid, "comm": "python3", "state": state, "syscall": nr, "arg0": 3,
+                              "wchan": "", "ticks": 0, "voluntary": 1, "nonvoluntary": 0, "uid": 1000}
+                             for tid, state, nr in threads]}
+                for pid, threads in processes]}
+
+
+def sample_of(*snaps: list, cpu_ticks: int = 0, elapsed: float = 1.0, machine: str = "x86_64") -> observe.Sample:
+    return observe.Sample.from_json({"elapsed": elapsed, "cpu_ticks": cpu_ticks, "clk_tck": 100,
+                                     "snapshots": [snap_json(s, machine=machine) for s in snaps]})
+
+
+def same(processes, looks: int = 4, **kwargs) -> observe.Sample:
+    return sample_of(*[processes] * looks, **kwargs)
+
+
+ACCEPT4, RECVFROM, PSELECT6, POLL, EPOLL_WAIT, FUTEX = 288, 45, 270, 7, 232, 202
+ANSWERED = {"connected": 4, "probe": {"answered": True, "seconds": 0.002}}
+NOT_ANSWERED = {"connected": 4, "probe": {"answered": False, "seconds": 1.0, "error": "TimeoutError: timed out"}}
+
+
+def classify(idle, loaded=None, hold=None, connections=4):
+    return observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=connections, hold=hold))
+
+
+def test_io_model_blocking():
+    found = classify(same([(7, [(7, "S", ACCEPT4)])]), same([(7, [(7, "S", RECVFROM)])]), NOT_ANSWERED)
+    assert found.model == "blocking"
+    assert "recvfrom (45)" in found.reason and "no answer" in found.reason
+    assert found.facts["loaded_threads"] == 1 and found.facts["probe"]["answered"] is False
+
+
+def test_io_model_threaded():
+    loaded = same([(7, [(7, "S", ACCEPT4)] + [(t, "S", RECVFROM) for t in (20, 21, 22, 23)])])
+    found = classify(same([(7, [(7, "S", ACCEPT4)])]), loaded, ANSWERED)
+    assert found.model == "threaded" and "5 threads, 4 more than idle" in found.reason
+
+
+def test_io_model_thread_pool_does_not_grow_but_serves_in_parallel():
+    pool = [(7, [(7, "S", ACCEPT4)] + [(t, "S", FUTEX) for t in (20, 21, 22, 23)])]
+    busy_pool = [(7, [(7, "S", ACCEPT4)] + [(t, "S", RECVFROM) for t in (20, 21, 22, 23)])]
+    found = classify(same(pool), same(busy_pool), ANSWERED)
+    assert found.model == "threaded" and "pool of threads" in found.reason
+
+
+def test_io_model_forking():
+    loaded = same([(7, [(7, "S", ACCEPT4)])] + [(p, [(p, "S", RECVFROM)]) for p in (30, 31, 32, 33)])
+    found = classify(same([(7, [(7, "S", ACCEPT4)])]), loaded, ANSWERED)
+    assert found.model == "forking" and "5 processes, 4 more than idle" in found.reason
+
+
+def test_io_model_preforked_pool():
+    pool = [(p, [(p, "S", ACCEPT4)]) for p in (7, 8, 9, 10)]
+    serving = [(7, [(7, "S", RECVFROM)]), (8, [(8, "S", RECVFROM)]), (9, [(9, "S", ACCEPT4)]), (10, [(10, "S", ACCEPT4)])]
+    found = classify(same(pool), same(serving), ANSWERED)
+    assert found.model == "forking" and "pool of processes" in found.reason
+
+
+@pytest.mark.parametrize("nr, name", [(PSELECT6, "pselect6"), (POLL, "poll"), (EPOLL_WAIT, "epoll_wait")])
+def test_io_model_event_driven(nr, name):
+    found = classify(same([(7, [(7, "S", nr)])]), same([(7, [(7, "S", nr)])]), ANSWERED)
+    assert found.model == "event-driven" and f"{name} ({nr})" in found.reason and "answered in 2 ms" in found.reason
+
+
+def test_io_model_poll_yet_no_answer_is_blocking():
+    """A one-at-a-time server whose sockets have timeouts waits in poll too; it still serves one client."""
+    found = classify(same([(7, [(7, "S", POLL)])]), same([(7, [(7, "S", POLL)])]), NOT_ANSWERED)
+    assert found.model == "blocking" and "no answer" in found.reason
+
+
+def test_io_model_busy_by_cpu():
+    found = classify(same([(7, [(7, "R", "running")])], cpu_ticks=98), same([(7, [(7, "R", "running")])]), ANSWERED)
+    assert found.model == "busy-polling" and "98% of a CPU" in found.reason
+
+
+def test_io_model_busy_on_a_crowded_host_by_running_state():
+    """Other labs share the CPUs: the spinner got 8% of a CPU, but it was never asleep."""
+    idle = sample_of([(7, [(7, "R", "running")])], [(7, [(7, "R", "running")])], [(7, [(7, "S", ACCEPT4)])],
+                     [(7, [(7, "R", "running")])], cpu_ticks=8)
+    found = classify(idle, same([(7, [(7, "R", "running")])]), ANSWERED)
+    assert found.model == "busy-polling" and "running in 3 of 4 looks" in found.reason
+
+
+def test_io_model_one_spinning_thread_next_to_a_sleeping_main():
+    idle = same([(7, [(7, "S", ACCEPT4), (8, "R", "running")])], cpu_ticks=100)
+    assert classify(idle).model == "busy-polling"
+
+
+def test_io_model_a_rare_wakeup_is_not_busy():
+    idle = sample_of([(7, [(7, "S", POLL)])], [(7, [(7, "R", "running")])], [(7, [(7, "S", POLL)])],
+                     [(7, [(7, "S", POLL)])], cpu_ticks=1)
+    assert classify(idle, same([(7, [(7, "S", POLL)])]), ANSWERED).model == "event-driven"
+
+
+def test_io_model_idle_only_is_weaker_but_works():
+    assert classify(same([(7, [(7, "S", EPOLL_WAIT)])]), connections=0).model == "event-driven"
+    assert classify(same([(7, [(7, "S", ACCEPT4)])]), connections=0).model == "blocking"
+    assert classify(same([(7, [(7, "S", ACCEPT4), (8, "S", FUTEX)])]), connections=0).model == "threaded"
+
+
+def test_io_model_without_a_server():
+    found = classify(sample_of([], []))
+    assert found.model == "unknown" and "no server process" in found.reason
+
+
+# -- blocked_in, per thread -------------------------------------------------------------------------
+
+def test_blocked_in_majority_of_looks():
+    seen = sample_of([(7, [(7, "S", ACCEPT4)])], [(7, [(7, "R", "running")])], [(7, [(7, "S", ACCEPT4)])])
+    [verdict] = observe.blocked_in(seen, ["accept4"])
+    assert verdict.ok and verdict.why == "thread 7 (python3, main) is asleep in accept4 (288)"
+
+
+def test_blocked_in_running_and_wrong_syscall():
+    seen = same([(7, [(7, "S", 0), (8, "R", "running")])])  # 0: read
+    main, spinner = observe.blocked_in(seen, ["accept4", "epoll_wait"])
+    assert not main.ok and main.why == "thread 7 (python3, main) is asleep in read (0), expected one of accept4, epoll_wait"
+    assert not spinner.ok and spinner.why == "thread 8 (python3) is running, not asleep (4 of 4 looks): a busy loop?"
+
+
+def test_blocked_in_names_resolve_per_architecture():
+    """On aarch64 there is no epoll_wait: its event loops sleep in epoll_pwait (22)."""
+    seen = same([(7, [(7, "S", 22)])], machine="aarch64")
+    [verdict] = observe.blocked_in(seen, ["epoll_wait", "epoll_pwait"])
+    assert verdict.ok and "epoll_pwait (22)" in verdict.why
+
+
+def test_blocked_in_ignores_a_thread_that_came_and_went():
+    seen = sample_of([(7, [(7, "S", ACCEPT4)])], [(7, [(7, "S", ACCEPT4), (9, "S", RECVFROM)])],
+                     [(7, [(7, "S", ACCEPT4)])])
+    assert [v.thread.tid for v in observe.blocked_in(seen, ["accept4"])] == [7]
+
+
+# -- hold_connections (the client's side), against a local one-at-a-time server ----------------------
+
+def test_hold_connections_and_probe_against_a_blocking_server():
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve_one_at_a_time():  # reads the first client until it closes: the others wait
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while conn.recv(4096):
+                        pass
+                except OSError:
+                    pass
+
+    server = threading.Thread(target=serve_one_at_a_time, daemon=True)
+    server.start()
+    try:
+        answer = proc.hold_connections("127.0.0.1", port, connections=3, hold=0.6, probe=True,
+                                       probe_after=0.1, probe_timeout=0.3)
+    finally:
+        stop.set()
+        server.join(3)
+        listener.close()
+    assert answer["connected"] == 3 and answer["connect_errors"] == []
+    assert answer["still_open"] == 3 and answer["answered"] == 0
+    assert answer["probe"]["answered"] is False and "timed out" in answer["probe"]["error"]
+    assert 0.55 < answer["held_for"] < 2
+
+
+def test_hold_connections_reports_refused_connections():
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once closed
+    answer = proc.hold_connections("127.0.0.1", port, connections=2, hold=0.2)
+    assert answer["connected"] == 0 and "ConnectionRefusedError" in answer["connect_errors"][0]
+
+
+def test_snapshot_of_a_lab_and_its_errors():
+    from labctl.errors import LabctlError
+
+    class Lab:
+        def __init__(self, answer):
+            self.answer, self.calls = answer, []
+
+        def harness(self, node, command, params, timeout=60):
+            self.calls.append((node, command))
+            return self.answer
+
+    lab = Lab(RECORDED_THREADED_SNAPSHOT)
+    assert observe.snapshot(lab).thread_count == 5 and lab.calls == [("observer", "proc_snapshot")]
+    with pytest.raises(LabctlError, match="PermissionError"):
+        observe.snapshot(Lab({"error": "PermissionError: /proc/1"}))
+    with pytest.raises(LabctlError, match="riscv64"):
+        observe.snapshot(Lab(dict(RECORDED_THREADED_SNAPSHOT, machine="riscv64")))
