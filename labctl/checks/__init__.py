@@ -88,11 +88,26 @@ def check(name: str, params: type[P], summary: str, default_timeout: float = 30.
     return register
 
 
-def load_catalog() -> dict[str, CheckDef]:
-    """Import the built-in check modules (they register themselves) and return the registry."""
-    # Imported in this order, which is the catalog's order: the network side, then the process side.
-    from labctl.checks import protocol, concurrency, process  # noqa: F401,I001  (they register on import)
+#: The built-in check modules, in the catalog's order: the network side, then the process side.
+CATALOG_MODULES = ("protocol", "concurrency", "process")
 
+
+def load_catalog() -> dict[str, CheckDef]:
+    """Import the built-in check modules (they register themselves) and return the registry,
+    ordered as the catalog is documented: built-in modules in CATALOG_MODULES order, each in
+    the order it defines its checks, then instructors' checks."""
+    from labctl.checks import concurrency, process, protocol  # noqa: F401  (they register on import)
+
+    def rank(item: tuple[int, CheckDef]) -> tuple[int, int]:
+        position, definition = item
+        module = definition.run.__module__.rsplit(".", 1)[-1]
+        order = CATALOG_MODULES.index(module) if definition.run.__module__.startswith("labctl.checks.") \
+            and module in CATALOG_MODULES else len(CATALOG_MODULES)
+        return order, position
+
+    ordered = [definition for _, definition in sorted(enumerate(REGISTRY.values()), key=rank)]
+    REGISTRY.clear()
+    REGISTRY.update((definition.name, definition) for definition in ordered)
     return REGISTRY
 
 

@@ -16,7 +16,7 @@ import pytest
 from pydantic import Field, ValidationError
 
 import labctl.exercise as exercise_module
-from labctl.checks import REGISTRY, CheckParams, Outcome, check
+from labctl.checks import REGISTRY, CheckParams, Outcome, check, load_catalog
 from labctl.errors import SpecError
 from labctl.exercise import (
     CheckSpec,
@@ -67,6 +67,7 @@ FAKES = {
 @pytest.fixture(autouse=True)
 def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """REGISTRY holds exactly the fake checks during a test (the real catalog is put back after)."""
+    load_catalog()  # the whole real catalog, so that it is whole again afterwards
     saved = dict(REGISTRY)
     REGISTRY.clear()
     for name, (params, summary, timeout) in FAKES.items():
