@@ -1,0 +1,117 @@
+"""Grading on the real engine: exit codes, reports, hidden checks, budgets, Ctrl-C, a dying server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import xml.etree.ElementTree as ET
+
+from labctl.exercise import load_exercise
+from labctl.grading import GradeOptions, grade
+from labctl.lab import LABEL_OWNER
+
+from conftest import OWNER, ROOT
+from integration.test_cli import labctl, spawn, wait_for_containers
+
+BLOCKING = ROOT / "exercises" / "blocking"
+
+
+def test_test_shows_public_checks_only_and_exits_0_on_the_solution(tmp_path):
+    result = labctl("test", "blocking", "--submission", str(BLOCKING / "solution"),
+                    "--report", "terminal", "--report", f"json:{tmp_path / 'report.json'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    hidden = [check.name for check in load_exercise(BLOCKING).hidden_checks]
+    assert hidden, "the blocking exercise should have a hidden check to hide"
+    for name in hidden:
+        assert name not in result.stdout and name not in result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["gradable"] is True
+    assert {r["name"] for r in report["results"]}.isdisjoint(hidden)
+    assert report["score"] == report["max_score"] > 0
+    assert "slow-client-lesson" in result.stdout, "the 0-point lesson is shown"
+
+
+def test_grade_runs_hidden_checks_writes_every_report_and_exits_1_on_failures(tmp_path):
+    reports = {name: tmp_path / f"{name}.out" for name in ("json", "junit", "gradescope", "prairielearn")}
+    result = labctl("grade", "blocking", "--submission", str(BLOCKING / "starter"),
+                    "--only", "get-index", "--only", "io-model", "--only", "idle-cpu",
+                    *[arg for name, path in reports.items() for arg in ("--report", f"{name}:{path}")])
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(reports["json"].read_text())
+    by_name = {r["name"]: r for r in report["results"]}
+    assert set(by_name) == {"get-index", "io-model", "idle-cpu"}
+    assert by_name["get-index"]["status"] == "failed" and "501" in by_name["get-index"]["message"]
+    assert by_name["idle-cpu"]["status"] == "passed"
+    # The starter is a blocking server (it only answers 501): the hidden io-model check runs and passes.
+    assert by_name["io-model"]["visibility"] == "hidden" and by_name["io-model"]["status"] == "passed"
+    suite = ET.parse(reports["junit"]).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "3" and suite.get("failures") == "1"
+    gradescope = json.loads(reports["gradescope"].read_text())
+    assert gradescope["score"] == report["score"]
+    prairielearn = json.loads(reports["prairielearn"].read_text())
+    assert prairielearn["gradable"] is True and 0 <= prairielearn["score"] < 1
+
+
+def test_a_server_that_never_listens_is_not_gradable_exit_2():
+    result = labctl("grade", "blocking", "--submission", str(BLOCKING / "mutants" / "never_listens"),
+                    "--only", "get-index")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not gradable" in result.stderr and "did not listen on port 8080" in result.stderr
+    assert "bound, but never listening" in result.stderr + result.stdout
+
+
+def test_bad_input_is_exit_2_with_a_clear_message(tmp_path):
+    missing = labctl("grade", "no-such-exercise", "--submission", str(tmp_path))
+    assert missing.returncode == 2 and "no exercise 'no-such-exercise'" in missing.stderr
+    only = labctl("grade", "blocking", "--submission", str(tmp_path), "--only", "nope")
+    assert only.returncode == 2 and "--only names no check of blocking: nope" in only.stderr
+    report = labctl("grade", "blocking", "--submission", str(tmp_path), "--report", "pdf")
+    assert report.returncode == 2 and "pdf" in report.stderr
+
+
+def test_when_the_budget_runs_out_finished_checks_keep_their_results(project):
+    exercise = load_exercise(BLOCKING)
+    report = grade(project, exercise, BLOCKING / "solution", GradeOptions(budget=6.0))
+    assert report.gradable and report.budget_exhausted
+    ran = [r for r in report.results if r.duration > 0]
+    skipped = [r for r in report.results if r.duration == 0]
+    assert ran and skipped, [(r.name, r.status, r.duration) for r in report.results]
+    assert all(r.status == "passed" for r in ran[:3])
+    assert all(r.status == "timed_out" and "time budget of 6 s ran out" in r.message for r in skipped)
+    assert report.exit_code == 1
+
+
+def test_a_server_that_dies_fails_the_remaining_checks_at_once(project):
+    exercise = load_exercise(BLOCKING)
+    started = time.monotonic()
+    report = grade(project, exercise, BLOCKING / "mutants" / "crash_on_request")
+    assert report.gradable
+    first = report.results[0]
+    assert first.status == "failed" and "the server stopped during check get-index: it exited with code 1" \
+        in first.message
+    rest = report.results[1:]
+    assert all(r.status == "failed" and r.message.startswith("not run: the server stopped") for r in rest)
+    assert "RuntimeError" in report.server_log_tail
+    assert time.monotonic() - started < 30, "a dead server must not cost every check its timeout"
+
+
+def test_ctrl_c_during_grading_removes_the_lab(project):
+    grading = spawn("grade", "blocking", "--submission", str(BLOCKING / "solution"))
+    try:
+        deadline = time.monotonic() + 60
+        while not project.backend.find_containers({LABEL_OWNER: OWNER, "labctl.role": "client"}):
+            assert time.monotonic() < deadline, "grading never started a lab"
+            time.sleep(0.1)
+        lab_id = project.backend.find_containers({LABEL_OWNER: OWNER, "labctl.role": "client"})[0].labels[
+            "labctl.lab"]
+        wait_for_containers(project.backend, lab_id, 4)
+        time.sleep(1.0)
+        grading.send_signal(signal.SIGINT)
+        _, stderr = grading.communicate(timeout=60)
+    finally:
+        if grading.poll() is None:
+            grading.kill()
+    assert grading.returncode == 130, stderr
+    assert project.backend.find_containers({LABEL_OWNER: OWNER}) == []
+    assert project.backend.find_networks({LABEL_OWNER: OWNER}) == []
