@@ -136,17 +136,28 @@ def schema(kind: str) -> None:
 @click.option("--port", type=int, default=None, help="The port the server listens on (default: lab.yaml's).")
 @click.option("--docroot", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Files to serve, copied to /srv/www.")
+@click.option("--exercise", default=None,
+              help="Take --run, --build, --port, --docroot and the server image from this exercise.")
 @click.option("--name", "lab_name", default=None, help="The lab's id (default: a new unique one).")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the server to listen.")
 @click.pass_context
-def up(ctx, submission, run_command, build_command, port, docroot, lab_name, no_wait) -> None:
-    """Start a lab: network, containers, code copied in; wait until the server listens."""
+def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab_name, no_wait) -> None:
+    """Start a lab: network, containers, code copied in; wait until the server listens.
+
+    labctl up --exercise polling --submission my_server/   runs your server as grading would.
+    """
+    from labctl.grading import with_server_image
     from labctl.lab import Lab, Submission
 
     proj = project(ctx)
     spec = proj.spec
+    if exercise:
+        loaded = _exercise(ctx, exercise)
+        run_command, build_command = loaded.submission.run, loaded.submission.build
+        port, docroot = port or loaded.submission.port, docroot or loaded.docroot
+        spec = with_server_image(spec, loaded.submission.image)
     with progress_display("up") as say:
-        tags = proj.ensure_images(say)
+        tags = proj.ensure_images(say, names=sorted({node.image for node in spec.nodes.values()}))
         lab = Lab.create(spec, proj.backend, lab_name)
         sub = None
         if submission:

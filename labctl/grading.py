@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from labctl import __version__
+from labctl import __version__, observe
 from labctl.checks import REGISTRY, CheckContext, Outcome
 from labctl.errors import LabctlError, ServerStartError
 from labctl.exercise import CheckSpec, Exercise
@@ -33,6 +33,8 @@ from labctl.results import CheckResult, GradeReport
 #: harness commands are killed inside the containers on their own timeouts).
 GRACE = 5.0
 LOG_TAIL_LINES = 40
+#: A server with this share of its pids limit in use is out of tasks (a fork bomb).
+TASK_LIMIT_SHARE = 0.95
 
 Progress = Callable[[str], None]
 OnResult = Callable[[CheckResult], None]
@@ -73,8 +75,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
     try:
         images = project.ensure_images(say, names=sorted({sub.image, "tools"}))
         spec = project.spec
-        if sub.image != spec.server.image:
-            spec = _with_server_image(spec, sub.image)
+        spec = with_server_image(spec, sub.image)
         lab = Lab.create(spec, project.backend)
         submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
                                 port=sub.port)
@@ -154,19 +155,34 @@ def _not_run(spec: CheckSpec, status: str, message: str) -> CheckResult:
 
 
 def _server_gone(lab: Lab, after: str) -> str | None:
-    """Why the server is no longer there (exited, killed for memory), or None while it runs."""
-    info = lab.backend.inspect(lab.container_name(lab.spec.server.name))
-    if info.status == "running":
+    """Why the server can no longer be graded, or None while it runs normally.
+
+    Asked after a check failed: a server that exited (or was killed for memory) or that
+    has used up its task limit (a fork bomb, a thread leak) fails the remaining checks at
+    once instead of letting each one run into its time budget.
+    """
+    server = lab.spec.server
+    state = lab.backend.client.api.inspect_container(lab.container_name(server.name))["State"]  # type: ignore
+    if state.get("Status") != "running":
+        cause = ("it was killed for using more memory than allowed ("
+                 f"{server.limits.memory})" if state.get("OOMKilled") else f"it exited with code {state.get('ExitCode')}")
+        return f"the server stopped during check {after}: {cause}"
+    if not lab.spec.nodes_by_role("observer"):
         return None
-    state = lab.backend.client.api.inspect_container(  # type: ignore[attr-defined]
-        lab.container_name(lab.spec.server.name))["State"]
-    cause = "it was killed for using more memory than allowed" if state.get("OOMKilled") else \
-        f"it exited with code {info.exit_code}"
-    return f"the server stopped during check {after}: {cause}"
+    try:
+        tasks = observe.snapshot(lab, lab.spec.nodes_by_role("observer")[0].name, timeout=10).thread_count
+    except LabctlError:
+        return None
+    if tasks >= server.limits.pids * TASK_LIMIT_SHARE:
+        return (f"the server used up its task limit during check {after} ({tasks} of {server.limits.pids} "
+                "processes and threads): a fork bomb or a thread leak")
+    return None
 
 
-def _with_server_image(spec, image: str):
-    """The lab spec with the server node on another image (an exercise in C uses server-c)."""
+def with_server_image(spec, image: str):
+    """The lab spec with the server node on `image` (an exercise in C uses server-c)."""
+    if spec.server.image == image:
+        return spec
     server = spec.server.model_copy(update={"image": image})
     nodes = {name: (server if name == server.name else node) for name, node in spec.nodes.items()}
     return spec.model_copy(update={"nodes": nodes})

@@ -109,3 +109,16 @@ def test_schema_prints_the_json_schema_of_lab_yaml():
     result = labctl("schema")
     schema = json.loads(result.stdout)
     assert schema["type"] == "object" and "nodes" in schema["properties"]
+
+
+def test_up_with_an_exercise_serves_its_docroot(project):
+    lab_id = f"ex-{OWNER}"
+    up = labctl("up", "--exercise", "blocking", "--submission", str(ROOT / "exercises" / "blocking" / "solution"),
+                "--name", lab_id)
+    try:
+        assert up.returncode == 0, up.stderr
+        page = labctl("exec", "--lab", lab_id, "client", "--", "python3", "-c",
+                      "import urllib.request as u; print(u.urlopen('http://server:8080/').read().decode())")
+        assert page.returncode == 0 and "It works" in page.stdout
+    finally:
+        labctl("down", lab_id)

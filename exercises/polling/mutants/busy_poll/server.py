@@ -35,12 +35,13 @@ listener.setblocking(False)
 print("busy-polling server: never sleeps", flush=True)
 clients: dict[socket.socket, list] = {}  # sock -> [request bytes, response memoryview or None]
 while True:                              # no sleep anywhere: 100% of a CPU
-    try:
-        sock, _ = listener.accept()
+    while True:                          # take every waiting client, then ask each one again
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            break
         sock.setblocking(False)
         clients[sock] = [b"", None]
-    except BlockingIOError:
-        pass
     for sock, state in list(clients.items()):
         try:
             if state[1] is None:
