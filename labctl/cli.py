@@ -117,12 +117,22 @@ def images_list(ctx: click.Context) -> None:
 # -- schema -------------------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("kind", type=click.Choice(["lab"]), default="lab")
+@click.argument("kind", type=click.Choice(["lab", "exercise"]), default="lab")
 def schema(kind: str) -> None:
-    """Print the JSON Schema of lab.yaml (for editors: completion and checking)."""
-    from labctl.spec import lab_json_schema
+    """Print the JSON Schema of lab.yaml or exercise.yaml (for editors: completion and checking).
 
-    click.echo(json.dumps(lab_json_schema(), indent=2))
+    The same schemas are in labctl/schemas/, where the YAML files' first lines point editors.
+    """
+    if kind == "lab":
+        from labctl.spec import lab_json_schema
+
+        click.echo(json.dumps(lab_json_schema(), indent=2))
+    else:
+        from labctl.checks import load_catalog
+        from labctl.exercise import exercise_json_schema
+
+        load_catalog()
+        click.echo(json.dumps(exercise_json_schema(), indent=2))
 
 
 # -- lifecycle ----------------------------------------------------------------------------------------

@@ -122,3 +122,16 @@ def test_up_with_an_exercise_serves_its_docroot(project):
         assert page.returncode == 0 and "It works" in page.stdout
     finally:
         labctl("down", lab_id)
+
+
+def test_shell_runs_what_it_is_given_and_returns_its_exit_code(project):
+    lab_id = f"sh-{OWNER}"
+    assert labctl("up", "--name", lab_id).returncode == 0
+    try:
+        shell = subprocess.run([sys.executable, "-m", "labctl", "shell", "--lab", lab_id, "client"],
+                               input="echo hello from $(hostname)\nexit 3\n", cwd=ROOT, capture_output=True,
+                               text=True, timeout=60, env={**os.environ, "LABCTL_OWNER": OWNER})
+        assert "hello from client" in shell.stdout
+        assert shell.returncode == 3
+    finally:
+        labctl("down", lab_id)

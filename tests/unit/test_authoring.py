@@ -76,3 +76,15 @@ def test_the_handout_yaml_keeps_the_schema_modeline(tmp_path):
     text = (tmp_path / "h" / "exercises" / "blocking" / "exercise.yaml").read_text()
     assert text.startswith("# yaml-language-server: $schema=../../labctl/schemas/exercise.schema.json\n")
     assert "validate" not in yaml.safe_load(text)
+
+
+def test_the_committed_exercise_schema_is_the_current_one():
+    import json
+
+    from labctl.checks import load_catalog
+    from labctl.exercise import exercise_json_schema
+
+    load_catalog()
+    committed = json.loads((ROOT / "labctl" / "schemas" / "exercise.schema.json").read_text())
+    assert committed == exercise_json_schema(), \
+        "labctl/schemas/exercise.schema.json is stale: labctl schema exercise > labctl/schemas/exercise.schema.json"
