@@ -162,10 +162,10 @@ def _server_gone(lab: Lab, after: str) -> str | None:
     once instead of letting each one run into its time budget.
     """
     server = lab.spec.server
-    state = lab.backend.client.api.inspect_container(lab.container_name(server.name))["State"]  # type: ignore
-    if state.get("Status") != "running":
-        cause = ("it was killed for using more memory than allowed ("
-                 f"{server.limits.memory})" if state.get("OOMKilled") else f"it exited with code {state.get('ExitCode')}")
+    info = lab.backend.inspect(lab.container_name(server.name))
+    if info.status != "running":
+        cause = (f"it was killed for using more memory than allowed ({server.limits.memory})" if info.oom_killed
+                 else f"it exited with code {info.exit_code}")
         return f"the server stopped during check {after}: {cause}"
     if not lab.spec.nodes_by_role("observer"):
         return None

@@ -79,6 +79,7 @@ class Lab:
         self.id = lab_id
         self.owner = owner or current_owner()
         self.submission: Submission | None = None
+        self._say: Progress = lambda message: None
 
     # -- naming -----------------------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class Lab:
         goes up: an `up` either gives a whole lab or leaves nothing.
         """
         say = progress or (lambda message: None)
+        self._say = say
         self.submission = submission
         try:
             self._up(images, submission, say, wait)
@@ -199,8 +201,8 @@ class Lab:
             limit = self.backend.engine_nofile_limit()  # type: ignore[attr-defined]
             self.backend.remove({LABEL_LAB: self.id, LABEL_NODE: plan.node})
             clamped = ContainerPlan(**{**plan.__dict__, "nofile": min(plan.nofile, limit)})
-            print(f"labctl: node {plan.node}: nofile {plan.nofile} is above the engine's limit {limit}; "
-                  f"using {clamped.nofile}")
+            self._say(f"node {plan.node}: nofile {plan.nofile} is above the engine's own limit {limit}; "
+                      f"using {clamped.nofile}")
             self._create_and_fill(clamped)
             self.backend.start(clamped.name)
 

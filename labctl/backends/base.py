@@ -48,6 +48,7 @@ class ContainerInfo:
     exit_code: int | None
     address: str | None
     labels: dict[str, str]
+    oom_killed: bool = False        # the kernel killed it for its memory limit (inspect only)
 
 
 @dataclass(frozen=True)

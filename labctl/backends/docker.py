@@ -249,4 +249,5 @@ def _info(name: str, labels: dict[str, str], state: dict, networks: dict) -> Con
     status = state.get("Status") or "unknown"
     exit_code = state.get("ExitCode") if status in ("exited", "dead") else None
     return ContainerInfo(name=name, node=labels.get("labctl.node", ""), role=labels.get("labctl.role", ""),
-                         status=status, exit_code=exit_code, address=address, labels=labels)
+                         status=status, exit_code=exit_code, address=address, labels=labels,
+                         oom_killed=bool(state.get("OOMKilled")))

@@ -152,3 +152,19 @@ def test_labs_are_found_by_label(start_lab, project):
     assert sorted(c.node for c in summary.containers) == ["client", "injector", "observer", "server"]
     assert all(c.status == "running" for c in summary.containers)
     assert json.loads(json.dumps(summary.created))
+
+
+def test_a_nofile_limit_above_the_engines_is_clamped_and_said(start_lab, project, images):
+    greedy = project.spec.nodes["client"].model_copy(
+        update={"limits": project.spec.nodes["client"].limits.model_copy(update={"nofile": 1 << 30})})
+    spec = project.spec.model_copy(update={"nodes": {**project.spec.nodes, "client": greedy}})
+    said: list[str] = []
+    lab = Lab.create(spec, project.backend)
+    try:
+        lab.up(images, progress=said.append)
+        limit = project.backend.engine_nofile_limit()
+        soft = lab.exec("client", ["sh", "-c", "ulimit -n"]).text.strip()
+        assert int(soft) == limit < 1 << 30
+        assert any(f"nofile {1 << 30} is above the engine's own limit {limit}" in line for line in said), said
+    finally:
+        lab.down()
