@@ -458,12 +458,22 @@ def validate(ctx, exercises) -> None:
 
 
 def _print_matrix(outcome) -> None:
-    """Checks down, submissions across; a cell that differs from its expectation is marked '!'."""
-    table = Table(title=f"{outcome.exercise.id}: submissions x checks ('!' = differs from expected)",
-                  title_justify="left", box=None, padding=(0, 1))
-    table.add_column("check")
+    """Checks down, submissions across (mutants as m1, m2, ... with a legend); a cell that
+    differs from its expectation is marked '!'."""
+    columns = []
+    legend = []
     for row in outcome.rows:
-        table.add_column(row.label.replace("mutant:", "m:"), justify="center")
+        if row.label.startswith("mutant:"):
+            short = f"m{len(legend) + 1}"
+            legend.append(f"  {short} = {row.label[len('mutant:'):]}" + (f"  ({row.why})" if row.why else ""))
+            columns.append(short)
+        else:
+            columns.append(row.label)
+    table = Table(title=f"{outcome.exercise.id}: checks x submissions ('!' = differs from expected)",
+                  title_justify="left", box=None, padding=(0, 1))
+    table.add_column("check", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="center", no_wrap=True)
     gradable = ["gradable"]
     for row in outcome.rows:
         text = "yes" if row.report.gradable else "no"
@@ -481,6 +491,8 @@ def _print_matrix(outcome) -> None:
                          (f"[dim]{text}[/]" if check.points == 0 else text))
         table.add_row(*cells)
     out.print(table)
+    for line in legend:
+        out.print(line, highlight=False)
     for row in outcome.rows:
         for problem in row.problems:
             out.print(f"  [red]{row.label}[/]: {problem}", highlight=False)
