@@ -74,9 +74,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
     lab: Lab | None = None
     try:
         images = project.ensure_images(say, names=sorted({sub.image, "tools"}))
-        spec = project.spec
-        spec = with_server_image(spec, sub.image)
-        lab = Lab.create(spec, project.backend)
+        lab = Lab.create(with_server_image(project.spec, sub.image), project.backend)
         submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
                                 port=sub.port)
         try:
@@ -86,19 +84,19 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         results: list[CheckResult] = []
         exhausted = False
         server_gone: str | None = None
-        for spec_ in checks:
+        for check in checks:
             left = budget - (time.monotonic() - started)
             if server_gone is not None:
-                result = _not_run(spec_, "failed", f"not run: {server_gone}")
+                result = _not_run(check, "failed", f"not run: {server_gone}")
             elif left <= 1.0:
                 exhausted = True
-                result = _not_run(spec_, "timed_out",
+                result = _not_run(check, "timed_out",
                                   f"not run: the grading's time budget of {budget:g} s ran out before this check")
             else:
-                say(f"check {spec_.name}")
-                result = run_check(lab, exercise, spec_, min(spec_.budget, left))
+                say(f"check {check.name}")
+                result = run_check(lab, exercise, check, min(check.budget, left))
                 if not result.passed:
-                    server_gone = _server_gone(lab, spec_.name)
+                    server_gone = _server_gone(lab, check.name)
                     if server_gone:
                         result = result.model_copy(update={"message": f"{result.message} ({server_gone})"})
             results.append(result)
