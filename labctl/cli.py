@@ -158,6 +158,7 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
     """
     from labctl.grading import with_server_image
     from labctl.lab import Lab, Submission
+    from labctl.spec import sysctl_values
 
     proj = project(ctx)
     spec = proj.spec
@@ -172,7 +173,8 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
         sub = None
         if submission:
             sub = Submission(path=submission, run=run_command, build=build_command, docroot=docroot,
-                             port=port or spec.server.port or 8080)
+                             port=port or spec.server.port or 8080,
+                             sysctls=sysctl_values(loaded.submission.sysctls) if exercise else {})
         lab.up(tags, sub, progress=say, wait=not no_wait)
     out.print(f"lab [bold]{lab.id}[/] is up", highlight=False)
     _print_lab(lab.containers())
@@ -368,7 +370,8 @@ _report_option = click.option(
 
 @main.command()
 @click.argument("exercise")
-@_submission_option
+@click.option("--submission", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default="the current folder", help="The folder with your server.")
 @_only_option
 @_report_option
 @click.pass_context

@@ -52,7 +52,7 @@ from pydantic_core import InitErrorDetails
 
 from labctl.checks import REGISTRY, CheckDef, CheckParams, load_catalog, load_exercise_checks
 from labctl.errors import SpecError
-from labctl.spec import Port, _did_you_mean, _expected, _merge, _one_of, _rule, _Spec, load_model
+from labctl.spec import Port, Sysctls, _did_you_mean, _expected, _merge, _one_of, _rule, _Spec, load_model
 
 __all__ = ["CheckSpec", "Exercise", "MutantSpec", "SubmissionSpec", "ValidateSpec", "exercise_json_schema",
            "exercise_model", "find_exercises", "load_exercise"]
@@ -124,6 +124,10 @@ class SubmissionSpec(_Spec):
                                                 "starts (like make); null: nothing to build.")
     run: str = Field("python3 server.py", description="Shell command that starts the server, in /submission.")
     port: Port = Field(8080, description="The port the server must listen on (also given as $PORT).")
+    sysctls: Sysctls = Field(default_factory=dict,
+                             description="The server's kernel settings for this exercise (its own network "
+                                         "namespace), over those of lab.yaml's server node: like "
+                                         "net.ipv4.tcp_syncookies: 0 to turn SYN cookies off.")
 
 
 class CheckSpec(_Spec):

@@ -28,6 +28,7 @@ from labctl.exercise import CheckSpec, Exercise
 from labctl.lab import Lab, Submission
 from labctl.project import Project
 from labctl.results import CheckResult, GradeReport
+from labctl.spec import sysctl_values
 
 #: Seconds a check may overrun its budget before grading stops waiting for it (its
 #: harness commands are killed inside the containers on their own timeouts).
@@ -76,7 +77,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         images = project.ensure_images(say, names=sorted({sub.image, "tools"}))
         lab = Lab.create(with_server_image(project.spec, sub.image), project.backend)
         submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
-                                port=sub.port)
+                                port=sub.port, sysctls=sysctl_values(sub.sysctls))
         try:
             lab.up(images, submission, progress=say)
         except ServerStartError as error:

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from labctl import archive
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult
 from labctl.errors import LabctlError, LabNotFound, ServerStartError
-from labctl.spec import LabSpec, NodeSpec
+from labctl.spec import LabSpec, NodeSpec, sysctl_values
 
 # The labels every object of a lab carries: the one place that names them.
 LABEL_LAB = "labctl.lab"
@@ -63,6 +63,8 @@ class Submission:
     docroot: Path | None = None
     port: int = 8080
     env: dict[str, str] = field(default_factory=dict)
+    #: The server's kernel settings (net.* sysctls of its network namespace), over lab.yaml's.
+    sysctls: dict[str, str] = field(default_factory=dict)
 
     def command(self) -> list[str]:
         """The server container's command: build (if any), then replace the shell by the server."""
@@ -173,10 +175,18 @@ class Lab:
             name=self.container_name(node.name), node=node.name, image=images[node.image], command=command,
             labels=self.labels(node), user=node.user, workdir=workdir, env=env, cap_add=tuple(node.capabilities),
             cpus=node.limits.cpus, memory_bytes=node.limits.memory_bytes, pids=node.limits.pids,
-            nofile=node.limits.nofile,
+            nofile=node.limits.nofile, sysctls=_sysctls(node, submission),
             network=None if node.role == "observer" else self.network_name,
             pid_of=self.container_name(node.watches) if node.role == "observer" and node.watches else None,
         )
+
+    def sysctls(self, node: str) -> dict[str, str]:
+        """The sysctls a node's container is given: lab.yaml's, and for the server the submission's over them.
+
+        They are settings of the container's own network namespace: the observer, which shares only
+        the server's PID namespace, does not see the server's.
+        """
+        return _sysctls(self._node(node), self.submission)
 
     def _create_and_fill(self, plan: ContainerPlan) -> None:
         self.backend.create_container(plan)
@@ -340,6 +350,13 @@ def find_lab(spec: LabSpec, backend: Backend, lab_id: str | None = None) -> Lab:
 def _harness_archive() -> bytes:
     """The harness folder as a tar, made once per process (it goes into three containers)."""
     return archive.tar_directory(HARNESS_SOURCE, prefix="harness")
+
+
+def _sysctls(node: NodeSpec, submission: Submission | None) -> dict[str, str]:
+    values = sysctl_values(node.sysctls)
+    if node.role == "server" and submission is not None:
+        values.update(sysctl_values(submission.sysctls))
+    return values
 
 
 def _ids(user: str | None) -> tuple[int, int]:

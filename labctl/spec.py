@@ -36,8 +36,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from labctl.errors import SpecError
 from labctl.yamlsource import YamlSource, line_of, path_text, read_yaml
 
-__all__ = ["CAPABILITIES", "LabSpec", "Limits", "NetworkSpec", "NodeSpec", "Timeouts",
-           "lab_json_schema", "load_lab", "load_model"]
+__all__ = ["CAPABILITIES", "LabSpec", "Limits", "NetworkSpec", "NodeSpec", "Sysctls", "Timeouts",
+           "lab_json_schema", "load_lab", "load_model", "sysctl_values"]
 
 Role = Literal["server", "client", "injector", "observer"]
 Image = Literal["server", "tools", "server-c"]  # built from images/<name>/
@@ -56,6 +56,9 @@ CAPABILITIES: tuple[str, ...] = (
 LAB_NAME = r"^[a-z0-9][a-z0-9-]{0,30}$"
 NODE_NAME = r"^[a-z][a-z0-9-]{0,15}$"
 USER = r"^[0-9]+(:[0-9]+)?$"  # numeric: the images have no user names to resolve
+# The sysctls Docker sets per container: those of the container's own network namespace.
+SYSCTL = r"^net\.(ipv4|ipv6|core|unix)\.[a-z0-9_.]+$"
+_SYSCTL = re.compile(SYSCTL)
 _SIZE = re.compile(r"^([0-9]+)([bkmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 MIN_MEMORY = 6 * 2**20  # Docker refuses a memory limit under 6 MB
@@ -65,6 +68,7 @@ _PATTERN_WORDS = {
     LAB_NAME: "a lab name: a lowercase letter or digit, then up to 30 lowercase letters, digits or '-'",
     NODE_NAME: "a node name: a lowercase letter, then up to 15 lowercase letters, digits or '-'",
     USER: "a numeric user like 1000:1000 (uid:gid) or 1000",
+    SYSCTL: "a network sysctl like net.ipv4.tcp_syncookies (only those are per container)",
 }
 
 
@@ -140,6 +144,13 @@ def _network(value: Any) -> Any:
     raise _expected("an IPv4 network like 10.213.0.0/16", hint)
 
 
+def _sysctl_name(name: str) -> str:
+    if _SYSCTL.match(name):
+        return name
+    hint = f" (did you mean {name.lower()!r}?)" if _SYSCTL.match(name.lower()) else ""
+    raise _expected(_PATTERN_WORDS[SYSCTL], hint)
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     """Drop a default from the JSON Schema where the real default depends on the node's role."""
     schema.pop("default", None)
@@ -157,6 +168,17 @@ UserId = Annotated[str, BeforeValidator(_user), StringConstraints(pattern=USER),
                                              {"type": "integer", "minimum": 0}]})]
 Pool = Annotated[IPv4Network, BeforeValidator(_network)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+SysctlName = Annotated[str, AfterValidator(_sysctl_name)]
+#: Kernel settings of a container's network namespace, as lab.yaml and exercise.yaml write them
+#: (`net.ipv4.tcp_syncookies: 0`); the engine takes the values as text (`sysctl_values`).
+Sysctls = Annotated[dict[SysctlName, Union[int, str]],
+                    WithJsonSchema({"type": "object", "propertyNames": {"pattern": SYSCTL},
+                                    "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}]}})]
+
+
+def sysctl_values(sysctls: dict[str, int | str]) -> dict[str, str]:
+    """Sysctls as the engine takes them: every value as text."""
+    return {name: str(value) for name, value in sysctls.items()}
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -233,6 +255,10 @@ class NodeSpec(_Spec):
                                      description="Observer only (required there): the server node whose "
                                                  "PID namespace it shares to read /proc.")
     limits: Limits = Field(default_factory=Limits)
+    sysctls: Sysctls = Field(default_factory=dict,
+                             description="Kernel settings of this container's own network namespace, like "
+                                         "net.ipv4.tcp_syncookies: 0 (only net.ipv4, net.ipv6, net.core and "
+                                         "net.unix ones: the others are the whole host's).")
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,7 @@ class ContainerPlan:
     nofile: int = 4096
     network: str | None = None      # None: no network at all (the observer)
     pid_of: str | None = None       # share the PID namespace of this container (the observer)
+    sysctls: dict[str, str] = field(default_factory=dict)  # of its own network namespace (net.*)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ class DockerBackend:
         )
         if plan.pid_of:
             kwargs["pid_mode"] = f"container:{plan.pid_of}"
+        if plan.sysctls:
+            kwargs["sysctls"] = dict(plan.sysctls)  # the engine sets them as root, /proc/sys stays read-only
         if plan.network:
             kwargs["network"] = plan.network
             kwargs["networking_config"] = {plan.network: EndpointConfig(version=self.client.api._version,

@@ -5,6 +5,8 @@
 - `client_reset`: connections reset (RST) in the middle of a request do not kill the server;
 - `trickled_request`: a request arriving in many tiny TCP segments is still answered right;
 - `syn_flood`: with the SYN queue flooded by half-open connections, a normal client still gets in.
+  Whether the server's kernel uses SYN cookies is the server's net.ipv4.tcp_syncookies: an exercise
+  sets it (`submission: {sysctls: ...}`); the check reports it.
 
 The harness (labctl/harness/protocol.py, raw.py) runs the exchanges inside the client and
 injector containers and returns facts; this module turns them into a verdict, a message a
@@ -286,10 +288,6 @@ class SynFloodParams(CheckParams):
         None, description="The status the normal request must get; null accepts any well-formed answer.")
     probe_timeout: float = Field(3.0, gt=0, le=30, description="Seconds the normal request may take (the client "
                                                                "retries its SYN after 1 s and 3 s).")
-    injector_syncookies: Literal[0, 1, 2] | None = Field(
-        None, description="Set net.ipv4.tcp_syncookies in the injector's own network namespace first (null: leave "
-                          "it). It does not change the server's behaviour (that is the server's namespace); an "
-                          "engine that mounts /proc/sys read-only refuses it and the check reports an error.")
     seed: int | None = Field(None, description="Seed of the source ports and sequence numbers (null: random).")
 
 
@@ -736,6 +734,7 @@ def judge_trickle(results: list[dict], params: TrickleParams, port: int, digest:
        default_timeout=40.0)
 def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     observe = ctx.observer in ctx.lab.spec.nodes
+    syncookies, syncookies_source = server_syncookies(ctx)
     stats: dict[str, dict] = {}
 
     def snapshot(name: str) -> None:
@@ -753,12 +752,7 @@ def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     try:
         flood = run_harness(ctx, ctx.injector, "syn_flood", {
             "host": ctx.server, "port": ctx.port, "count": params.syns, "listen": params.listen,
-            "seed": params.seed, "injector_syncookies": params.injector_syncookies,
-            "budget": _budget(ctx, 5.0 + params.syns * 0.02 + params.listen)})
-        if params.injector_syncookies is not None and not flood.get("injector_syncookies_set"):
-            raise LabctlError(f"could not set net.ipv4.tcp_syncookies={params.injector_syncookies} in the injector: "
-                              f"{flood.get('injector_syncookies_error')} (this engine mounts /proc/sys read-only; "
-                              "the injector's value does not change the server's behaviour: leave the parameter out)")
+            "seed": params.seed, "budget": _budget(ctx, 5.0 + params.syns * 0.02 + params.listen)})
         snapshot("during")
         [probe] = run_steps(ctx, [{"name": "probe", "data": _get(params.probe_path, ctx.server),
                                    "timeout": params.probe_timeout}], cap=params.probe_timeout + 0.5)
@@ -768,7 +762,30 @@ def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
                                   {"host": ctx.server, "port": ctx.port, "budget": min(5.0, _budget(ctx))})
         except LabctlError as error:
             cleanup = {"error": str(error)}
-    return judge_syn_flood(flood, probe, stats, cleanup, params, ctx.port)
+    return judge_syn_flood(flood, probe, stats, cleanup, params, ctx.port, syncookies, syncookies_source)
+
+
+SYNCOOKIES = "net.ipv4.tcp_syncookies"
+
+
+def server_syncookies(ctx: CheckContext) -> tuple[int | None, str]:
+    """The server's net.ipv4.tcp_syncookies, and where it was learnt (for the evidence).
+
+    SYN cookies are decided by the listener's network namespace, the server's. The value the lab gave
+    the server container (lab.yaml, the exercise) when there is one; else it is read inside the server,
+    whose /proc/sys shows its own namespace (the observer's /proc/sys would show the observer's: it
+    shares the server's PID namespace only). None when neither works (the check still runs).
+    """
+    try:
+        configured = ctx.lab.sysctls(ctx.server).get(SYNCOOKIES)
+        if configured is not None:
+            return int(configured), "set by the lab for the server"
+        result = ctx.lab.exec(ctx.server, ["cat", "/proc/sys/net/ipv4/tcp_syncookies"], timeout=min(5.0, _budget(ctx)))
+        if result.exit_code == 0:
+            return int(result.text.strip()), "read in the server"
+    except (LabctlError, ValueError):
+        pass
+    return None, "unknown"
 
 
 def _delta(stats: dict[str, dict], name: str) -> int | None:
@@ -780,7 +797,8 @@ def _delta(stats: dict[str, dict], name: str) -> int | None:
 
 
 def judge_syn_flood(flood: dict, probe: dict, stats: dict[str, dict], cleanup: dict,
-                    params: SynFloodParams, port: int) -> Outcome:
+                    params: SynFloodParams, port: int, syncookies: int | None = None,
+                    syncookies_source: str = "unknown") -> Outcome:
     sent = flood.get("syns_sent", 0)
     if not sent:
         raise LabctlError(f"the SYN flood could not be sent from the injector: {flood}")
@@ -792,14 +810,12 @@ def judge_syn_flood(flood: dict, probe: dict, stats: dict[str, dict], cleanup: d
                    "listen_drops": _delta(stats, "ListenDrops")}
     evidence: dict[str, Any] = {
         "syns_sent": sent, "synacks_seen": flood.get("synacks_seen"), "send_seconds": flood.get("send_seconds"),
-        "rst_rule": flood.get("rst_rule"), "injector_syncookies": flood.get("injector_syncookies"),
-        "target": f"{flood.get('target')}:{port}",
+        "rst_rule": flood.get("rst_rule"), "target": f"{flood.get('target')}:{port}",
+        "server_syncookies": syncookies, "server_syncookies_source": syncookies_source,
         "server": {key: value for key, value in server_side.items() if value is not None},
         "probe": exchange_evidence(probe), "cleanup": cleanup}
     if "rst_rule_error" in flood:
         evidence["rst_rule_error"] = flood["rst_rule_error"]
-    if "injector_syncookies_error" in flood:
-        evidence["injector_syncookies_error"] = flood["injector_syncookies_error"]
     label = f"a normal request (GET {params.probe_path}) from the client"
     problems = judge_exchange(probe, Expect(status=params.probe_status, content_length=False), label, port)
     evidence["probe_succeeded"] = not problems
@@ -816,11 +832,43 @@ def judge_syn_flood(flood: dict, probe: dict, stats: dict[str, dict], cleanup: d
     if not problems:
         response = parse_head(probe["head"])
         return Outcome(True, f"during a SYN flood ({flood_text}), {label} was answered {response.status} in "
-                             f"{probe.get('seconds', 0):.3f} s. {kernel_text}".rstrip(), evidence)
-    advice = ("The half-open connections filled the server's SYN queue, whose size follows the backlog given to "
-              "listen(): a larger backlog (listen(128) or more) holds more of them; SYN cookies "
-              "(net.ipv4.tcp_syncookies=1) avoid the problem altogether.")
-    if dropped == 0 and cookies:
-        advice = "The server's kernel used SYN cookies, so the flood alone should not block new clients."
-    return Outcome(False, f"during a SYN flood ({flood_text}), {problems[0]}. {kernel_text} {advice}".replace("  ", " "),
-                   evidence)
+                             f"{probe.get('seconds', 0):.3f} s. {kernel_text} {_syncookies_text(syncookies)}"
+                             .replace("  ", " ").rstrip(), evidence)
+    return Outcome(False, f"during a SYN flood ({flood_text}), {problems[0]}. {kernel_text} "
+                          f"{_syn_flood_advice(syncookies, cookies, dropped)}".replace("  ", " "), evidence)
+
+
+def _syncookies_text(syncookies: int | None) -> str:
+    """The server's SYN cookie setting in a sentence ('' when unknown)."""
+    if syncookies is None:
+        return ""
+    return {0: "SYN cookies are off in the server's kernel (net.ipv4.tcp_syncookies=0).",
+            1: "SYN cookies are on in the server's kernel, for when its SYN queue is full "
+               "(net.ipv4.tcp_syncookies=1).",
+            2: "The server's kernel answers every SYN with a SYN cookie (net.ipv4.tcp_syncookies=2).",
+            }.get(syncookies, f"The server's kernel has net.ipv4.tcp_syncookies={syncookies}.")
+
+
+def _syn_flood_advice(syncookies: int | None, cookies: int | None, dropped: int | None) -> str:
+    """Why a client may not get in during a SYN flood, from the server's SYN cookie setting.
+
+    SYN cookies belong to the listener's kernel (the server's network namespace): with them on, a full
+    SYN queue is no longer a problem, as the kernel answers a SYN with a cookie instead of an entry.
+    With them off, the SYN queue (sized by the listen() backlog) must hold the flood.
+    """
+    queue = ("The SYN queue's size follows the backlog given to listen() (at most net.core.somaxconn): "
+             "a larger backlog (listen(128) or more) holds the half-open connections and leaves room for real "
+             "clients.")
+    setting = ("a setting of the server's network namespace that the exercise chooses, not something your "
+               "code changes")
+    if syncookies == 0:
+        return (f"SYN cookies are off in the server's kernel (net.ipv4.tcp_syncookies=0, {setting}): once the "
+                f"SYN queue is full, the kernel drops new SYNs, a real client's too. {queue}")
+    if syncookies in (1, 2) or (syncookies is None and cookies and not dropped):
+        value = f" (net.ipv4.tcp_syncookies={syncookies})" if syncookies is not None else ""
+        return (f"The server's kernel uses SYN cookies{value}: once the SYN queue is full it answers a SYN with "
+                "a cookie instead of keeping a half-open entry, so the flood alone should not lock clients out. "
+                "Something else kept this client waiting: does the server keep calling accept()? (A full "
+                "accept queue drops new connections, cookies or not.)")
+    return (f"The half-open connections filled the server's SYN queue. {queue} Whether the kernel falls back to "
+            f"SYN cookies when the SYN queue is full is net.ipv4.tcp_syncookies, {setting}.")

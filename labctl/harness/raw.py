@@ -7,6 +7,10 @@ A flood of SYNs from random source ports, never completing the handshake, leaves
   flood is on (`syn_flood_cleanup` removes it);
 - the server's kernel keeps an entry while it retransmits its SYN-ACK (~1 min by default).
 
+Whether the server's kernel falls back to SYN cookies once its SYN queue is full is decided by the
+LISTENER's network namespace (the server's net.ipv4.tcp_syncookies, set by the lab): nothing done in
+the injector changes it.
+
 Only the lab's server address is ever sent to. Both commands are bounded in packets and time.
 The state of a flood (ports, sequence numbers) is kept in a file in the injector so that the
 cleanup can reset exactly those half-open entries.
@@ -24,7 +28,6 @@ import time
 from harness.protocol import resolve
 
 MAX_SYNS = 20000
-SYSCTL_SYNCOOKIES = "/proc/sys/net/ipv4/tcp_syncookies"
 
 
 def _state_path(port: int) -> str:
@@ -39,24 +42,6 @@ def _iptables(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["iptables", "-w", "2", *args], capture_output=True, text=True, timeout=5)
 
 
-def _read_syncookies() -> int | None:
-    try:
-        with open(SYSCTL_SYNCOOKIES) as file:
-            return int(file.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _set_syncookies(value: int) -> str | None:
-    """Write the injector's own tcp_syncookies; None on success, else why not."""
-    try:
-        with open(SYSCTL_SYNCOOKIES, "w") as file:
-            file.write(str(value))
-    except OSError as error:
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
 def _scapy():
     # Narrow imports: `scapy.all` loads every layer and costs seconds on a small CPU share.
     from scapy.config import conf
@@ -68,7 +53,7 @@ def _scapy():
 
 
 def syn_flood(host: str, port: int, count: int = 256, listen: float = 1.0, budget: float = 10.0,
-              seed: int | None = None, injector_syncookies: int | None = None) -> dict:
+              seed: int | None = None) -> dict:
     """Send `count` SYNs from random source ports to host:port, count the SYN-ACKs that come back.
 
     The RST-drop rule stays in place after this returns (so the half-open entries stay);
@@ -80,14 +65,7 @@ def syn_flood(host: str, port: int, count: int = 256, listen: float = 1.0, budge
     address, problem = resolve(host, 5.0)
     if address is None:
         raise OSError(f"cannot resolve {host!r}: {problem}")
-    facts: dict = {"target": address, "port": port, "syns_asked": count,
-                   "injector_syncookies_before": _read_syncookies()}
-    if injector_syncookies is not None:
-        problem = _set_syncookies(int(injector_syncookies))
-        facts["injector_syncookies_set"] = problem is None
-        if problem:
-            facts["injector_syncookies_error"] = problem
-    facts["injector_syncookies"] = _read_syncookies()
+    facts: dict = {"target": address, "port": port, "syns_asked": count}
 
     # Keep our own kernel from resetting the half-open connections.
     present = _iptables("-C", *_rule(address)).returncode == 0

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ROOT / "tests" / "servers"
 DOCROOT = SERVERS / "proto_docroot"
 LOGO_SHA = hashlib.sha256((DOCROOT / "logo.bin").read_bytes()).hexdigest()
+SYNCOOKIES = "net.ipv4.tcp_syncookies"
 
 
 @pytest.fixture(scope="class")
@@ -45,33 +46,12 @@ def run(lab, name: str, budget: float = 30.0, **params) -> Outcome:
     return outcome
 
 
-def set_server_syncookies(project, images, lab, value: int) -> None:
-    """Test-only: set tcp_syncookies in the SERVER's network namespace.
-
-    The unprivileged server cannot, and labctl has no per-node sysctl; a short-lived helper
-    joins the server's network namespace with NET_ADMIN and a writable /proc/sys. It carries
-    the lab's labels, so the lab's teardown would also remove it.
-    """
-    import docker
-
-    api = project.backend.client.api
-    # `docker run --security-opt systempaths=unconfined`: the API spells it as empty masked/read-only paths.
-    host_config = api.create_host_config(network_mode=f"container:{lab.container_name('server')}",
-                                         cap_add=["NET_ADMIN"])
-    host_config.update(MaskedPaths=[], ReadonlyPaths=[])
-    try:
-        helper = api.create_container(images["tools"], ["sysctl", "-w", f"net.ipv4.tcp_syncookies={value}"],
-                                      host_config=host_config, labels=lab.labels())["Id"]
-    except docker.errors.DockerException as error:
-        pytest.skip(f"this engine does not let a helper set the server's tcp_syncookies: {error}")
-    try:
-        api.start(helper)
-        code = api.wait(helper, timeout=20)["StatusCode"]
-        log = api.logs(helper).decode(errors="replace")
-    finally:
-        api.remove_container(helper, force=True)
-    if code != 0:
-        pytest.skip(f"this engine does not let a helper set the server's tcp_syncookies: {log.strip()}")
+def start_without_syncookies(start_lab, server: str):
+    """A lab running tests/servers/<server> whose kernel has SYN cookies off: the exercise's
+    `submission: {sysctls: {net.ipv4.tcp_syncookies: 0}}`, set in the server's network namespace."""
+    lab = start_lab(server, docroot=DOCROOT, sysctls={SYNCOOKIES: "0"})
+    assert lab.exec("server", ["cat", "/proc/sys/net/ipv4/tcp_syncookies"]).text.strip() == "0"
+    return lab
 
 
 class TestCorrectServer:
@@ -133,16 +113,18 @@ class TestCorrectServer:
         evidence = outcome.evidence
         assert evidence["syns_sent"] == 256 and evidence["synacks_seen"] > 0 and evidence["probe_succeeded"]
         assert evidence["cleanup"]["rules_removed"] == 1
+        # Nothing sets it for this lab: read inside the server, the default of a network namespace.
+        assert (evidence["server_syncookies"], evidence["server_syncookies_source"]) == (1, "read in the server")
 
-    def test_syn_flood_passes_without_syncookies_when_the_backlog_holds_the_flood(self, project, images, lab):
-        set_server_syncookies(project, images, lab, 0)
-        try:
-            outcome = run(lab, "syn_flood", syns=64)
-        finally:
-            set_server_syncookies(project, images, lab, 1)
+    def test_syn_flood_passes_without_syncookies_when_the_backlog_holds_the_flood(self, start_lab):
+        lab = start_without_syncookies(start_lab, self.server)
+        outcome = run(lab, "syn_flood", syns=64)
         assert outcome.passed, outcome.message
         assert outcome.evidence["server"]["half_open_during_flood"] >= 60
         assert outcome.evidence["synacks_seen"] == 64
+        assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == \
+            (0, "set by the lab for the server")
+        assert "SYN cookies are off in the server's kernel (net.ipv4.tcp_syncookies=0)" in outcome.message
 
 
 class TestServerThatNeverSays400:
@@ -239,16 +221,16 @@ class TestServerWithABacklogOfOne:
         outcome = run(lab, "syn_flood", syns=64)
         assert outcome.passed, outcome.message
         assert outcome.evidence["server"]["syn_queue_full_cookies"] > 0
+        assert outcome.evidence["server_syncookies"] == 1
 
-    def test_syn_flood_fails_with_syncookies_off_and_leaves_no_damage(self, project, images, lab):
-        set_server_syncookies(project, images, lab, 0)
-        try:
-            outcome = run(lab, "syn_flood", syns=64)
-            assert not outcome.passed
-            assert "timed out" in outcome.message and "listen()" in outcome.message
-            assert outcome.evidence["server"]["syn_queue_full_drops"] > 0
-            assert outcome.evidence["server"]["half_open_during_flood"] <= 4
-            # The cleanup reset the half-open entries: a client gets in right away, cookies still off.
-            assert run(lab, "http", path="/hello.txt", expect={"body": "hello\n"}, budget=5).passed
-        finally:
-            set_server_syncookies(project, images, lab, 1)
+    def test_syn_flood_fails_with_syncookies_off_and_leaves_no_damage(self, start_lab):
+        lab = start_without_syncookies(start_lab, self.server)
+        outcome = run(lab, "syn_flood", syns=64)
+        assert not outcome.passed
+        assert "timed out" in outcome.message and "listen()" in outcome.message
+        assert "SYN cookies are off in the server's kernel (net.ipv4.tcp_syncookies=0" in outcome.message
+        assert outcome.evidence["server"]["syn_queue_full_drops"] > 0
+        assert outcome.evidence["server"]["half_open_during_flood"] <= 4
+        assert outcome.evidence["server_syncookies"] == 0
+        # The cleanup reset the half-open entries: a client gets in right away, cookies still off.
+        assert run(lab, "http", path="/hello.txt", expect={"body": "hello\n"}, budget=5).passed

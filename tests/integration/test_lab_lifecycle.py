@@ -58,6 +58,22 @@ def test_the_server_runs_sandboxed_with_the_limits_of_lab_yaml(start_lab, projec
     assert int(lines[6]) == limits.pids
 
 
+def test_a_server_sysctl_of_lab_yaml_holds_in_the_servers_network_namespace_only(start_lab, project):
+    server = project.spec.server.model_copy(update={"sysctls": {"net.ipv4.tcp_syncookies": 0}})
+    spec = project.spec.model_copy(update={"nodes": {**project.spec.nodes, "server": server}})
+    lab = start_lab("hello", spec=spec)
+    host_config = project.backend.client.api.inspect_container(lab.container_name("server"))["HostConfig"]
+    assert host_config["Sysctls"] == {"net.ipv4.tcp_syncookies": "0"}
+    read = ["cat", "/proc/sys/net/ipv4/tcp_syncookies"]
+    # /proc/sys/net shows the reader's own network namespace: the server's is set, the others keep the default.
+    assert lab.exec("server", read).text.strip() == "0"
+    assert lab.exec("client", read).text.strip() == "1"
+    assert lab.exec("observer", read).text.strip() == "1", "the observer shares the PID namespace only"
+    # The server still runs unprivileged and cannot change it back.
+    assert lab.exec("server", ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_syncookies"]).exit_code != 0
+    assert lab.exec("server", read).text.strip() == "0"
+
+
 def test_only_the_observer_may_read_the_servers_syscalls(start_lab, project):
     lab = start_lab("hello")
     caps = {node: project.backend.client.api.inspect_container(lab.container_name(node))["HostConfig"]["CapAdd"]

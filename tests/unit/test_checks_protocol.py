@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from labctl.checks import CheckContext, load_catalog
 from labctl.checks import protocol as P
+from labctl.backends.base import ExecResult
 from labctl.errors import LabctlError
 
 HARNESS = Path(P.__file__).resolve().parents[1] / "harness"
@@ -117,8 +118,8 @@ def test_other_parameters_are_validated():
         P.TrickleParams(segment_min=5, segment_max=2)
     with pytest.raises(ValidationError, match="less than or equal to 5000"):
         P.SynFloodParams(syns=100000)
-    with pytest.raises(ValidationError):
-        P.SynFloodParams(injector_syncookies=3)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        P.SynFloodParams(injector_syncookies=0)  # the server's namespace decides: an exercise sets its sysctls
 
 
 def test_the_trickle_delay_shrinks_to_fit_the_time_bound():
@@ -323,7 +324,7 @@ def test_trickle_does_not_blame_trickling_when_the_whole_request_fails_too():
 
 def flood_facts(**facts) -> dict:
     return {"target": "10.0.0.2", "syns_sent": 64, "synacks_seen": 64, "send_seconds": 0.2, "rst_rule": True,
-            "injector_syncookies": 1, **facts}
+            **facts}
 
 
 def stats(cookies: int, drops: int, half_open: int) -> dict:
@@ -344,6 +345,37 @@ def test_syn_flood_passes_when_the_probe_gets_in():
     assert outcome.evidence["server"] == {"half_open_during_flood": 2, "syn_queue_full_cookies": 62,
                                           "syn_queue_full_drops": 0, "syncookies_sent": 62, "listen_drops": 0}
     assert outcome.evidence["probe_succeeded"] is True
+    assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == (None, "unknown")
+
+
+def test_syn_flood_passing_says_the_servers_syncookies_setting():
+    outcome = P.judge_syn_flood(flood_facts(), ok(), stats(62, 0, 2), {}, P.SynFloodParams(), 8080, 1, "read in the server")
+    assert outcome.passed
+    assert outcome.message.endswith("once the SYN queue was full. SYN cookies are on in the server's kernel, for when "
+                                    "its SYN queue is full (net.ipv4.tcp_syncookies=1).")
+    assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == \
+        (1, "read in the server")
+
+
+def test_syn_flood_fails_with_syncookies_off_and_points_at_the_backlog():
+    probe = {"connected": False, "connect_error": "timeout: timed out", "seconds": 3.0}
+    outcome = P.judge_syn_flood(flood_facts(synacks_seen=2), probe, stats(0, 62, 2), {}, P.SynFloodParams(), 8080,
+                                0, "set by the lab for the server")
+    assert not outcome.passed
+    assert "SYN cookies are off in the server's kernel (net.ipv4.tcp_syncookies=0, a setting of the server's " \
+           "network namespace" in outcome.message
+    assert "the kernel drops new SYNs, a real client's too" in outcome.message
+    assert "a larger backlog (listen(128) or more)" in outcome.message
+    assert outcome.evidence["server_syncookies"] == 0
+
+
+def test_syn_flood_fails_with_syncookies_on_and_does_not_blame_the_backlog():
+    probe = {"connected": False, "connect_error": "timeout: timed out", "seconds": 3.0}
+    outcome = P.judge_syn_flood(flood_facts(), probe, stats(62, 0, 2), {}, P.SynFloodParams(), 8080, 1, "read in the server")
+    assert not outcome.passed
+    assert "The server's kernel uses SYN cookies (net.ipv4.tcp_syncookies=1)" in outcome.message
+    assert "does the server keep calling accept()?" in outcome.message
+    assert "listen(128)" not in outcome.message
 
 
 def test_syn_flood_fails_and_explains_the_full_syn_queue():
@@ -373,6 +405,18 @@ class FakeLab:
         self.answers = answers
         self.calls: list[tuple[str, str, dict]] = []
         self.spec = type("Spec", (), {"nodes": {"server": 0, "client": 0, "injector": 0, "observer": 0}})()
+        self.configured: dict[str, dict[str, str]] = {}   # node -> the sysctls the lab gave it
+        self.execs: list[tuple[str, list[str]]] = []
+
+    def sysctls(self, node):
+        return dict(self.configured.get(node, {}))
+
+    def exec(self, node, command, timeout=None, user=None):
+        self.execs.append((node, command))
+        answer = self.answers.get("exec", ExecResult(0, b"1\n", b""))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def harness(self, node, command, params, timeout=60):
         self.calls.append((node, command, params))
@@ -413,13 +457,34 @@ def test_syn_flood_always_cleans_up_even_when_the_probe_cannot_run():
     assert [node for node, command, _ in lab.calls if command.startswith("syn_flood")] == ["injector", "injector"]
 
 
-def test_syn_flood_refuses_a_syncookies_setting_it_could_not_apply():
-    lab = FakeLab({"tcp_port_stats": {}, "syn_flood": flood_facts(injector_syncookies_set=False,
-                                                                  injector_syncookies_error="Read-only file system"),
-                   "syn_flood_cleanup": {}})
-    with pytest.raises(LabctlError, match="could not set net.ipv4.tcp_syncookies=0 in the injector"):
-        P.syn_flood(ctx(lab), P.SynFloodParams(injector_syncookies=0))
-    assert lab.calls[-1][1] == "syn_flood_cleanup"
+def syn_flood_lab(**answers) -> FakeLab:
+    return FakeLab({"tcp_port_stats": {"states": {}, "counters": {}}, "syn_flood": flood_facts(),
+                    "http_sequence": {"steps": [ok()]}, "syn_flood_cleanup": {"rules_removed": 1}, **answers})
+
+
+def test_syn_flood_reports_the_servers_syncookies_set_by_the_lab_without_asking_the_server():
+    lab = syn_flood_lab()
+    lab.configured["server"] = {"net.ipv4.tcp_syncookies": "0"}
+    outcome = P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
+    assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == \
+        (0, "set by the lab for the server")
+    assert lab.execs == []
+    assert all("syncookies" not in str(params) for _, _, params in lab.calls), "nothing is set in the injector"
+
+
+def test_syn_flood_reads_the_servers_syncookies_inside_the_server_when_the_lab_sets_none():
+    lab = syn_flood_lab(exec=ExecResult(0, b"1\n", b""))
+    outcome = P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
+    assert lab.execs == [("server", ["cat", "/proc/sys/net/ipv4/tcp_syncookies"])]
+    assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == \
+        (1, "read in the server")
+
+
+def test_syn_flood_runs_when_the_servers_syncookies_cannot_be_read():
+    lab = syn_flood_lab(exec=LabctlError("exec in labctl-x-server failed"))
+    outcome = P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
+    assert outcome.passed
+    assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == (None, "unknown")
 
 
 # -- the harness's HTTP client on loopback ----------------------------------------------------------

@@ -182,6 +182,32 @@ def test_defaults(tmp_path: Path) -> None:
     assert ex.max_points == 1.0 and ex.hidden_checks == []
 
 
+def test_submission_sysctls_go_over_the_lab_servers_into_the_server_container_only(tmp_path: Path) -> None:
+    from labctl.lab import Lab, Submission
+    from labctl.spec import LabSpec, sysctl_values
+
+    folder = make_exercise(tmp_path, "title: Hello\nmodel: blocking\nsubmission:\n  sysctls:\n"
+                                     "    net.ipv4.tcp_syncookies: 0\n    net.core.somaxconn: '64'\n"
+                                     "checks:\n  - {name: index, check: http_get}\n")
+    sub = load_exercise(folder).submission
+    assert sub.sysctls == {"net.ipv4.tcp_syncookies": 0, "net.core.somaxconn": "64"}
+    assert SubmissionSpec().sysctls == {}
+    spec = LabSpec(nodes={
+        "server": {"role": "server", "sysctls": {"net.ipv4.tcp_syncookies": 1, "net.ipv4.tcp_fin_timeout": 10}},
+        "client": {"role": "client", "sysctls": {"net.core.somaxconn": 512}},
+        "observer": {"role": "observer", "watches": "server"}})
+    lab = Lab(spec, backend=None, lab_id="t")  # type: ignore[arg-type]  (planning asks no engine)
+    images = {"server": "labctl-server", "tools": "labctl-tools"}
+    plans = {name: lab._plan(node, images, None) for name, node in spec.nodes.items()}
+    assert plans["server"].sysctls == {"net.ipv4.tcp_syncookies": "1", "net.ipv4.tcp_fin_timeout": "10"}
+    lab.submission = Submission(path=folder, sysctls=sysctl_values(sub.sysctls))
+    plans = {name: lab._plan(node, images, lab.submission) for name, node in spec.nodes.items()}
+    assert plans["server"].sysctls == {"net.ipv4.tcp_syncookies": "0", "net.ipv4.tcp_fin_timeout": "10",
+                                       "net.core.somaxconn": "64"}
+    assert plans["client"].sysctls == {"net.core.somaxconn": "512"}
+    assert plans["observer"].sysctls == {}, "the observer shares the server's PID namespace, not its network"
+
+
 def test_validate_defaults_to_solution_and_starter(tmp_path: Path) -> None:
     folder = make_exercise(tmp_path, "title: Hello\nmodel: blocking\nchecks:\n  - {name: index, check: http_get}\n"
                                      "validate: {}\n", ("solution", "starter"))

@@ -24,6 +24,7 @@ from labctl.spec import (
     lab_json_schema,
     load_lab,
     load_model,
+    sysctl_values,
 )
 
 HERE = Path(__file__).parent
@@ -120,6 +121,27 @@ def test_no_base_60_numbers(tmp_path: Path) -> None:
     assert (lab.server.limits.cpus, lab.server.limits.pids, lab.server.limits.nofile) == (0.5, 64, 1024)
 
 
+def test_sysctls_of_a_nodes_network_namespace(tmp_path: Path) -> None:
+    lab = load_lab(write(tmp_path, "nodes:\n  server:\n    role: server\n    sysctls:\n"
+                                   "      net.ipv4.tcp_syncookies: 0\n      net.ipv6.conf.all.disable_ipv6: '1'\n"
+                                   "      net.core.somaxconn: 1024\n      net.unix.max_dgram_qlen: 64\n"
+                                   "  client:\n    role: client\n"))
+    assert lab.server.sysctls == {"net.ipv4.tcp_syncookies": 0, "net.ipv6.conf.all.disable_ipv6": "1",
+                                  "net.core.somaxconn": 1024, "net.unix.max_dgram_qlen": 64}
+    assert lab.nodes["client"].sysctls == {}
+    assert sysctl_values(lab.server.sysctls)["net.ipv4.tcp_syncookies"] == "0"  # the engine takes text
+
+
+@pytest.mark.parametrize("name", ["kernel.shmmax", "vm.swappiness", "fs.file-max", "net.netfilter.nf_conntrack_max",
+                                  "net.ipv4", "net.ipv4.", "net.ipv4.TCP_SYNCOOKIES", "net.ipv4.tcp-syncookies",
+                                  "net/ipv4/tcp_syncookies"])
+def test_only_network_namespace_sysctls_are_accepted(name: str) -> None:
+    with pytest.raises(ValidationError, match="expected a network sysctl like net.ipv4.tcp_syncookies"):
+        NodeSpec(role="server", sysctls={name: 1})
+    with pytest.raises(ValidationError):
+        NodeSpec(role="server", sysctls={"net.ipv4.tcp_syncookies": 0.5})
+
+
 def test_node_key_that_is_not_text(tmp_path: Path) -> None:
     path = write(tmp_path, "nodes:\n  server:\n    role: server\n  1:\n    role: client\n")
     assert problems_of(path) == [f"{path}:4: nodes.1: expected a key that is text, found 1"]
@@ -145,6 +167,7 @@ def test_schema_describes_lab_yaml() -> None:
     node = schema["$defs"]["NodeSpec"]
     assert "name" not in node["properties"]  # a node is named by its key
     assert "NET_RAW" in node["properties"]["capabilities"]["items"]["enum"]
+    assert node["properties"]["sysctls"]["propertyNames"]["pattern"].startswith("^net\\.")
 
 
 # -- broken files: exact messages ---------------------------------------------------------------
