@@ -24,7 +24,7 @@ MARKS = {"passed": "✓", "failed": "✗", "timed_out": "⏱", "error": "!"}
 def renderable(report: GradeReport) -> RenderableType:
     """The report as rich renderables (Text objects only: no markup is parsed from report strings)."""
     parts: list[RenderableType] = []
-    title = Text.assemble(("labctl grade ", "bold"), (printable(report.exercise), "bold cyan"))
+    title = Text.assemble(("labctl ", "bold"), (printable(report.exercise), "bold cyan"))
     if report.title:
         title.append(f"  {printable(report.title)}", style="dim")
     parts.append(title)
@@ -38,6 +38,8 @@ def renderable(report: GradeReport) -> RenderableType:
             name = Text(printable(result.name))
             if result.visibility == "hidden":
                 name.append(" (hidden)", style="dim")
+            if result.max_points == 0:
+                name.append(" (lesson, not graded)", style="dim")
             table.add_row(name,
                           Text(f"{MARKS.get(result.status, '?')} {status_word(result)}",
                                style=STYLES.get(result.status, "")),
@@ -47,7 +49,8 @@ def renderable(report: GradeReport) -> RenderableType:
     for result in failed(report):
         block = Text("\n")
         block.append(f"{MARKS.get(result.status, '?')} {printable(result.name)}", style=f"bold {STYLES.get(result.status, '')}")
-        block.append(f" ({status_word(result)})\n", style="dim")
+        lesson = ", a lesson: shown, not graded" if result.max_points == 0 else ""
+        block.append(f" ({status_word(result)}{lesson})\n", style="dim")
         block.append(printable(result.message.rstrip()))
         for line in evidence_lines(result.evidence, long_limit=400):
             block.append(f"\n  {printable(line)}", style="dim")
