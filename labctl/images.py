@@ -19,8 +19,8 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +34,7 @@ from labctl.errors import ImageBuildError
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("LABCTL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 REGISTRY_ROOT = "debian:bookworm-slim"
+BOOTSTRAP_TIMEOUT = 20 * 60  # seconds; it takes about one minute on a good connection
 LABEL = "labctl.image"
 
 Progress = Callable[[str], None]
@@ -223,12 +224,21 @@ class ImageBuilder:
             with open(log, "w") as out:
                 process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 assert process.stdout is not None
+                # A mirror that stops answering must not hang the build for ever.
+                expired = threading.Event()
+                watchdog = threading.Timer(BOOTSTRAP_TIMEOUT, lambda: (expired.set(), process.kill()))
+                watchdog.daemon = True
+                watchdog.start()
                 for line in process.stdout:
                     out.write(line)
                     if line.startswith("I: ") and any(w in line for w in ("Retrieving", "Validating", "Extracting",
                                                                           "Installing", "Configuring", "Base")):
                         self.progress("debootstrap: " + line[3:].strip())
                 code = process.wait()
+                watchdog.cancel()
+            if expired.is_set():
+                raise ImageBuildError(f"debootstrap did not finish within {BOOTSTRAP_TIMEOUT // 60} minutes "
+                                      f"(is {DEBIAN_MIRROR} reachable? LABCTL_DEBIAN_MIRROR names another)")
             if code != 0:
                 tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
                 raise ImageBuildError(f"debootstrap failed (exit {code}); its last lines:\n{tail}")
