@@ -277,6 +277,54 @@ def logs(ctx, lab_id, follow, tail, node) -> None:
 
 
 @main.command()
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--watch", "interval", type=float, default=None, metavar="SECONDS",
+              help="Look again every SECONDS until Ctrl-C.")
+@click.pass_context
+def observe(ctx, lab_id, interval) -> None:
+    """Show the server's threads as the observer sees them: state, the syscall each sleeps in,
+    CPU ticks, context switches. Start a few clients and watch them wake up."""
+    import time as _time
+
+    from labctl import observe as observer
+
+    lab = _lab(ctx, lab_id)
+    node = next((n.name for n in lab.spec.nodes.values() if n.role == "observer"), None)
+    if node is None:
+        raise LabctlError("lab.yaml has no observer node: nothing can look at the server's threads")
+    try:
+        while True:
+            text = observer.render(observer.snapshot(lab, node))
+            if interval and out.is_terminal:
+                out.clear()
+            out.print(text, highlight=False, soft_wrap=True)
+            if not interval:
+                return
+            _time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--node", default="client", show_default=True, help="Where to listen (client or injector).")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to capture.")
+@click.option("--filter", "packet_filter", default="tcp port 8080", show_default=True,
+              help="A tcpdump filter ('' for every packet).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("capture.pcap"),
+              show_default=True, help="Where to write the pcap file (open it with Wireshark or tcpdump -r).")
+@click.pass_context
+def capture(ctx, lab_id, node, seconds, packet_filter, output) -> None:
+    """Capture the lab's packets for a while (make requests meanwhile) into a pcap file."""
+    lab = _lab(ctx, lab_id)
+    with progress_display("capture") as say:
+        say(f"listening on {node} for {seconds:g} s ({packet_filter or 'every packet'})")
+        data, packets = lab.capture(node, seconds, packet_filter)
+    output.write_bytes(data)
+    out.print(f"{output}: {packets} packets (read it with Wireshark, or: tcpdump -r {output})", highlight=False)
+
+
+@main.command()
 @click.argument("lab_id", required=False)
 @click.option("--all", "all_labs", is_flag=True, help="Remove all your labs, also ones orphaned by a killed labctl.")
 @click.option("--any-owner", is_flag=True, help="With --all: every user's labs on this engine.")

@@ -7,6 +7,7 @@ by its labels, so a lab orphaned by a killed labctl is still found.
 
 from __future__ import annotations
 
+import base64
 import functools
 import getpass
 import json
@@ -271,6 +272,18 @@ class Lab:
         except (IndexError, json.JSONDecodeError) as error:
             raise LabctlError(f"harness {check} on {node} failed (exit {result.exit_code}): "
                               f"{(result.stderr or result.stdout).decode(errors='replace')[-800:]}") from error
+
+    def capture(self, node: str, seconds: float, packet_filter: str = "") -> tuple[bytes, int]:
+        """Capture packets on a node's network interface for `seconds`: (pcap bytes, packets).
+
+        The harness sniffs in the node (client or injector: NET_RAW) and sends the pcap
+        back in its JSON answer: no file, no host path involved.
+        """
+        answer = self.harness(node, "capture", {"seconds": seconds, "packet_filter": packet_filter},
+                              timeout=seconds + 20)
+        if "error" in answer:
+            raise LabctlError(f"capturing in {node} failed: {answer['error']}")
+        return base64.b64decode(answer["pcap_base64"]), int(answer["packets"])
 
     def put(self, node: str, path: str, tar_bytes: bytes) -> None:
         self._node(node)

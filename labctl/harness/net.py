@@ -27,4 +27,26 @@ def wait_listening(host: str, port: int, timeout: float = 1.0, interval: float =
         time.sleep(interval)
 
 
-COMMANDS = {"wait_listening": wait_listening}
+def capture(seconds: float = 10.0, packet_filter: str = "tcp port 8080", iface: str = "eth0",
+            max_packets: int = 20000) -> dict:
+    """Capture packets on this container's interface for `seconds`: a pcap, base64 in JSON.
+
+    scapy sniffs (NET_RAW; libpcap applies the filter) rather than tcpdump, which wants
+    to drop to its own user and so needs capabilities the lab does not give.
+    """
+    import base64
+    import io
+
+    from scapy.all import sniff  # type: ignore[import-not-found]
+    from scapy.utils import PcapWriter  # type: ignore[import-not-found]
+
+    packets = sniff(iface=iface, filter=packet_filter or None, timeout=seconds, count=max_packets, store=True)
+    buffer = io.BytesIO()
+    writer = PcapWriter(buffer, sync=True)
+    writer.write(list(packets))
+    writer.flush()
+    return {"packets": len(packets), "truncated": len(packets) >= max_packets,
+            "pcap_base64": base64.b64encode(buffer.getvalue()).decode()}
+
+
+COMMANDS = {"wait_listening": wait_listening, "capture": capture}

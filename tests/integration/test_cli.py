@@ -135,3 +135,28 @@ def test_shell_runs_what_it_is_given_and_returns_its_exit_code(project):
         assert shell.returncode == 3
     finally:
         labctl("down", lab_id)
+
+
+def test_observe_and_capture_show_what_the_server_does(project, tmp_path):
+    from scapy.all import TCP, rdpcap
+
+    lab_id = f"look-{OWNER}"
+    up = labctl("up", "--exercise", "blocking", "--submission", str(ROOT / "exercises" / "blocking" / "solution"),
+                "--name", lab_id)
+    assert up.returncode == 0, up.stderr
+    try:
+        seen = labctl("observe", "--lab", lab_id)
+        assert seen.returncode == 0, seen.stderr
+        assert "asleep in accept4 (288)" in seen.stdout and "1 process(es), 1 thread(s)" in seen.stdout
+        pcap = tmp_path / "lab.pcap"
+        capture = spawn("capture", "--lab", lab_id, "--seconds", "5", "-o", str(pcap))
+        time.sleep(3)  # the harness starts sniffing within a second or two
+        fetch = labctl("exec", "--lab", lab_id, "client", "--", "python3", "-c",
+                       "import urllib.request as u; u.urlopen('http://server:8080/').read()")
+        assert fetch.returncode == 0, fetch.stderr
+        stdout, stderr = capture.communicate(timeout=60)
+        assert capture.returncode == 0, stderr
+        packets = [p for p in rdpcap(str(pcap)) if TCP in p and 8080 in (p[TCP].sport, p[TCP].dport)]
+        assert any(p[TCP].flags == "S" for p in packets), "the capture should hold the client's SYN"
+    finally:
+        labctl("down", lab_id)
