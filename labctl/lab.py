@@ -12,8 +12,8 @@ import functools
 import getpass
 import json
 import os
+import re
 import secrets
-import shlex
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +35,9 @@ LABEL_OWNER = "labctl.owner"
 LABEL_CREATED = "labctl.created"
 LABEL_HOST = "labctl.host"
 LABEL_PID = "labctl.pid"
+
+#: A lab id names containers and a network: what the engine accepts in both.
+LAB_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 
 #: Where things go inside the containers.
 HARNESS_DIR = "/opt/labctl"
@@ -74,7 +77,7 @@ class Submission:
 
 
 class Lab:
-    """One lab on one backend: made by `Lab.create(...).up()`, found again by `Lab.find(id)`."""
+    """One lab on one backend: made by `Lab.create(...).up()`, found again by `find_lab(...)`."""
 
     def __init__(self, spec: LabSpec, backend: Backend, lab_id: str, owner: str | None = None):
         self.spec = spec
@@ -90,6 +93,9 @@ class Lab:
     def create(cls, spec: LabSpec, backend: Backend, name: str | None = None) -> "Lab":
         """A new lab with a unique id: the lab's name and a random suffix, or the name given."""
         lab_id = name or f"{spec.name}-{secrets.token_hex(3)}"
+        if not LAB_ID.match(lab_id):
+            raise LabctlError(f"lab name {lab_id!r}: expected lowercase letters, digits, '.', '_' or '-' "
+                              "(up to 40), starting with a letter or digit")
         return cls(spec, backend, lab_id)
 
     def container_name(self, node: str) -> str:
@@ -381,7 +387,3 @@ def _ids(user: str | None) -> tuple[int, int]:
         return int(uid), int(gid or uid)
     except ValueError:
         return 0, 0
-
-
-def quote(command: list[str]) -> str:
-    return " ".join(shlex.quote(part) for part in command)

@@ -1,8 +1,8 @@
 """Proof that each concurrency check passes a correct server and fails the server it exists to catch.
 
-Real Docker Engine, real containers. One lab per purpose-built server (tests/servers/conc_*),
-all started at once when the module begins and removed when it ends; each row of MATRIX
-runs one check on one of them. The docroot is index.html from tests/servers/conc_docroot
+Real Docker Engine, real containers. One lab per purpose-built server (tests/servers/conc_*;
+conc_epoll runs three times: correct, BUG=blocking_send and BUG=partial), all started at once
+when the module begins and removed when it ends; each row of MATRIX runs one check on one of them. The docroot is index.html from tests/servers/conc_docroot
 plus an 8 MiB large.bin generated here (not committed).
 
 Rows run in the order listed: idle_connections rows come last, because a select() server
@@ -24,8 +24,16 @@ from labctl.checks import concurrency  # noqa: F401  (registers the checks)
 
 SERVERS = Path(__file__).resolve().parent.parent / "servers"
 LARGE_SIZE = 8 << 20
-SERVER_NAMES = ["conc_epoll", "conc_threaded", "conc_select", "conc_blocking", "conc_epoll_blocking_send",
-                "conc_epoll_partial", "conc_overload"]
+# The name MATRIX uses -> (folder in tests/servers, the server's environment: $BUG picks conc_epoll's bug).
+SERVERS_UNDER_TEST: dict[str, tuple[str, dict[str, str]]] = {
+    "conc_epoll": ("conc_epoll", {}),
+    "conc_threaded": ("conc_threaded", {}),
+    "conc_select": ("conc_select", {}),
+    "conc_blocking": ("conc_blocking", {}),
+    "conc_epoll_blocking_send": ("conc_epoll", {"BUG": "blocking_send"}),
+    "conc_epoll_partial": ("conc_epoll", {"BUG": "partial"}),
+    "conc_overload": ("conc_overload", {}),
+}
 
 # (server, check, params, passes, words the message must contain)
 MATRIX = [
@@ -81,11 +89,12 @@ def labs(project, images, docroot):
     def start(name: str) -> None:
         lab = Lab.create(project.spec, project.backend)
         made[name] = lab  # before up(): if up() fails half-way, the finally below still removes it
-        lab.up(images, Submission(path=SERVERS / name, docroot=docroot))
+        folder, env = SERVERS_UNDER_TEST[name]
+        lab.up(images, Submission(path=SERVERS / folder, docroot=docroot, env=env))
 
     try:
-        with ThreadPoolExecutor(max_workers=len(SERVER_NAMES)) as pool:
-            list(pool.map(start, SERVER_NAMES))
+        with ThreadPoolExecutor(max_workers=len(SERVERS_UNDER_TEST)) as pool:
+            list(pool.map(start, SERVERS_UNDER_TEST))
         print(f"\n[conc] {len(made)} labs up in {time.monotonic() - started:.1f} s")
         yield made
     finally:

@@ -1,7 +1,8 @@
 """The process-side checks on the real engine: each passes on a correct model server and fails
 on a server wrong in exactly the way the check exists to catch.
 
-One lab per model server (tests/servers/model_*), several checks on it; only one lab runs
+One lab per model server (tests/servers/model_*; model_poll_epoll runs as model_poll and
+model_epoll, by $SELECTOR), several checks on it; only one lab runs
 at a time (a busy-polling model eats a CPU), and each is removed as soon as the tests move
 on to the next server, in a finally, also when a test fails.
 """
@@ -20,6 +21,11 @@ from labctl.checks import CheckContext, load_catalog
 from labctl.checks.process import sample, sample_while_holding
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
+# A name the tests use that is not a folder of tests/servers -> (folder, the server's environment).
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "model_poll": ("model_poll_epoll", {"SELECTOR": "poll"}),
+    "model_epoll": ("model_poll_epoll", {"SELECTOR": "epoll"}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,8 @@ def lab_of(project, images) -> Iterator[Callable[[str], object]]:
         current.clear()
         lab = Lab.create(project.spec, project.backend)
         current[server] = lab
-        return lab.up(images, Submission(path=SERVERS / server))
+        folder, env = VARIANTS.get(server, (server, {}))
+        return lab.up(images, Submission(path=SERVERS / folder, env=env))
 
     try:
         yield get

@@ -2,8 +2,8 @@
 server wrong in exactly the way the check exists to catch.
 
 One lab per server (class-scoped: several checks run on it, it is removed when the class ends).
-The servers are in tests/servers/proto_*/, each a copy of proto_good with one marked bug; they
-serve tests/servers/proto_docroot.
+The server is tests/servers/proto/server.py: correct, or with the one marked bug its $BUG names
+(each class sets `bug`); it serves tests/servers/proto_docroot.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from labctl.checks import CheckContext, Outcome, load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ROOT / "tests" / "servers"
+SERVER = SERVERS / "proto"
 DOCROOT = SERVERS / "proto_docroot"
 LOGO_SHA = hashlib.sha256((DOCROOT / "logo.bin").read_bytes()).hexdigest()
 SYNCOOKIES = "net.ipv4.tcp_syncookies"
@@ -25,12 +26,12 @@ SYNCOOKIES = "net.ipv4.tcp_syncookies"
 
 @pytest.fixture(scope="class")
 def lab(request, project, images):
-    """A lab running the class's `server` (tests/servers/<server>) with the protocol docroot."""
+    """A lab running tests/servers/proto with the class's `bug` as $BUG, serving the protocol docroot."""
     from labctl.lab import Lab, Submission
 
     lab = Lab.create(project.spec, project.backend)
     try:
-        lab.up(images, Submission(path=SERVERS / request.cls.server, docroot=DOCROOT))
+        lab.up(images, Submission(path=SERVER, docroot=DOCROOT, env={"BUG": request.cls.bug}))
         yield lab
     finally:
         lab.down()
@@ -46,18 +47,18 @@ def run(lab, name: str, budget: float = 30.0, **params) -> Outcome:
     return outcome
 
 
-def start_without_syncookies(start_lab, server: str):
-    """A lab running tests/servers/<server> whose kernel has SYN cookies off: the exercise's
+def start_without_syncookies(start_lab, bug: str):
+    """A lab running tests/servers/proto with $BUG `bug` whose kernel has SYN cookies off: the exercise's
     `submission: {sysctls: {net.ipv4.tcp_syncookies: 0}}`, set in the server's network namespace."""
-    lab = start_lab(server, docroot=DOCROOT, sysctls={SYNCOOKIES: "0"})
+    lab = start_lab(SERVER, docroot=DOCROOT, env={"BUG": bug}, sysctls={SYNCOOKIES: "0"})
     assert lab.exec("server", ["cat", "/proc/sys/net/ipv4/tcp_syncookies"]).text.strip() == "0"
     return lab
 
 
 class TestCorrectServer:
-    """proto_good: every protocol check passes, and `http` fails only when the expectation is wrong."""
+    """No bug: every protocol check passes, and `http` fails only when the expectation is wrong."""
 
-    server = "proto_good"
+    bug = ""
 
     def test_http_checks_status_headers_text_and_file_digest(self, lab):
         outcome = run(lab, "http", path="/index.html",
@@ -117,7 +118,7 @@ class TestCorrectServer:
         assert (evidence["server_syncookies"], evidence["server_syncookies_source"]) == (1, "read in the server")
 
     def test_syn_flood_passes_without_syncookies_when_the_backlog_holds_the_flood(self, start_lab):
-        lab = start_without_syncookies(start_lab, self.server)
+        lab = start_without_syncookies(start_lab, self.bug)
         outcome = run(lab, "syn_flood", syns=64)
         assert outcome.passed, outcome.message
         assert outcome.evidence["server"]["half_open_during_flood"] >= 60
@@ -128,7 +129,7 @@ class TestCorrectServer:
 
 
 class TestServerThatNeverSays400:
-    server = "proto_no400"
+    bug = "no400"
 
     def test_http_passes(self, lab):
         assert run(lab, "http", path="/hello.txt", expect={"body": "hello\n"}).passed
@@ -143,7 +144,7 @@ class TestServerThatNeverSays400:
 
 
 class TestServerThatCrashesOnGarbage:
-    server = "proto_crash_on_garbage"
+    bug = "crash_on_garbage"
 
     def test_http_passes(self, lab):
         assert run(lab, "http", path="/hello.txt", expect={"body": "hello\n"}).passed
@@ -159,7 +160,7 @@ class TestServerThatCrashesOnGarbage:
 
 
 class TestServerThatDiesOnReset:
-    server = "proto_dies_on_reset"
+    bug = "dies_on_reset"
 
     def test_http_and_malformed_request_pass(self, lab):
         assert run(lab, "http", path="/hello.txt", expect={"body": "hello\n"}).passed
@@ -175,7 +176,7 @@ class TestServerThatDiesOnReset:
 
 
 class TestServerThatReadsWithOneRecv:
-    server = "proto_single_recv"
+    bug = "single_recv"
 
     def test_http_and_malformed_request_pass(self, lab):
         assert run(lab, "http", path="/hello.txt", expect={"body": "hello\n"}).passed
@@ -192,7 +193,7 @@ class TestServerThatReadsWithOneRecv:
 
 
 class TestServerThatAltersFiles:
-    server = "proto_wrong_body"
+    bug = "wrong_body"
 
     def test_http_passes_on_a_plain_text_file(self, lab):
         assert run(lab, "http", path="/hello.txt", expect={"file": "hello.txt"}).passed
@@ -215,7 +216,7 @@ class TestServerWithABacklogOfOne:
     """syn_flood discriminates on the server's SYN queue only where the server's kernel does not use
     SYN cookies; with cookies on (the default in a container's network namespace) even listen(1) passes."""
 
-    server = "proto_small_backlog"
+    bug = "small_backlog"
 
     def test_syn_flood_passes_with_syncookies_on(self, lab):
         outcome = run(lab, "syn_flood", syns=64)
@@ -224,7 +225,7 @@ class TestServerWithABacklogOfOne:
         assert outcome.evidence["server_syncookies"] == 1
 
     def test_syn_flood_fails_with_syncookies_off_and_leaves_no_damage(self, start_lab):
-        lab = start_without_syncookies(start_lab, self.server)
+        lab = start_without_syncookies(start_lab, self.bug)
         outcome = run(lab, "syn_flood", syns=64)
         assert not outcome.passed
         assert "timed out" in outcome.message and "listen()" in outcome.message

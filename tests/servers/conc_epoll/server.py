@@ -1,15 +1,23 @@
-"""An event loop (selectors: epoll) with non-blocking sockets; SEND_MODE says how it writes.
+"""An event loop (selectors: epoll) with non-blocking sockets: correct, or with the one bug $BUG names.
 
-  partial  keeps what send() did not take and sends it when the socket is writable again
-           (correct: passes every concurrency check, 2000 idle connections included);
-  blocking makes the socket blocking and calls sendall(): one slow reader stops the loop;
-  ignore   calls send() once and closes: a slow reader gets a short file.
+Correct (BUG unset or ""): keeps what send() did not take and sends it when the socket is writable
+again (passes every concurrency check, 2000 idle connections included).
+Each bug sits in one place marked `# THE BUG (BUG=<name>)`:
+  blocking_send  makes the socket blocking and calls sendall(): one slow reader stops the loop
+                 (slow_reader must fail "stuck in send"; slow_client and idle_connections pass);
+  partial        calls send() once and closes, ignoring what send() did not take: a slow reader
+                 gets a short file (slow_reader must fail "received only").
+Any other value of BUG: the server exits at once, saying so (a typo in a test must not pass silently).
 """
 import os
 import selectors
 import socket
+import sys
 
-SEND_MODE = "partial"
+BUGS = ("", "blocking_send", "partial")
+BUG = os.environ.get("BUG", "")
+if BUG not in BUGS:
+    sys.exit(f"conc_epoll server: unknown BUG={BUG!r}; expected one of {', '.join(repr(b) for b in BUGS)}")
 PORT = int(os.environ.get("PORT", "8080"))
 DOCROOT = os.environ.get("DOCROOT", "/srv/www")
 
@@ -54,14 +62,16 @@ def on_readable(client: Client) -> None:
     if b"\r\n\r\n" not in client.inbox:
         return
     response = response_for(client.inbox)
-    if SEND_MODE == "blocking":
+    if BUG == "blocking_send":
+        # THE BUG (BUG=blocking_send): a blocking sendall() in the event loop; a slow reader stops it.
         try:
             client.conn.setblocking(True)
             client.conn.sendall(response)
         except OSError as error:
             print(f"client error: {error}", flush=True)
         close(client)
-    elif SEND_MODE == "ignore":
+    elif BUG == "partial":
+        # THE BUG (BUG=partial): one send(), and what it did not take is dropped; the client gets a short file.
         try:
             client.conn.send(response)
         except OSError as error:
@@ -93,7 +103,7 @@ listener.bind(("0.0.0.0", PORT))
 listener.listen(1024)
 listener.setblocking(False)
 selector.register(listener, selectors.EVENT_READ, None)
-print(f"event-loop server ({type(selector).__name__}, send {SEND_MODE}) listening on {PORT}", flush=True)
+print(f"event-loop server ({type(selector).__name__}, BUG={BUG or 'none'}) listening on {PORT}", flush=True)
 while True:
     for key, events in selector.select():
         if key.data is None:

@@ -1,16 +1,25 @@
-"""Model server: one thread, an event loop on poll()."""
+"""Model server: one thread, an event loop on poll() (SELECTOR=poll) or on epoll (SELECTOR=epoll,
+the default; it sleeps in epoll_wait). Any other SELECTOR: the server exits at once, saying so."""
 import os
 import select
 import socket
+import sys
 
-BODY = b"hello from the poll model\n"
+SELECTOR = os.environ.get("SELECTOR", "epoll")
+if SELECTOR not in ("poll", "epoll"):
+    sys.exit(f"model_poll_epoll server: unknown SELECTOR={SELECTOR!r}; expected 'poll' or 'epoll'")
+
+BODY = f"hello from the {SELECTOR} model\n".encode()
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", int(os.environ.get("PORT", "8080"))))
 listener.listen(128)
 listener.setblocking(False)
-poller = select.poll()
-poller.register(listener, select.POLLIN)
+if SELECTOR == "poll":
+    poller, POLLIN = select.poll(), select.POLLIN
+else:
+    poller, POLLIN = select.epoll(), select.EPOLLIN
+poller.register(listener, POLLIN)
 conns = {}    # fd -> socket
 pending = {}  # fd -> bytes received so far
 
@@ -30,7 +39,7 @@ while True:
                 continue
             conn.setblocking(False)
             conns[conn.fileno()], pending[conn.fileno()] = conn, b""
-            poller.register(conn, select.POLLIN)
+            poller.register(conn, POLLIN)
             continue
         try:
             chunk = conns[fd].recv(4096)
