@@ -9,11 +9,13 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import click
 from rich.console import Console
+from rich.markup import escape as e
 from rich.table import Table
 
 from labctl import __version__
@@ -34,7 +36,7 @@ class LabctlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LabctlError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {e(str(error))}", highlight=False, soft_wrap=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -47,22 +49,27 @@ def _raise_interrupt(signum, frame):
 
 @contextlib.contextmanager
 def progress_display(title: str) -> Iterator:
-    """A spinner with the current step on a terminal; plain timestamped lines elsewhere (CI logs)."""
+    """A spinner with the current step on a terminal; plain lines with elapsed seconds elsewhere (CI logs)."""
+    started = time.monotonic()
     if err.is_terminal:
         with err.status(title) as status:
             def say(message: str) -> None:
-                status.update(f"{title}: {message}")
+                status.update(f"{title}: {e(message)}")
                 if message.startswith(("built", "base:", "network", "the server", "removing")):
-                    err.print(f"  {message}", highlight=False)
+                    err.print(f"  {e(message)}", highlight=False)
             yield say
     else:
         def say(message: str) -> None:
-            err.print(f"{title}: {message}", highlight=False, soft_wrap=True)
+            err.print(f"{title} {time.monotonic() - started:5.1f}s: {e(message)}", highlight=False, soft_wrap=True)
         yield say
 
 
 def project(ctx: click.Context) -> Project:
-    return ctx.obj["project"]() if callable(ctx.obj["project"]) else ctx.obj["project"]
+    """The command's project, found and loaded on first use, then the same object."""
+    root = ctx.find_root()
+    if "loaded" not in root.obj:
+        root.obj["loaded"] = Project(find_root(root.obj["project_dir"]))
+    return root.obj["loaded"]
 
 
 @click.group(cls=LabctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +84,7 @@ def main(ctx: click.Context, project_dir: Path | None) -> None:
     network), look inside it, and grade blocking, threaded and polling servers.
     """
     ctx.ensure_object(dict)
-    ctx.obj["project"] = lambda: Project(find_root(project_dir))
+    ctx.obj["project_dir"] = project_dir
 
 
 # -- images -------------------------------------------------------------------------------------------
@@ -176,7 +183,7 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
                              port=port or spec.server.port or 8080,
                              sysctls=sysctl_values(loaded.submission.sysctls) if exercise else {})
         lab.up(tags, sub, progress=say, wait=not no_wait)
-    out.print(f"lab [bold]{lab.id}[/] is up", highlight=False)
+    out.print(f"lab [bold]{e(lab.id)}[/] is up", highlight=False)
     _print_lab(lab.containers())
     out.print(f"next: labctl exec client -- python3 -c \"...\"   labctl shell server   labctl down {lab.id}",
               highlight=False)
@@ -201,7 +208,7 @@ def status(ctx, any_owner: bool, as_json: bool) -> None:
         out.print("no labs running")
         return
     for summary in labs:
-        out.print(f"lab [bold]{summary.id}[/]  owner {summary.owner}  subnet {summary.subnet}  "
+        out.print(f"lab [bold]{e(summary.id)}[/]  owner {e(summary.owner)}  subnet {summary.subnet}  "
                   f"created {summary.created}", highlight=False)
         _print_lab(summary.containers)
 
@@ -284,8 +291,6 @@ def logs(ctx, lab_id, follow, tail, node) -> None:
 def observe(ctx, lab_id, interval) -> None:
     """Show the server's threads as the observer sees them: state, the syscall each sleeps in,
     CPU ticks, context switches. Start a few clients and watch them wake up."""
-    import time as _time
-
     from labctl import observe as observer
 
     lab = _lab(ctx, lab_id)
@@ -297,10 +302,10 @@ def observe(ctx, lab_id, interval) -> None:
             text = observer.render(observer.snapshot(lab, node))
             if interval and out.is_terminal:
                 out.clear()
-            out.print(text, highlight=False, soft_wrap=True)
+            out.print(text, highlight=False, soft_wrap=True, markup=False)
             if not interval:
                 return
-            _time.sleep(interval)
+            time.sleep(interval)
     except KeyboardInterrupt:
         pass
 
@@ -321,7 +326,7 @@ def capture(ctx, lab_id, node, seconds, packet_filter, output) -> None:
         say(f"listening on {node} for {seconds:g} s ({packet_filter or 'every packet'})")
         data, packets = lab.capture(node, seconds, packet_filter)
     output.write_bytes(data)
-    out.print(f"{output}: {packets} packets (read it with Wireshark, or: tcpdump -r {output})", highlight=False)
+    out.print(f"{e(str(output))}: {packets} packets (read it with Wireshark, or: tcpdump -r {output})", highlight=False)
 
 
 @main.command()
@@ -387,12 +392,12 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
         if unknown:
             raise LabctlError(f"--only names no check of {exercise.id}: {', '.join(unknown)}")
     shown = "all checks" if include_hidden else "public checks"
-    err.print(f"[bold]{exercise.id}[/]: {exercise.title} — {shown} on {submission}", highlight=False)
+    err.print(f"[bold]{e(exercise.id)}[/]: {e(exercise.title)} — {shown} on {e(str(submission))}", highlight=False)
 
     def on_result(result) -> None:
         mark = "[green]pass[/]" if result.passed else ("[yellow]time[/]" if result.status == "timed_out"
                                                        else "[red]FAIL[/]")
-        err.print(f"  {mark} {result.name:28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s",
+        err.print(f"  {mark} {e(result.name):28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s",
                   highlight=False)
 
     with progress_display("grading") as say:
@@ -402,7 +407,7 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
     report = report.visible(include_hidden)
     write_reports(report, list(reports) or ["terminal"], out)
     if not report.gradable:
-        err.print(f"[bold red]not gradable:[/] {report.error}", highlight=False)
+        err.print(f"[bold red]not gradable:[/] {e(report.error or '')}", highlight=False)
     sys.exit(report.exit_code)
 
 
@@ -469,7 +474,7 @@ def list_(ctx) -> None:
     for exercise in _exercise_names(ctx, ()):
         public = sum(check.points for check in exercise.public_checks)
         hidden = sum(check.points for check in exercise.hidden_checks)
-        table.add_row(exercise.id, exercise.title, exercise.model, str(len(exercise.checks)),
+        table.add_row(e(exercise.id), e(exercise.title), exercise.model, str(len(exercise.checks)),
                       f"{public:g}" + (f" + {hidden:g} hidden" if hidden else ""))
     out.print(table)
 
@@ -495,7 +500,7 @@ def validate(ctx, exercises) -> None:
 
         def on_row(row) -> None:
             mark = "[green]as expected[/]" if not row.problems else "[red]DIFFERS[/]"
-            err.print(f"  {row.label:28} {mark}  ({row.report.duration:.1f} s)", highlight=False)
+            err.print(f"  {e(row.label):28} {mark}  ({row.report.duration:.1f} s)", highlight=False)
 
         with progress_display("validate") as say:
             outcome = validate_exercise(proj, exercise, progress=say, on_row=on_row)
@@ -531,7 +536,7 @@ def _print_matrix(outcome) -> None:
         gradable.append(f"[red]{text}![/]" if row.expect_gradable != row.report.gradable else text)
     table.add_row(*gradable)
     for check in outcome.exercise.checks:
-        cells = [check.name + (" (0 pts)" if check.points == 0 else "")]
+        cells = [e(check.name) + (" (0 pts)" if check.points == 0 else "")]
         for row in outcome.rows:
             result = next((r for r in row.report.results if r.name == check.name), None)
             if result is None:
@@ -543,10 +548,10 @@ def _print_matrix(outcome) -> None:
         table.add_row(*cells)
     out.print(table)
     for line in legend:
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False)
     for row in outcome.rows:
         for problem in row.problems:
-            out.print(f"  [red]{row.label}[/]: {problem}", highlight=False)
+            out.print(f"  [red]{e(row.label)}[/]: {e(problem)}", highlight=False)
 
 
 @main.command()
@@ -565,20 +570,20 @@ def checks(name, markdown) -> None:
         if name not in catalog:
             raise LabctlError(f"no check {name!r}; the catalog: {', '.join(catalog)}")
         definition = catalog[name]
-        out.print(f"[bold]{name}[/]: {definition.summary}  (budget {definition.default_timeout:g} s)",
+        out.print(f"[bold]{name}[/]: {e(definition.summary)}  (budget {definition.default_timeout:g} s)",
                   highlight=False)
         table = Table(box=None, padding=(0, 2))
         for column in ("parameter", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
         for row in catalog_docs.parameters(definition.params):
-            table.add_row(*row)
+            table.add_row(*(e(cell) for cell in row))
         out.print(table)
         return
     table = Table(box=None, padding=(0, 2))
     table.add_column("check")
     table.add_column("what it looks for", overflow="fold")
     for definition in catalog.values():
-        table.add_row(definition.name, definition.summary)
+        table.add_row(definition.name, e(definition.summary))
     out.print(table)
     out.print("labctl checks NAME: its parameters", highlight=False)
 
@@ -592,7 +597,7 @@ def new(ctx, exercise_id, title) -> None:
     from labctl.authoring import new_exercise
 
     folder = new_exercise(project(ctx).root, exercise_id, title)
-    out.print(f"created {folder}: edit exercise.yaml, README.md, solution/ and starter/, then "
+    out.print(f"created {e(str(folder))}: edit exercise.yaml, README.md, solution/ and starter/, then "
               f"`labctl validate {exercise_id}`", highlight=False)
 
 
@@ -605,7 +610,7 @@ def export(ctx, target) -> None:
     from labctl.authoring import export_student
 
     exported = export_student(project(ctx).root, target)
-    out.print(f"handout in {target}: {', '.join(exported)}", highlight=False)
+    out.print(f"handout in {e(str(target))}: {', '.join(exported)}", highlight=False)
 
 if __name__ == "__main__":
     main()
