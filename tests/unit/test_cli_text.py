@@ -1,0 +1,25 @@
+"""The CLI prints what it is given: brackets in types, paths and messages are text, not markup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from labctl.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_types_with_brackets_are_shown_whole():
+    result = CliRunner().invoke(main, ["--project", str(ROOT), "checks", "blocked_in"])
+    assert result.exit_code == 0, result.output
+    assert "list[str]" in result.output
+
+
+def test_an_error_with_brackets_is_shown_whole(tmp_path):
+    (tmp_path / "lab.yaml").write_text("nodes:\n  server:\n    role: server\n    capabilities: [a]\n")
+    result = CliRunner().invoke(main, ["--project", str(tmp_path), "up"])
+    assert result.exit_code == 2
+    assert "lab.yaml:4: nodes.server.capabilities[0]: expected a Linux capability name" in result.output
+    assert "found 'a'" in result.output
