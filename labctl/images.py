@@ -161,7 +161,7 @@ class ImageBuilder:
         self.progress(f"built {tag}")
 
     def _docker_build(self, name: str, tag: str, buildargs: dict[str, str]) -> None:
-        repository, version = tag.split(":")
+        version = tag.split(":")[1]
         try:
             stream = self.client.api.build(
                 path=str(self.images_dir / name), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
