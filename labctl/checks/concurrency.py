@@ -187,6 +187,11 @@ def judge_slow_client(facts: dict, params: SlowClientParams) -> Outcome:
                 "slow_answered_after_finishing": facts.get("slow_answered_after_finishing"),
                 "probe": probe_evidence(probe)}
     who = ("one slow client was" if slow == 1 else f"{slow} slow clients were") + " connected"
+    # With several slow clients, "one at a time" is only one of the possible causes: a pool of
+    # workers no larger than the slow clients is held up just the same.
+    serves = ("the server serves one client at a time" if slow == 1 else
+              f"the server serves at most {slow} clients at once (one at a time, or a pool of at most {slow} "
+              "workers all waiting on slow clients)")
     if slow == 0:
         connect = counts_text(facts.get("slow_connect_errors") or {}) or "no connection"
         return Outcome(False, f"could not open the slow connections ({connect}): is the server running?",
@@ -201,13 +206,13 @@ def judge_slow_client(facts: dict, params: SlowClientParams) -> Outcome:
     if probe_ok(probe):
         return Outcome(False, (
             f"a second client waited {seconds_text(probe['seconds'])} for its response while {who} "
-            f"(limit {params.limit:g} s): the server serves one client at a time. While it waits in recv() "
-            f"for the slow client's request to end, nobody else is served. {SERVE_MANY_HINT}"), evidence)
+            f"(limit {params.limit:g} s): {serves}. While it waits in recv() "
+            f"for a slow client's request to end, nobody else is served. {SERVE_MANY_HINT}"), evidence)
     if probe.get("error") == "timeout" and probe.get("connect_seconds") is not None and not probe.get("bytes"):
         return Outcome(False, (
             f"a second client waited {seconds_text(probe.get('elapsed'))} and got no response while {who}: "
-            f"the server serves one client at a time (its connect succeeded only because the kernel queues "
-            f"connections in the listen backlog). While the server waits in recv() for the slow client's "
+            f"{serves} (its connect succeeded only because the kernel queues "
+            f"connections in the listen backlog). While the server waits in recv() for a slow client's "
             f"request to end, nobody else is served. {SERVE_MANY_HINT}"), evidence)
     return Outcome(False, f"while {who}, a second client {describe_probe_failure(probe)}", evidence)
 

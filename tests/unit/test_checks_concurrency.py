@@ -139,6 +139,14 @@ def test_slow_client_fails_a_server_that_serves_one_client_at_a_time():
     assert "listen backlog" in outcome.message
 
 
+def test_with_several_slow_clients_the_message_does_not_claim_one_at_a_time():
+    outcome = judge_slow_client(slow_facts(timed_out_probe(3.0), slow=9), SlowClientParams(slow_clients=9))
+    assert not outcome.passed
+    assert "the server serves at most 9 clients at once (one at a time, or a pool of at most 9 workers" \
+        in outcome.message
+    assert "serves one client at a time" not in outcome.message
+
+
 def test_slow_client_fails_a_late_answer_and_says_how_late():
     outcome = judge_slow_client(slow_facts(good_probe(2.5), slow=3), SlowClientParams(slow_clients=3))
     assert not outcome.passed
