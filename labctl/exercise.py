@@ -40,6 +40,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -52,7 +53,7 @@ from pydantic_core import InitErrorDetails
 
 from labctl.checks import REGISTRY, CheckDef, CheckParams, load_catalog, load_exercise_checks
 from labctl.errors import SpecError
-from labctl.spec import Port, Sysctls, _did_you_mean, _expected, _merge, _one_of, _rule, _Spec, load_model
+from labctl.spec import ENV_NAME, Port, Sysctls, _did_you_mean, _expected, _merge, _one_of, _rule, _Spec, load_model
 
 __all__ = ["CheckSpec", "Exercise", "MutantSpec", "SubmissionSpec", "ValidateSpec", "exercise_json_schema",
            "exercise_model", "find_exercises", "load_exercise"]
@@ -191,6 +192,10 @@ class MutantSpec(_Spec):
     fails: list[str] = Field(default_factory=list, validate_default=True,
                              description="Names of this exercise's checks it must fail (all others pass).")
     why: str = Field("", description="What is wrong with it, in words.")
+    env: dict[Annotated[str, StringConstraints(pattern=ENV_NAME)], str] = Field(
+        default_factory=dict,
+        description="Environment variables for its server: a mutant can be another folder's server with "
+                    "one setting changed (e.g. the solution with WORKERS: '1'), instead of a copy of it.")
 
     @field_validator("fails")
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -46,6 +46,7 @@ class GradeOptions:
     include_hidden: bool = True            # `labctl test` runs public checks only
     only: list[str] | None = None          # run only these check names (debugging an exercise)
     budget: float | None = None            # override the exercise's total budget
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the server (a mutant's)
 
 
 def grade(project: Project, exercise: Exercise, submission_dir: Path, options: GradeOptions | None = None,
@@ -77,7 +78,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         images = project.ensure_images(say, names=sorted({sub.image, "tools"}))
         lab = Lab.create(with_server_image(project.spec, sub.image), project.backend)
         submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
-                                port=sub.port, sysctls=sysctl_values(sub.sysctls))
+                                port=sub.port, sysctls=sysctl_values(sub.sysctls), env=dict(options.env))
         try:
             lab.up(images, submission, progress=say)
         except ServerStartError as error:

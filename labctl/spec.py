@@ -58,6 +58,7 @@ NODE_NAME = r"^[a-z][a-z0-9-]{0,15}$"
 USER = r"^[0-9]+(:[0-9]+)?$"  # numeric: the images have no user names to resolve
 # The sysctls Docker sets per container: those of the container's own network namespace.
 SYSCTL = r"^net\.(ipv4|ipv6|core|unix)\.[a-z0-9_.]+$"
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 _SYSCTL = re.compile(SYSCTL)
 _SIZE = re.compile(r"^([0-9]+)([bkmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
@@ -69,6 +70,7 @@ _PATTERN_WORDS = {
     NODE_NAME: "a node name: a lowercase letter, then up to 15 lowercase letters, digits or '-'",
     USER: "a numeric user like 1000:1000 (uid:gid) or 1000",
     SYSCTL: "a network sysctl like net.ipv4.tcp_syncookies (only those are per container)",
+    ENV_NAME: "an environment variable name like WORKERS (upper case, digits, '_')",
 }
 
 

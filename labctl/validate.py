@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from labctl.exercise import Exercise
-from labctl.grading import grade
+from labctl.grading import GradeOptions, grade
 from labctl.project import Project
 from labctl.results import GradeReport
 
@@ -78,16 +78,17 @@ def validate_exercise(project: Project, exercise: Exercise, progress: Callable[[
     plan = exercise.validate
     if plan is None:
         return outcome
-    subjects: list[tuple[str, Path, set[str] | None, bool, str]] = [
-        ("solution", exercise.dir / plan.solution, set(), True, "the reference: full marks"),
-        ("starter", exercise.dir / plan.starter, None, True, "runs, but does not do the task"),
+    subjects: list[tuple[str, Path, set[str] | None, bool, str, dict[str, str]]] = [
+        ("solution", exercise.dir / plan.solution, set(), True, "the reference: full marks", {}),
+        ("starter", exercise.dir / plan.starter, None, True, "runs, but does not do the task", {}),
     ]
     for mutant in plan.mutants:
-        subjects.append((f"mutant:{os.path.normpath(mutant.path)}", exercise.dir / mutant.path, set(mutant.fails),
-                         not mutant.not_gradable, mutant.why))
-    for label, path, failing, gradable, why in subjects:
+        settings = "".join(f" {name}={value}" for name, value in mutant.env.items())
+        subjects.append((f"mutant:{os.path.normpath(mutant.path)}{settings}", exercise.dir / mutant.path,
+                         set(mutant.fails), not mutant.not_gradable, mutant.why, dict(mutant.env)))
+    for label, path, failing, gradable, why, env in subjects:
         say(f"{exercise.id}: grading {label}")
-        report = grade(project, exercise, path.resolve(), progress=say)
+        report = grade(project, exercise, path.resolve(), GradeOptions(env=env), progress=say)
         row = Row(label, path, failing, gradable, report, why)
         outcome.rows.append(row)
         done(row)

@@ -215,6 +215,17 @@ def test_validate_defaults_to_solution_and_starter(tmp_path: Path) -> None:
     assert validate == ValidateSpec(solution="solution", starter="starter", mutants=[])
 
 
+def test_a_mutant_can_be_another_folder_with_environment_settings(tmp_path: Path) -> None:
+    text = ("title: Hello\nmodel: blocking\nchecks:\n  - {name: index, check: http_get}\n"
+            "validate:\n  mutants:\n    - {path: solution, env: {WORKERS: '1'}, fails: [index]}\n")
+    folder = make_exercise(tmp_path, text, ("solution", "starter"))
+    assert load_exercise(folder).validate.mutants[0].env == {"WORKERS": "1"}
+    bad = make_exercise(tmp_path, text.replace("WORKERS", "workers"), ("solution", "starter"), name="bad")
+    assert [problem.split("bad/", 1)[1] for problem in problems_of(bad)] == [
+        "exercise.yaml:7: validate.mutants[0].env.workers: expected an environment variable name like WORKERS "
+        "(upper case, digits, '_'), found 'workers'"]
+
+
 def test_docroot_is_resolved_against_the_exercise_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_exercise(tmp_path, "title: Hello\nmodel: polling\ndocroot: files/www\n"
                             "checks:\n  - {name: index, check: http_get}\n", ("files/www",))
