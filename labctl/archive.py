@@ -41,13 +41,3 @@ def tar_directory(source: Path, uid: int = 0, gid: int = 0, prefix: str = "") ->
                 tar.addfile(info)
     return buffer.getvalue()
 
-
-def tar_files(files: dict[str, bytes], mode: int = 0o644, uid: int = 0, gid: int = 0) -> bytes:
-    """Archive in-memory files: {relative path: content}."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid = len(content), mode, uid, gid
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()

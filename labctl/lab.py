@@ -215,7 +215,7 @@ class Lab:
             if "rlimit type 7" not in str(error):
                 raise
             # The engine's own hard nofile limit is below what lab.yaml asks: clamp and say so.
-            limit = self.backend.engine_nofile_limit()  # type: ignore[attr-defined]
+            limit = self.backend.engine_nofile_limit()
             self.backend.remove({LABEL_LAB: self.id, LABEL_NODE: plan.node})
             clamped = ContainerPlan(**{**plan.__dict__, "nofile": min(plan.nofile, limit)})
             self._say(f"node {plan.node}: nofile {plan.nofile} is above the engine's own limit {limit}; "
@@ -290,10 +290,6 @@ class Lab:
         if "error" in answer:
             raise LabctlError(f"capturing in {node} failed: {answer['error']}")
         return base64.b64decode(answer["pcap_base64"]), int(answer["packets"])
-
-    def put(self, node: str, path: str, tar_bytes: bytes) -> None:
-        self._node(node)
-        self.backend.put_archive(self.container_name(node), path, tar_bytes)
 
     def logs(self, node: str, tail: int | str = "all", follow: bool = False) -> Iterator[bytes]:
         self._node(node)

@@ -200,9 +200,6 @@ class DockerBackend:
         else:
             yield self.client.api.logs(container, tail=tail)
 
-    def stats(self, container: str) -> dict:
-        return self.client.api.stats(container, stream=False)
-
     # -- removal --------------------------------------------------------------------------------
 
     def remove(self, labels: dict[str, str]) -> int:
