@@ -28,7 +28,7 @@ INSTRUCTOR_ONLY = ("solution", "mutants")
 
 def new_exercise(root: Path, exercise_id: str, title: str | None = None) -> Path:
     """Create exercises/<id>/ from the scaffold; it validates as it is."""
-    if not EXERCISE_ID.match(exercise_id):
+    if not EXERCISE_ID.fullmatch(exercise_id):
         raise LabctlError(f"exercise id {exercise_id!r}: expected lowercase letters, digits and '-' "
                           "(it is also the folder name)")
     folder = root / "exercises" / exercise_id

@@ -5,6 +5,7 @@ Every error a user can meet is a LabctlError: printed as one clear message, exit
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import signal
@@ -15,18 +16,25 @@ from typing import Iterator
 
 import click
 from rich.console import Console
-from rich.markup import escape as e
+from rich.markup import escape
 from rich.table import Table
 
 from labctl import __version__
 from labctl.errors import LabctlError
 from labctl.project import Project, find_root
+from labctl.untrusted import printable
 
 out = Console()
 err = Console(stderr=True)
 
 
 # -- plumbing -----------------------------------------------------------------------------------------
+
+def e(text: object) -> str:
+    """A dynamic string for rich: control characters visible (it may hold the server's bytes), markup
+    escaped (it may hold brackets). Every string printed here that labctl did not write goes through it."""
+    return escape(printable(str(text)))
+
 
 class LabctlGroup(click.Group):
     """Turns LabctlError into one red line and exit 2, and SIGTERM into a clean Ctrl-C."""
@@ -269,16 +277,23 @@ def shell(ctx, lab_id, user, node) -> None:
 @click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
 @click.option("--tail", default="all", help="Only the last N lines.")
+@click.option("--raw", is_flag=True, help="The bytes as the node wrote them, escape sequences and all "
+                                          "(by default control characters are shown as \\xNN).")
 @click.argument("node", default="server")
 @click.pass_context
-def logs(ctx, lab_id, follow, tail, node) -> None:
+def logs(ctx, lab_id, follow, tail, raw, node) -> None:
     """Print the log (stdout and stderr) of NODE, by default the server."""
     lab = _lab(ctx, lab_id)
     tail_value = int(tail) if str(tail).isdigit() else "all"
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
         for chunk in lab.logs(node, tail=tail_value, follow=follow):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+            if raw:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            else:
+                sys.stdout.write(printable(decoder.decode(chunk)))
+                sys.stdout.flush()
     except KeyboardInterrupt:
         pass
 
@@ -383,14 +398,18 @@ def _exercise(ctx: click.Context, name: str):
 def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, include_hidden: bool,
                  only: tuple[str, ...], reports: tuple[str, ...]) -> None:
     from labctl.grading import GradeOptions, grade
-    from labctl.report import write_reports
+    from labctl.report import parse_specs, write_reports
 
     proj = project(ctx)
     exercise = _exercise(ctx, exercise_name)
     if only:
-        unknown = sorted(set(only) - {check.name for check in exercise.checks})
+        # `labctl test` offers the public checks only: a hidden check's name is as unknown as a typo,
+        # so a student cannot probe which hidden checks exist.
+        offered = [check.name for check in (exercise.checks if include_hidden else exercise.public_checks)]
+        unknown = sorted(set(only) - set(offered))
         if unknown:
-            raise LabctlError(f"--only names no check of {exercise.id}: {', '.join(unknown)}")
+            raise LabctlError(f"--only names no check of {exercise.id}: {', '.join(unknown)} "
+                              f"(its {'' if include_hidden else 'public '}checks: {', '.join(offered)})")
     shown = "all checks" if include_hidden else "public checks"
     err.print(f"[bold]{e(exercise.id)}[/]: {e(exercise.title)} — {shown} on {e(str(submission))}", highlight=False)
 
@@ -405,8 +424,11 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
                                                                  only=list(only) or None),
                        progress=say, on_result=on_result)
     report = report.visible(include_hidden)
-    write_reports(report, list(reports) or ["terminal"], out)
-    if not report.gradable:
+    specs = list(reports) or ["terminal"]
+    write_reports(report, specs, out)
+    on_console = any(item.renderer.name == "terminal" and item.target is None for item in parse_specs(specs))
+    if not report.gradable and not on_console:
+        # The terminal report says why in its footer; without it the reason still reaches the console, once.
         err.print(f"[bold red]not gradable:[/] {e(report.error or '')}", highlight=False)
     sys.exit(report.exit_code)
 

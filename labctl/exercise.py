@@ -76,7 +76,7 @@ warnings.filterwarnings("ignore", message=r'Field name "validate" in ".*" shadow
 # -- field types ---------------------------------------------------------------------------------
 
 def _check_name(name: str) -> str:
-    if not _CHECK_NAME.match(name):
+    if not _CHECK_NAME.fullmatch(name):
         raise _expected("a check name: a lowercase letter or digit, then lowercase letters, digits or '-'")
     return name
 

@@ -93,7 +93,7 @@ class Lab:
     def create(cls, spec: LabSpec, backend: Backend, name: str | None = None) -> "Lab":
         """A new lab with a unique id: the lab's name and a random suffix, or the name given."""
         lab_id = name or f"{spec.name}-{secrets.token_hex(3)}"
-        if not LAB_ID.match(lab_id):
+        if not LAB_ID.fullmatch(lab_id):
             raise LabctlError(f"lab name {lab_id!r}: expected lowercase letters, digits, '.', '_' or '-' "
                               "(up to 40), starting with a letter or digit")
         return cls(spec, backend, lab_id)

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from labctl import syscalls
 from labctl.errors import LabctlError
+from labctl.untrusted import printable
 
 #: The models io_model can name. "busy-polling" and "unknown" are never right answers.
 MODELS = ("blocking", "threaded", "forking", "event-driven", "busy-polling", "unknown")
@@ -435,8 +436,9 @@ def render(snapshot: Snapshot) -> str:
     for thread in snapshot.threads:
         ctx = f"{thread.voluntary if thread.voluntary is not None else '?'}/" \
               f"{thread.nonvoluntary if thread.nonvoluntary is not None else '?'}"
-        lines.append(f"{thread.pid:>6} {thread.tid:>6}  {thread.comm[:15]:<15} {thread.state:<2}  "
-                     f"{thread.waiting[:34]:<34} {(thread.wchan or '-')[:24]:<24} {thread.ticks:>6} {ctx:>16}")
+        # comm is the server's to choose (prctl, pthread_setname_np): shown, never trusted.
+        lines.append(f"{thread.pid:>6} {thread.tid:>6}  {printable(thread.comm)[:15]:<15} {printable(thread.state):<2}  "
+                     f"{thread.waiting[:34]:<34} {printable(thread.wchan or '-')[:24]:<24} {thread.ticks:>6} {ctx:>16}")
     lines.append(f"{snapshot.process_count} process(es), {snapshot.thread_count} thread(s); "
                  f"architecture {snapshot.machine}")
     return "\n".join(lines)

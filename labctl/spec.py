@@ -53,6 +53,8 @@ CAPABILITIES: tuple[str, ...] = (
     "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
 )
 
+# These patterns are also the JSON Schema's (ECMAScript: `$` is the very end). Python's `$` also matches
+# before a final newline, so Python code matches them with fullmatch(), never match().
 LAB_NAME = r"^[a-z0-9][a-z0-9-]{0,30}$"
 NODE_NAME = r"^[a-z][a-z0-9-]{0,15}$"
 USER = r"^[0-9]+(:[0-9]+)?$"  # numeric: the images have no user names to resolve
@@ -107,7 +109,7 @@ def _capability(name: str) -> str:
 
 
 def _size_bytes(size: str) -> int:
-    number, unit = _SIZE.match(size).groups()  # type: ignore[union-attr]  # validated before
+    number, unit = _SIZE.fullmatch(size).groups()  # type: ignore[union-attr]  # validated before
     return int(number) * _UNITS[unit.lower()]
 
 
@@ -115,7 +117,7 @@ def _memory(value: Any) -> Any:
     """Accept `256m`, `1G`, `512k` or a byte count (YAML int); keep it as a lower-case string."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not _SIZE.match(value):
+    if not isinstance(value, str) or not _SIZE.fullmatch(value):
         raise _expected("a size like 256m or 1g")
     if _size_bytes(value) < MIN_MEMORY:
         raise _expected("a size of at least 6m (the engine refuses less)")
@@ -147,9 +149,9 @@ def _network(value: Any) -> Any:
 
 
 def _sysctl_name(name: str) -> str:
-    if _SYSCTL.match(name):
+    if _SYSCTL.fullmatch(name):
         return name
-    hint = f" (did you mean {name.lower()!r}?)" if _SYSCTL.match(name.lower()) else ""
+    hint = f" (did you mean {name.lower()!r}?)" if _SYSCTL.fullmatch(name.lower()) else ""
     raise _expected(_PATTERN_WORDS[SYSCTL], hint)
 
 

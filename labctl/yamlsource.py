@@ -23,6 +23,8 @@ from labctl.errors import SpecError
 YamlPath = tuple[Any, ...]  # mapping keys (usually str) and sequence indexes, from the top
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: The most values (scalars, lists, mappings, aliases counted where used) one file may hold.
+MAX_VALUES = 20_000
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 
@@ -73,21 +75,33 @@ def read_yaml(path: str | Path, what: str = "lab") -> YamlSource:
     except OSError as error:
         raise SpecError([f"{display}: cannot read the {what} file: {error.strerror or error}"]) from None
 
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # reads the whole text first: a character YAML forbids is refused here
         root = loader.get_single_node()
         source = YamlSource(display, None)
         if root is not None:
             source.lines[()] = root.start_mark.line + 1
-            _walk(loader, root, (), source, set())
+            _walk(loader, root, (), source, set(), [MAX_VALUES])
             source.data = loader.construct_document(root)
+    except yaml.reader.ReaderError as error:
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        raise SpecError([f"{display}:{line}: character {_character(error.character)} is not allowed in a YAML file "
+                         f"(column {column}); remove it"]) from None
     except yaml.MarkedYAMLError as error:
         raise SpecError([f"{display}:{_syntax_error(error)}"]) from None
-    except yaml.YAMLError as error:  # no position known (rare: e.g. a reader error)
+    except yaml.YAMLError as error:  # no position known (rare)
         raise SpecError([f"{display}:1: YAML error: {error}"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return source
+
+
+def _character(code: int | str) -> str:
+    code = ord(code) if isinstance(code, str) else code
+    return f"U+{code:04X}" + (" (NUL)" if code == 0 else "")
 
 
 def line_of(lines: dict[YamlPath, int], loc: tuple[Any, ...]) -> int:
@@ -117,10 +131,24 @@ def path_text(loc: tuple[Any, ...], data: Any = None) -> str:
     return text.lstrip(".")
 
 
-def _walk(loader: yaml.SafeLoader, node: Node, path: YamlPath, source: YamlSource, active: set[int]) -> None:
-    """Record lines below `node` and report duplicate keys (merge keys `<<` are left to PyYAML)."""
+def _walk(loader: yaml.SafeLoader, node: Node, path: YamlPath, source: YamlSource, active: set[int],
+          budget: list[int]) -> None:
+    """Record lines below `node` and report duplicate keys (merge keys `<<` are left to PyYAML).
+
+    Aliases are walked where they are used, as validation will see them: `budget` (one counter for
+    the whole file) stops a file whose aliases expand to more than MAX_VALUES values (a "billion
+    laughs" file) at once, instead of after minutes of expansion.
+    """
     if id(node) in active:  # a recursive alias (&a [*a]): the constructor reports it
         return
+    budget[0] -= 1
+    if budget[0] < 0:
+        # An alias's node keeps the line where it was defined: name the top-level key being expanded.
+        line = source.lines.get(path[:1], node.start_mark.line + 1)
+        where = f"{path_text(path[:1])}: " if path else ""
+        raise SpecError([f"{source.display}:{line}: {where}the file expands to more than {MAX_VALUES} "
+                         "values (each use of an alias *name repeats its whole value); a labctl file needs far "
+                         "fewer: write the values out, or use fewer nested aliases"])
     active.add(id(node))
     if isinstance(node, MappingNode):
         first_line: dict[Any, int] = {}
@@ -135,11 +163,11 @@ def _walk(loader: yaml.SafeLoader, node: Node, path: YamlPath, source: YamlSourc
             else:
                 first_line[key] = line
             source.lines[(*path, key)] = line
-            _walk(loader, value_node, (*path, key), source, active)
+            _walk(loader, value_node, (*path, key), source, active, budget)
     elif isinstance(node, SequenceNode):
         for index, item in enumerate(node.value):
             source.lines[(*path, index)] = item.start_mark.line + 1
-            _walk(loader, item, (*path, index), source, active)
+            _walk(loader, item, (*path, index), source, active, budget)
     active.discard(id(node))
 
 

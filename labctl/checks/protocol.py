@@ -134,7 +134,7 @@ class RequestFields(CheckParams):
     @field_validator("method")
     @classmethod
     def _method_token(cls, value):
-        if not TOKEN.match(value):
+        if not TOKEN.fullmatch(value):
             raise ValueError("a method is one word of letters (GET, HEAD, POST ...); use `raw` to send a bad one")
         return value
 

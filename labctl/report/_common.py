@@ -9,41 +9,17 @@ import contextlib
 import json
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from labctl.results import CheckResult, GradeReport
+from labctl.untrusted import printable_all, shown  # noqa: F401  (the renderers' one text filter)
 
 STATUS_WORDS = {"passed": "passed", "failed": "failed", "timed_out": "timed out", "error": "error"}
 
 # The most of one evidence value shown by default (a long text keeps its last lines).
 _LONG_VALUE = 600
-
-
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_KEEP_CR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def printable(text: str, keep_cr: bool = False) -> str:
-    """Text safe to show on a terminal or a web page: control characters (ESC of a colour code a
-    student's server logged, NUL, ...) become visible \\xNN; CRLF becomes LF unless keep_cr."""
-    if keep_cr:
-        return _CONTROL_KEEP_CR.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
-
-
-def printable_all(value: Any) -> Any:
-    """printable() applied to every string in a JSON-like document (keys too). Platforms that keep
-    results in PostgreSQL jsonb refuse \\u0000, and a colour code is noise in a web page."""
-    if isinstance(value, str):
-        return printable(value)
-    if isinstance(value, dict):
-        return {printable_all(key): printable_all(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [printable_all(item) for item in value]
-    return value
 
 
 def points(value: float) -> str:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import html
 import os
-import sys
 from pathlib import Path
 
 from rich.console import Console
 
-from labctl.report._common import (counts, evidence_lines, failed, longest_run, points, printable, score_line,
+from labctl.report._common import (counts, evidence_lines, failed, longest_run, points, shown, score_line,
                                    seconds, status_word, write_text)
 from labctl.results import CheckResult, GradeReport
+from labctl.untrusted import write_command
 
 ENV = "GITHUB_STEP_SUMMARY"
 
@@ -39,16 +39,16 @@ def annotations(report: GradeReport) -> list[str]:
     lines = []
     if not report.gradable:
         lines.append(f"::error title={escape_property(f'labctl {report.exercise}: not gradable')}::"
-                     f"{escape_data(printable(report.error or 'labctl could not grade this submission', keep_cr=True))}")
+                     f"{escape_data(shown(report.error or 'labctl could not grade this submission', keep_cr=True))}")
     for result in failed(report):
-        title = printable(f"labctl {report.exercise}: {result.name} ({status_word(result)})", keep_cr=True)
-        lines.append(f"::error title={escape_property(title)}::{escape_data(printable(result.message.strip(), keep_cr=True))}")
+        title = shown(f"labctl {report.exercise}: {result.name} ({status_word(result)})", keep_cr=True)
+        lines.append(f"::error title={escape_property(title)}::{escape_data(shown(result.message.strip(), keep_cr=True))}")
     return lines
 
 
 def _cell(text: str) -> str:
     """Text for a Markdown table cell: HTML escaped, | escaped, on one line."""
-    return html.escape(printable(text), quote=False).replace("|", "\\|").replace("\n", "<br>")
+    return html.escape(shown(text), quote=False).replace("|", "\\|").replace("\n", "<br>")
 
 
 def _fence(text: str) -> str:
@@ -61,8 +61,8 @@ def _details(result: CheckResult) -> str:
     lines = evidence_lines(result.evidence, long_limit=2000)
     if lines:
         body += "\n\n" + "\n".join(lines)
-    summary = f"❌ {html.escape(printable(result.name), quote=False)} ({status_word(result)})"
-    return f"<details><summary>{summary}</summary>\n\n{_fence(printable(body))}\n\n</details>"
+    summary = f"❌ {html.escape(shown(result.name), quote=False)} ({status_word(result)})"
+    return f"<details><summary>{summary}</summary>\n\n{_fence(shown(body))}\n\n</details>"
 
 
 def render(report: GradeReport) -> str:
@@ -101,6 +101,5 @@ def emit(report: GradeReport, target: Path | None, console: Console) -> list[str
         console.print(f"${ENV} is not set: the job summary would have been:", style="dim", highlight=False)
         console.out(summary, highlight=False)
     for line in annotations(report):
-        sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+        write_command(line)
     return written

@@ -7,6 +7,7 @@ regenerates the published schema after a change to labctl/results.py (a test com
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,14 @@ SCHEMA_FILE = "labctl-report.schema.json"
 DEFAULT_PATH = "labctl-report.json"
 
 
+#: Characters json.dumps(ensure_ascii=False) leaves raw that a terminal or viewer acts on (C1 controls,
+#: bidi controls, line separators): written as \\uNNNN escapes instead, which decode to the same text.
+_RAW_UNSAFE = re.compile("[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]")
+
+
 def render(report: GradeReport) -> str:
-    return json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    return _RAW_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
 
 
 def schema() -> dict[str, Any]:

@@ -20,7 +20,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from labctl.report._common import evidence_lines, first_line, not_gradable_text, points, tail
+from labctl.report._common import evidence_lines, first_line, not_gradable_text, points, shown, tail
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "junit.xsd"
@@ -32,8 +32,9 @@ _NOT_XML = re.compile("[^\u0009\u000a\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010
 
 
 def xml_text(text: str) -> str:
-    """Text XML 1.0 can carry: CRLF/CR become LF, other forbidden characters become \\xNN."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    """Text XML 1.0 can carry, safe to show: control characters visible (labctl.untrusted.shown),
+    then whatever else XML forbids (lone surrogates) as \\uNNNN."""
+    text = shown(text)
     return _NOT_XML.sub(lambda match: f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100
                         else f"\\u{ord(match.group()):04x}", text)
 

@@ -13,7 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from labctl.report._common import (counts, evidence_lines, failed, points, printable, score_line, seconds,
+from labctl.report._common import (counts, evidence_lines, failed, points, shown, score_line, seconds,
                                    status_word, write_text)
 from labctl.results import GradeReport
 
@@ -24,9 +24,9 @@ MARKS = {"passed": "✓", "failed": "✗", "timed_out": "⏱", "error": "!"}
 def renderable(report: GradeReport) -> RenderableType:
     """The report as rich renderables (Text objects only: no markup is parsed from report strings)."""
     parts: list[RenderableType] = []
-    title = Text.assemble(("labctl ", "bold"), (printable(report.exercise), "bold cyan"))
+    title = Text.assemble(("labctl ", "bold"), (shown(report.exercise), "bold cyan"))
     if report.title:
-        title.append(f"  {printable(report.title)}", style="dim")
+        title.append(f"  {shown(report.title)}", style="dim")
     parts.append(title)
     if report.results:
         table = Table(box=None, padding=(0, 2), show_edge=False)
@@ -35,7 +35,7 @@ def renderable(report: GradeReport) -> RenderableType:
         table.add_column("points", justify="right")
         table.add_column("duration", justify="right")
         for result in report.results:
-            name = Text(printable(result.name))
+            name = Text(shown(result.name))
             if result.visibility == "hidden":
                 name.append(" (hidden)", style="dim")
             if result.max_points == 0:
@@ -48,17 +48,17 @@ def renderable(report: GradeReport) -> RenderableType:
         parts.append(table)
     for result in failed(report):
         block = Text("\n")
-        block.append(f"{MARKS.get(result.status, '?')} {printable(result.name)}", style=f"bold {STYLES.get(result.status, '')}")
+        block.append(f"{MARKS.get(result.status, '?')} {shown(result.name)}", style=f"bold {STYLES.get(result.status, '')}")
         lesson = ", a lesson: shown, not graded" if result.max_points == 0 else ""
         block.append(f" ({status_word(result)}{lesson})\n", style="dim")
-        block.append(printable(result.message.rstrip()))
+        block.append(shown(result.message.rstrip()))
         for line in evidence_lines(result.evidence, long_limit=400):
-            block.append(f"\n  {printable(line)}", style="dim")
+            block.append(f"\n  {shown(line)}", style="dim")
         parts.append(block)
     footer = Text("\n")
     if not report.gradable:
         footer.append("not gradable: ", style="bold red")
-        footer.append(printable(report.error or "no reason was given"))
+        footer.append(shown(report.error or "no reason was given"))
         footer.append("\n")
     if report.budget_exhausted:
         footer.append("the time budget ran out: some checks did not run\n", style="yellow")

@@ -20,7 +20,7 @@ jsonschema = pytest.importorskip("jsonschema")
 from labctl.errors import LabctlError  # noqa: E402
 from labctl.report import RENDERERS, SCHEMAS_DIR, github, gradescope, json_report, prairielearn  # noqa: E402
 from labctl.report import parse_spec, write_reports  # noqa: E402
-from labctl.report._common import printable  # noqa: E402
+from labctl.untrusted import shown  # noqa: E402
 from labctl.results import CheckResult, GradeReport  # noqa: E402
 
 NASTY = 'expected <200 OK> & got "500" \'x\' ]]> 100% done\r\nline two: a,b\x1b[31m\x00 ü'
@@ -242,7 +242,7 @@ def test_gradescope_valid_and_exact(mixed):
     assert by_name["idle cpu"]["status"] == "failed"
     assert by_name["secret passes"]["visibility"] == "after_published"
     assert by_name["secret fails"]["visibility"] == "after_published"
-    assert by_name["slow client <K=3>"]["output"].count(printable(NASTY)) == 1
+    assert by_name["slow client <K=3>"]["output"].count(shown(NASTY)) == 1
     text = RENDERERS["gradescope"].render(mixed)  # no NUL (PostgreSQL jsonb refuses it), no raw ESC/CR
     assert "\\u0000" not in text and "\\u001b" not in text and "\\r" not in text
     assert '\\\\x1b[31m\\\\x00' in text
@@ -293,7 +293,7 @@ def test_prairielearn_valid_and_exact(mixed):
     assert "secret" not in json.dumps(document).lower()  # no name, message, evidence or log of hidden checks
     assert "output" not in document  # the server log may show hidden checks' requests
     slow = document["tests"][1]
-    assert slow["message"] == printable(NASTY) == 'expected <200 OK> & got "500" \'x\' ]]> 100% done\nline two: a,b\\x1b[31m\\x00 ü'
+    assert slow["message"] == shown(NASTY) == 'expected <200 OK> & got "500" \'x\' ]]> 100% done\nline two: a,b\\x1b[31m\\x00 ü'
     assert slow["description"] == "A slow client must not block others."
     assert set(slow) == {"name", "points", "max_points", "message", "output", "description"}
 
