@@ -37,5 +37,13 @@ class LabNotFound(LabctlError):
     """A command named a lab that does not exist (or no lab is running)."""
 
 
+class SubmissionError(LabctlError):
+    """A submission labctl will not copy: over a limit (size, files), or unreadable."""
+
+
+class ContainerGone(LabctlError):
+    """A node's container stopped while labctl was using it (the server exited, was killed...)."""
+
+
 class ServerStartError(LabctlError):
     """The server under test exited or never listened on its port."""

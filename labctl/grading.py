@@ -21,13 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from labctl import __version__, observe
+from labctl import __version__
 from labctl.checks import REGISTRY, CheckContext, Outcome
 from labctl.errors import LabctlError, ServerStartError
 from labctl.exercise import CheckSpec, Exercise
 from labctl.lab import Lab, Submission
 from labctl.project import Project
-from labctl.results import CheckResult, GradeReport
+from labctl.backends.base import Usage
+from labctl.results import CheckResult, GradeReport, ServerUsage
 from labctl.spec import sysctl_values
 
 #: Seconds a check may overrun its budget before grading stops waiting for it (its
@@ -86,6 +87,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         results: list[CheckResult] = []
         exhausted = False
         server_gone: str | None = None
+        meter = UsageMeter(lab, lab.spec.server.name)
         for check in checks:
             left = budget - (time.monotonic() - started)
             if server_gone is not None:
@@ -103,7 +105,8 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
                         result = result.model_copy(update={"message": f"{result.message} ({server_gone})"})
             results.append(result)
             tell(result)
-        return report(gradable=True, results=results, budget_exhausted=exhausted,
+            meter.read()
+        return report(gradable=True, results=results, budget_exhausted=exhausted, server_usage=meter.summary(),
                       server_log_tail=lab.log_tail(lab.spec.server.name, LOG_TAIL_LINES))
     except LabctlError as error:
         return report(gradable=False, error=str(error))
@@ -159,7 +162,8 @@ def _server_gone(lab: Lab, after: str) -> str | None:
 
     Asked after a check failed: a server that exited (or was killed for memory) or that
     has used up its task limit (a fork bomb, a thread leak) fails the remaining checks at
-    once instead of letting each one run into its time budget.
+    once instead of letting each one run into its time budget. Both facts come from the
+    engine and the server's cgroup, not from inside the lab.
     """
     server = lab.spec.server
     info = lab.backend.inspect(lab.container_name(server.name))
@@ -167,16 +171,39 @@ def _server_gone(lab: Lab, after: str) -> str | None:
         cause = (f"it was killed for using more memory than allowed ({server.limits.memory})" if info.oom_killed
                  else f"it exited with code {info.exit_code}")
         return f"the server stopped during check {after}: {cause}"
-    if not lab.spec.nodes_by_role("observer"):
-        return None
     try:
-        tasks = observe.snapshot(lab, lab.spec.nodes_by_role("observer")[0].name, timeout=10).thread_count
+        tasks = lab.usage(server.name).tasks
     except LabctlError:
         return None
-    if tasks >= server.limits.pids * TASK_LIMIT_SHARE:
+    if tasks is not None and tasks >= server.limits.pids * TASK_LIMIT_SHARE:
         return (f"the server used up its task limit during check {after} ({tasks} of {server.limits.pids} "
                 "processes and threads): a fork bomb or a thread leak")
     return None
+
+
+class UsageMeter:
+    """The server's CPU and tasks over a grading, read from its cgroup before the first check and
+    after each one (the peak of tasks is the most seen at a reading)."""
+
+    def __init__(self, lab: Lab, node: str):
+        self.lab, self.node = lab, node
+        self.readings: list[Usage] = []
+        self.read()
+
+    def read(self) -> None:
+        try:
+            self.readings.append(self.lab.usage(self.node))
+        except LabctlError:
+            pass  # the server is gone: the readings so far stand
+
+    def summary(self) -> ServerUsage | None:
+        if len(self.readings) < 2:
+            return None
+        first, last = self.readings[0], self.readings[-1]
+        tasks = [reading.tasks for reading in self.readings if reading.tasks is not None]
+        return ServerUsage(seconds=round(last.at - first.at, 3), cpu_seconds=round(last.cpu_seconds - first.cpu_seconds, 4),
+                           peak_tasks=max(tasks) if tasks else None,
+                           precise=all(reading.precise for reading in self.readings))
 
 
 def with_server_image(spec, image: str):

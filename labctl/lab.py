@@ -8,13 +8,16 @@ by its labels, so a lab orphaned by a killed labctl is still found.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import getpass
 import json
 import os
 import re
 import secrets
+import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from labctl import archive
-from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult
-from labctl.errors import LabctlError, LabNotFound, ServerStartError
+from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
+from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
 from labctl.spec import LabSpec, NodeSpec, sysctl_values
 
 # The labels every object of a lab carries: the one place that names them.
@@ -44,10 +47,20 @@ HARNESS_DIR = "/opt/labctl"
 SUBMISSION_DIR = "/submission"
 DOCROOT_DIR = "/srv/www"
 HARNESS_SOURCE = Path(__file__).parent / "harness"
+#: What every node may write: memory-backed folders of limits.disk each, counted in its memory. The
+#: rest of its file system is read-only, so nothing in a lab can fill the host's disk.
+SCRATCH = ("/tmp", "/var/tmp", "/run", "/dev/shm")
 
 #: What the server runs when no submission is given: nothing listens, the lab is a
 #: playground (`labctl shell server`, start a server by hand).
 IDLE_COMMAND = ["sleep", "infinity"]
+#: What the observer runs: the sampler that looks at the server's threads all the time, at
+#: moments that vary, and writes its looks to its log, so that a server cannot tell when it is
+#: being looked at (harness/agent.py). Its log is kept larger: it holds the looks.
+OBSERVER_COMMAND = ["python3", "-m", "harness", "proc_agent"]
+OBSERVER_LOG_BYTES = 16 * 2**20
+#: What the client and injector run: nothing; checks run in them with exec.
+TOOL_COMMAND = ["sleep", "infinity"]
 
 Progress = Callable[[str], None]
 
@@ -143,10 +156,10 @@ class Lab:
         first = [plan for plan in plans if plan.pid_of is None]
         sidecars = [plan for plan in plans if plan.pid_of is not None]
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-            list(pool.map(self._create_and_fill, first))
+            list(pool.map(self.backend.create_container, first))
             # A sidecar can be created once the container whose PID namespace it joins
             # exists (while that one starts), but started only once it runs.
-            made = [pool.submit(self._create_and_fill, plan) for plan in sidecars]
+            made = [pool.submit(self.backend.create_container, plan) for plan in sidecars]
             list(pool.map(self._start, first))
             for future in made:
                 future.result()
@@ -164,20 +177,21 @@ class Lab:
             self.wait_listening(submission.port, self.spec.timeouts.up, say)
 
     def _plan(self, node: NodeSpec, images: dict[str, str], submission: Submission | None) -> ContainerPlan:
-        env: dict[str, str] = {}
-        command = ["sleep", "infinity"]
-        workdir = None
         if node.role == "server":
             workdir = SUBMISSION_DIR
             port = submission.port if submission else (node.port or 8080)
-            env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1"}
+            env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
             if submission:
                 env.update(submission.env)
-                command = submission.command()
-            else:
-                command = IDLE_COMMAND
+            command = submission.command() if submission else IDLE_COMMAND
+            writable = (*SCRATCH, SUBMISSION_DIR, DOCROOT_DIR)
+            payload = self._server_files(node, submission)
         else:
-            env = {"PYTHONPATH": HARNESS_DIR, "PYTHONDONTWRITEBYTECODE": "1"}
+            workdir = None
+            env = {"PYTHONPATH": HARNESS_DIR, "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
+            command = OBSERVER_COMMAND if node.role == "observer" else TOOL_COMMAND
+            writable = (*SCRATCH, HARNESS_DIR)
+            payload = _harness_archive()
         return ContainerPlan(
             name=self.container_name(node.name), node=node.name, image=images[node.image], command=command,
             labels=self.labels(node), user=node.user, workdir=workdir, env=env, cap_add=tuple(node.capabilities),
@@ -185,7 +199,24 @@ class Lab:
             nofile=node.limits.nofile, sysctls=_sysctls(node, submission),
             network=None if node.role == "observer" else self.network_name,
             pid_of=self.container_name(node.watches) if node.role == "observer" and node.watches else None,
+            writable=writable, disk_bytes=node.limits.disk_bytes, payload=payload,
+            **({"log_bytes": OBSERVER_LOG_BYTES} if node.role == "observer" else {}),
         )
+
+    def _server_files(self, node: NodeSpec, submission: Submission | None) -> bytes | None:
+        """The submission (and the docroot) as one archive, refused here when it would not fit."""
+        if submission is None:
+            return None
+        folders = {SUBMISSION_DIR.lstrip("/"): submission.path}
+        if submission.docroot is not None:
+            folders[DOCROOT_DIR.lstrip("/")] = submission.docroot
+        packed = archive.tar_folders(folders, *_ids(node.user))
+        for target, needed in packed.footprint.items():
+            if needed > node.limits.disk_bytes:
+                raise SubmissionError(
+                    f"{folders[target]} takes about {needed / 2**20:.1f} MiB once copied, and the server's /{target} "
+                    f"holds {node.limits.disk} (lab.yaml: nodes.{node.name}.limits.disk)")
+        return packed.data
 
     def sysctls(self, node: str) -> dict[str, str]:
         """The sysctls a node's container is given: lab.yaml's, and for the server the submission's over them.
@@ -194,19 +225,6 @@ class Lab:
         the server's PID namespace, does not see the server's.
         """
         return _sysctls(self._node(node), self.submission)
-
-    def _create_and_fill(self, plan: ContainerPlan) -> None:
-        self.backend.create_container(plan)
-        node = self.spec.nodes[plan.node]
-        if node.role == "server":
-            if self.submission is not None:
-                uid, gid = _ids(node.user)
-                self.backend.put_archive(plan.name, SUBMISSION_DIR,
-                                         archive.tar_directory(self.submission.path, uid, gid))
-                if self.submission.docroot is not None:
-                    self.backend.put_archive(plan.name, DOCROOT_DIR, archive.tar_directory(self.submission.docroot))
-        else:
-            self.backend.put_archive(plan.name, HARNESS_DIR, _harness_archive())
 
     def _start(self, plan: ContainerPlan) -> None:
         try:
@@ -220,7 +238,7 @@ class Lab:
             clamped = ContainerPlan(**{**plan.__dict__, "nofile": min(plan.nofile, limit)})
             self._say(f"node {plan.node}: nofile {plan.nofile} is above the engine's own limit {limit}; "
                       f"using {clamped.nofile}")
-            self._create_and_fill(clamped)
+            self.backend.create_container(clamped)
             self.backend.start(clamped.name)
 
     def wait_listening(self, port: int, timeout: float, say: Progress | None = None) -> float:
@@ -254,9 +272,14 @@ class Lab:
     def _raise_if_server_exited(self, port: int) -> None:
         server = self.spec.server.name
         info = self.backend.inspect(self.container_name(server))
-        if info.status not in ("running", "created", "restarting"):
+        if not info.running:
+            # Exit 0 before listening is nearly always a server that put itself in the background
+            # (a daemon that forks and exits): the container lives only as long as its first process.
+            foreground = (" A server must stay in the foreground: its first process is the container's life, "
+                          "so one that forks into the background and exits ends the lab."
+                          if info.exit_code == 0 else "")
             raise ServerStartError(
-                f"the server exited with code {info.exit_code} before it listened on port {port}.\n"
+                f"the server exited with code {info.exit_code} before it listened on port {port}.{foreground}\n"
                 f"Its log ends with:\n{self.log_tail(server)}")
 
     # -- using a running lab ----------------------------------------------------------------------
@@ -271,6 +294,10 @@ class Lab:
         """Run one harness command in a client/injector/observer container: JSON in, JSON out."""
         result = self.exec(node, ["python3", "-m", "harness", check, "--params", json.dumps(params)],
                            timeout=timeout)
+        if result.container_gone:
+            why = (" (the observer lives in the server's PID namespace: it ends when the server does)"
+                   if self._node(node).role == "observer" else "")
+            raise ContainerGone(f"harness {check} on {node}: the {node} container stopped{why}")
         if result.timed_out:
             raise LabctlError(f"harness {check} on {node} did not finish within {timeout:g} s")
         try:
@@ -291,9 +318,15 @@ class Lab:
             raise LabctlError(f"capturing in {node} failed: {answer['error']}")
         return base64.b64decode(answer["pcap_base64"]), int(answer["packets"])
 
-    def logs(self, node: str, tail: int | str = "all", follow: bool = False) -> Iterator[bytes]:
+    def usage(self, node: str) -> Usage:
+        """What a node's processes have used so far (CPU, tasks), read by the host from its cgroup."""
         self._node(node)
-        return self.backend.logs(self.container_name(node), tail=tail, follow=follow)
+        return self.backend.usage(self.container_name(node))
+
+    def logs(self, node: str, tail: int | str = "all", follow: bool = False, since: float | None = None,
+             until: float | None = None) -> Iterator[bytes]:
+        self._node(node)
+        return self.backend.logs(self.container_name(node), tail=tail, follow=follow, since=since, until=until)
 
     def log_tail(self, node: str, lines: int = 20) -> str:
         text = b"".join(self.logs(node, tail=lines)).decode(errors="replace").rstrip()
@@ -306,13 +339,39 @@ class Lab:
         return self.backend.inspect(self.container_name(node)).address
 
     def down(self) -> int:
-        """Remove everything of this lab. Idempotent: a lab already gone is not an error."""
-        return self.backend.remove({LABEL_LAB: self.id})
+        """Remove everything of this lab. Idempotent: a lab already gone is not an error.
+
+        Ctrl-C (and SIGTERM) wait until the removal is done, then take effect: an impatient
+        second Ctrl-C must not leave half a lab behind.
+        """
+        with uninterrupted():
+            return self.backend.remove({LABEL_LAB: self.id})
 
     def _node(self, node: str) -> NodeSpec:
         if node not in self.spec.nodes:
             raise LabctlError(f"lab {self.id} has no node {node!r}; its nodes: {', '.join(self.spec.nodes)}")
         return self.spec.nodes[node]
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the block; if one came, raise KeyboardInterrupt after it.
+
+    Signals reach only the main thread, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            raise KeyboardInterrupt
 
 
 # -- finding labs by label ------------------------------------------------------------------------
@@ -364,7 +423,7 @@ def find_lab(spec: LabSpec, backend: Backend, lab_id: str | None = None) -> Lab:
 @functools.lru_cache(maxsize=1)
 def _harness_archive() -> bytes:
     """The harness folder as a tar, made once per process (it goes into three containers)."""
-    return archive.tar_directory(HARNESS_SOURCE, prefix="harness")
+    return archive.tar_folders({f"{HARNESS_DIR.lstrip('/')}/harness": HARNESS_SOURCE}).data
 
 
 def _sysctls(node: NodeSpec, submission: Submission | None) -> dict[str, str]:

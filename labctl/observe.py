@@ -1,9 +1,10 @@
 """A server's threads, seen from the observer: what each waits in, how much CPU it uses, and
 what that says about how the server serves clients. Host side; pure interpretation.
 
-The observer's harness (labctl/harness/proc.py) reports facts read from /proc:
-`proc_snapshot` (one moment) and `proc_sample` (snapshots over a window, with the CPU used).
-This module turns them into:
+Two sources, neither visible to the server: the observer's sampler (labctl/harness/agent.py)
+looks at /proc all the time, at moments that vary, and writes its looks to its log; the host
+reads the server's CPU from its cgroup (`Backend.usage`) at both ends of a window, and the looks
+in between from the log. `Window` is that pair. This module turns them into:
 
 - `Snapshot`, `Process`, `Thread`, `Sample`: typed views of those facts
   (`Snapshot.from_json`, `Sample.from_json`), with each thread's syscall NAME taken from
@@ -28,6 +29,7 @@ from typing import Any, Iterable
 
 from labctl import syscalls
 from labctl.errors import LabctlError
+from labctl.harness import agent
 from labctl.untrusted import printable
 
 #: The models io_model can name. "busy-polling" and "unknown" are never right answers.
@@ -112,7 +114,6 @@ class Snapshot:
     clk_tck: int
     time: float
     processes: tuple[Process, ...]
-    ticks_total: int = 0
     init: dict | None = None
     errors: tuple[str, ...] = ()
 
@@ -130,7 +131,7 @@ class Snapshot:
                                   for t in p["threads"]))
             for p in data["processes"])
         return cls(machine=machine, clk_tck=int(data.get("clk_tck") or 100), time=float(data.get("time", 0.0)),
-                   processes=processes, ticks_total=int(data.get("ticks_total", 0)), init=data.get("init"),
+                   processes=processes, init=data.get("init"),
                    errors=tuple(data.get("errors") or ()))
 
     @property
@@ -154,27 +155,32 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Sample:
-    """Snapshots over a window and the CPU the server used in it (proc_sample's answer)."""
+    """The server over a window: the observer's looks at its threads, and the CPU its cgroup counted."""
 
     snapshots: tuple[Snapshot, ...]
-    elapsed: float
-    cpu_ticks: int
-    clk_tck: int
+    elapsed: float                    # seconds between the two CPU readings
+    cpu_seconds: float                # CPU every task of the server used in them, reaped children included
+    precise: bool = True              # False: the engine's once-a-second statistics (a remote engine)
 
     @classmethod
     def from_json(cls, data: dict) -> "Sample":
         snapshots = tuple(Snapshot.from_json(item) for item in data["snapshots"])
-        return cls(snapshots=snapshots, elapsed=float(data["elapsed"]), cpu_ticks=int(data["cpu_ticks"]),
-                   clk_tck=int(data.get("clk_tck") or 100))
+        return cls(snapshots=snapshots, elapsed=float(data["elapsed"]), cpu_seconds=float(data["cpu_seconds"]),
+                   precise=bool(data.get("precise", True)))
 
     @property
     def machine(self) -> str:
         return self.snapshots[0].machine if self.snapshots else "x86_64"
 
     @property
+    def clk_tck(self) -> int:
+        """Ticks per second of the threads' own counters (ThreadWatch.cpu_ticks)."""
+        return self.snapshots[0].clk_tck if self.snapshots else 100
+
+    @property
     def cpu_fraction(self) -> float:
         """CPU used over the window as a fraction of one CPU (1.0: one CPU busy all the time)."""
-        return self.cpu_ticks / self.clk_tck / self.elapsed if self.elapsed > 0 else 0.0
+        return self.cpu_seconds / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def cpu_percent(self) -> float:
@@ -453,3 +459,33 @@ def snapshot(lab, observer: str = "observer", timeout: float = 15.0) -> Snapshot
         return Snapshot.from_json(answer)
     except syscalls.UnknownArchitecture as error:
         raise LabctlError(str(error)) from error
+
+
+class Window:
+    """A stretch of the server's life that the host marks: `Window(lab, ...)`, let things happen, `close()`.
+
+    Opening and closing read the server's CPU from its cgroup, on the host; closing reads the looks
+    the observer's sampler took in between from the observer's log, through the engine. Nothing
+    is started in the lab at either end, so the server cannot tell it is being measured.
+    The readings' times are the engine's clock (the host's own, or its statistics' timestamps on a
+    remote engine), the clock the sampler stamps its looks with.
+    """
+
+    def __init__(self, lab, observer: str = "observer", server: str = "server"):
+        self.lab, self.observer, self.server = lab, observer, server
+        self.first = lab.usage(server)
+
+    def close(self) -> Sample:
+        last = self.lab.usage(self.server)
+        # The engine stamps a log line when it receives it, a little after the look: read a margin.
+        text = b"".join(self.lab.logs(self.observer, since=self.first.at - 1, until=last.at + 2))
+        looks = agent.looks_between(text.decode(errors="replace"), self.first.at, last.at)
+        try:
+            snapshots = tuple(Snapshot.from_json(look) for look in looks)
+        except syscalls.UnknownArchitecture as error:
+            raise LabctlError(f"the server runs on a kernel labctl cannot read syscalls of: {error}") from error
+        if not snapshots:
+            raise LabctlError(f"the observer took no look at the server in {last.at - self.first.at:.1f} s: "
+                              "did the server exit? (the observer's log: `labctl logs observer`)")
+        return Sample(snapshots, elapsed=last.at - self.first.at, cpu_seconds=last.cpu_seconds - self.first.cpu_seconds,
+                      precise=self.first.precise and last.precise)

@@ -64,7 +64,7 @@ class Project:
         return self.root / "images"
 
     def image_builder(self, progress: Progress | None = None) -> ImageBuilder:
-        return ImageBuilder(self.backend.client, self.images_dir, progress)  # type: ignore[attr-defined]
+        return ImageBuilder(self.backend.stream_client, self.images_dir, progress)  # type: ignore[attr-defined]
 
     def ensure_images(self, progress: Progress | None = None, names: list[str] | None = None) -> dict[str, str]:
         """The tags of the images the lab needs, building what is missing (first use)."""

@@ -39,6 +39,17 @@ class CheckResult(BaseModel):
         return self.status == "passed"
 
 
+class ServerUsage(BaseModel):
+    """What the server used while it was graded, from its container's cgroup, read by the host:
+    every task counts, reaped children too, and nothing in the lab can see it being read."""
+
+    seconds: float = Field(ge=0, description="How long the checks took, from the first to the last reading.")
+    cpu_seconds: float = Field(ge=0, description="CPU time the server used meanwhile.")
+    peak_tasks: int | None = Field(None, description="The most processes and threads seen at a reading.")
+    precise: bool = Field(True, description="False: read from the engine's once-a-second statistics (a remote "
+                                            "engine), not from the cgroup directly.")
+
+
 class GradeReport(BaseModel):
     """A whole grading: every check run, the score, and whether grading was possible at all."""
 
@@ -58,6 +69,8 @@ class GradeReport(BaseModel):
     server_log_tail: str = ""
     budget_exhausted: bool = Field(False, description="True when the global time budget ran out and "
                                                       "some checks did not run.")
+    server_usage: ServerUsage | None = Field(None, description="The server's CPU over the checks (None: not "
+                                                               "graded, or its cgroup could not be read).")
 
     @property
     def all_passed(self) -> bool:

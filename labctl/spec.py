@@ -202,10 +202,18 @@ class Limits(_Spec):
     pids: int = Field(256, ge=8, description="Most processes and threads at once (a fork bomb stops here).")
     nofile: int = Field(4096, ge=64, description="Most open file descriptors per process (RLIMIT_NOFILE); "
                                                  "the engine's own limit caps it.")
+    disk: MemorySize = Field("64m", description="Size of each folder the container may write (/tmp, /var/tmp, "
+                                                "/run, /dev/shm, and where its files go: /submission and "
+                                                "/srv/www on the server); the rest is read-only. They live in "
+                                                "memory and count in `memory`: nothing reaches the host's disk.")
 
     @property
     def memory_bytes(self) -> int:
         return _size_bytes(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return _size_bytes(self.disk)
 
 
 class NetworkSpec(_Spec):

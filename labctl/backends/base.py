@@ -31,6 +31,15 @@ class ContainerPlan:
     network: str | None = None      # None: no network at all (the observer)
     pid_of: str | None = None       # share the PID namespace of this container (the observer)
     sysctls: dict[str, str] = field(default_factory=dict)  # of its own network namespace (net.*)
+    #: The only places it may write, each a memory-backed folder of at most disk_bytes (counted in
+    #: memory_bytes); everything else is read-only, so nothing it writes reaches the host's disk.
+    writable: tuple[str, ...] = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+    disk_bytes: int = 64 * 2**20
+    #: The most output the engine keeps of it (twice this, in two files): a flood stays small.
+    log_bytes: int = 2 * 2**20
+    #: Files the command finds in place when it starts: a tar whose members are paths below /
+    #: ("submission/server.py"), inside the writable folders. None: nothing to put.
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -51,13 +60,29 @@ class ContainerInfo:
     labels: dict[str, str]
     oom_killed: bool = False        # the kernel killed it for its memory limit (inspect only)
 
+    @property
+    def running(self) -> bool:
+        """Its processes run (or are about to): created, running or restarting, not exited or gone."""
+        return self.status in ("created", "running", "restarting")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a container's processes have used so far, from its cgroup, read by the host."""
+
+    cpu_seconds: float              # CPU time of every task that ever ran in it, reaped children too
+    tasks: int | None               # processes and threads now (None: not known)
+    at: float                       # when it was read: time.time() of the reading
+    precise: bool = True            # False: the engine's 1 s statistics (a remote engine)
+
 
 @dataclass(frozen=True)
 class ExecResult:
-    exit_code: int
+    exit_code: int                  # -1 when it is not known (timed out on the host, container gone)
     stdout: bytes
     stderr: bytes
     timed_out: bool = False
+    container_gone: bool = False    # the container stopped while the command ran
 
     @property
     def text(self) -> str:
@@ -72,18 +97,25 @@ class Backend(Protocol):
 
     def create_container(self, plan: ContainerPlan) -> None: ...
 
-    def put_archive(self, container: str, path: str, tar_bytes: bytes) -> None: ...
-
-    def start(self, container: str) -> None: ...
+    def start(self, container: str) -> None:
+        """Start it; its plan's payload is in place before its command runs."""
 
     def engine_nofile_limit(self) -> int: ...
 
     def inspect(self, container: str) -> ContainerInfo: ...
 
-    def exec(self, container: str, command: list[str], *, user: str | None = None,
-             timeout: float = 60, env: dict[str, str] | None = None) -> ExecResult: ...
+    def usage(self, container: str) -> Usage:
+        """Its CPU and tasks so far, from its cgroup; LabctlError when it no longer runs."""
 
-    def logs(self, container: str, tail: int | str = "all", follow: bool = False) -> Iterator[bytes]: ...
+    def exec(self, container: str, command: list[str], *, user: str | None = None,
+             timeout: float = 60, env: dict[str, str] | None = None) -> ExecResult:
+        """Run a command to completion. Returns within `timeout` plus a few seconds, whatever the
+        command or the container does; a container that stops meanwhile ends the wait at once."""
+
+    def logs(self, container: str, tail: int | str = "all", follow: bool = False, since: float | None = None,
+             until: float | None = None) -> Iterator[bytes]:
+        """Its output (stdout and stderr), the last `tail` lines, or the lines logged between `since`
+        and `until` (time.time() on the engine's clock)."""
 
     def find_containers(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
 

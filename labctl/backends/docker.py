@@ -1,15 +1,22 @@
 """The Docker Engine backend, on the Docker SDK (never the docker CLI).
 
-Nothing here bind-mounts a host path: files go in with put_archive, so a remote
-DOCKER_HOST and Docker Desktop work the same as the local engine.
+Nothing here bind-mounts a host path: files go in over the container's stdin when it starts
+(see `start`), so a remote DOCKER_HOST and Docker Desktop work the same as the local engine.
+
+Every wait on the engine has a limit on this side: control calls give up after CALL_TIMEOUT,
+and an exec is read with its own deadline, ending at once when its container stops (an exec
+into a container that dies mid-call can otherwise hang for as long as the connection lives).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Iterator
 
 import docker
@@ -17,21 +24,34 @@ import docker.errors
 import requests.exceptions
 from docker.types import EndpointConfig, LogConfig, Ulimit
 
-from labctl.backends.base import ContainerInfo, ContainerPlan, ExecResult, NetworkInfo
+from labctl import cgroups
+from labctl.backends.base import ContainerInfo, ContainerPlan, ExecResult, NetworkInfo, Usage
 from labctl.errors import EngineUnreachable, LabctlError
 
-#: Engine calls that stream (an exec running a check, a build) may take long; the exec
-#: itself is bounded by `timeout` inside the container, this only guards a dead engine.
-API_TIMEOUT = 900
+#: Seconds any one engine call may take before labctl gives up on the engine.
+CALL_TIMEOUT = 60
+#: The same for calls that stream for long by nature (image builds, `logs --follow`).
+STREAM_TIMEOUT = 900
+#: Seconds an exec is waited for past its own timeout: timeout(1) inside the container stops the
+#: command at `timeout` and kills it 2 s later; the host stops waiting EXEC_GRACE s after that.
+EXEC_GRACE = 3.0
+#: While an exec is silent, how often the host checks that its container still runs.
+GONE_CHECK_INTERVAL = 1.0
+#: The most output an exec keeps per stream; the rest is read and dropped.
+EXEC_OUTPUT_MAX = 256 * 2**20
+#: Seconds the files of a container (its payload) may take to go in over its stdin.
+COPY_TIMEOUT = 60.0
 
-#: The most log a container keeps (twice this, in two files): a log flood stays small.
-LOG_MAX_SIZE = "2m"
+#: How a container with a payload starts: unpack it (stdin, a tar of paths below /) into its writable
+#: folders, then replace this shell by the command, with stdin closed. Exit 125 says "not unpacked".
+UNPACK = ('tar -x -f - -C / 2>&1 || { echo "labctl: the files could not be put into the container '
+          '(see the tar message above)" >&2; exit 125; }; exec "$@" </dev/null')
 
 
-def connect() -> docker.DockerClient:
+def connect(timeout: float = CALL_TIMEOUT) -> docker.DockerClient:
     """A client for the engine of DOCKER_HOST (or the default socket), or EngineUnreachable."""
     try:
-        client = docker.from_env(timeout=API_TIMEOUT)
+        client = docker.from_env(timeout=timeout)
         client.ping()
         return client
     except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
@@ -50,12 +70,27 @@ def _label_filters(labels: dict[str, str]) -> list[str]:
     return [f"{key}={value}" if value else key for key, value in labels.items()]
 
 
+def _raw(sock):
+    """The socket object under what the SDK returns for a hijacked connection."""
+    return getattr(sock, "_sock", sock)
+
+
 class DockerBackend:
     """The Backend protocol (labctl.backends.base) on one Docker Engine."""
 
     def __init__(self, client: docker.DockerClient | None = None):
         self.client = client or connect()
+        self._stream_client: docker.DockerClient | None = None
         self._nofile_limit: int | None = None
+        self._payloads: dict[str, bytes] = {}               # container -> files to put in at start
+        self._cgroups: dict[str, cgroups.CgroupFiles] = {}   # container -> its counters on this host
+
+    @property
+    def stream_client(self) -> docker.DockerClient:
+        """A client for calls that stream for long (image builds, following a log)."""
+        if self._stream_client is None:
+            self._stream_client = docker.from_env(timeout=STREAM_TIMEOUT)  # same engine, same TLS settings
+        return self._stream_client
 
     # -- networks -------------------------------------------------------------------------------
 
@@ -99,14 +134,19 @@ class DockerBackend:
     # -- containers -----------------------------------------------------------------------------
 
     def create_container(self, plan: ContainerPlan) -> None:
+        command = plan.command if plan.payload is None else ["sh", "-c", UNPACK, "labctl-unpack", *plan.command]
         kwargs: dict = dict(
-            image=plan.image, command=plan.command, name=plan.name, hostname=plan.node, labels=plan.labels,
+            image=plan.image, command=command, name=plan.name, hostname=plan.node, labels=plan.labels,
             user=plan.user or "", working_dir=plan.workdir, environment=plan.env, detach=True,
             init=True, cap_drop=["ALL"], cap_add=list(plan.cap_add), security_opt=["no-new-privileges"],
             nano_cpus=int(plan.cpus * 1e9), mem_limit=plan.memory_bytes, memswap_limit=plan.memory_bytes,
             pids_limit=plan.pids, ulimits=[Ulimit(name="nofile", soft=plan.nofile, hard=plan.nofile)],
             # A server that floods its log must not fill the host's disk: keep the last few MB.
-            log_config=LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": "2"}),
+            log_config=LogConfig(type="json-file", config={"max-size": str(plan.log_bytes), "max-file": "2"}),
+            # Nor one that writes files: the root is read-only, the writable folders are size-capped
+            # tmpfs (memory, counted in mem_limit), whatever the storage driver can or cannot cap.
+            read_only=True, tmpfs=_tmpfs(plan), shm_size=plan.disk_bytes,
+            stdin_open=plan.payload is not None,
         )
         if plan.pid_of:
             kwargs["pid_mode"] = f"container:{plan.pid_of}"
@@ -124,16 +164,36 @@ class DockerBackend:
             raise LabctlError(f"image {plan.image} is missing: run `labctl images build`") from error
         except docker.errors.APIError as error:
             raise LabctlError(f"cannot create container {plan.name}: {error.explanation or error}") from error
-
-    def put_archive(self, container: str, path: str, tar_bytes: bytes) -> None:
-        if not self.client.api.put_archive(container, path, tar_bytes):
-            raise LabctlError(f"copying files to {container}:{path} failed")
+        if plan.payload is not None:
+            self._payloads[plan.name] = plan.payload
 
     def start(self, container: str) -> None:
+        """Start the container; its payload goes in over its stdin, which UNPACK reads first.
+
+        The attach is made before the start so that no byte is lost, and the payload is sent
+        within COPY_TIMEOUT; closing our side ends tar's input.
+        """
+        payload = self._payloads.pop(container, None)
+        sock = None
         try:
+            if payload is not None:
+                sock = _raw(self.client.api.attach_socket(container, params={"stdin": 1, "stream": 1}))
             self.client.api.start(container)
+            if sock is not None and payload is not None:
+                sock.settimeout(COPY_TIMEOUT)
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
         except docker.errors.APIError as error:
             raise LabctlError(f"cannot start container {container}: {error.explanation or error}") from error
+        except socket.timeout:
+            raise LabctlError(f"copying {len(payload or b'') / 2**20:.1f} MiB of files into {container} took longer "
+                              f"than {COPY_TIMEOUT:g} s") from None
+        except OSError as error:
+            raise LabctlError(f"copying files into {container} failed: {error.strerror or error} (did its "
+                              "command exit at once?)") from error
+        finally:
+            if sock is not None:
+                sock.close()
 
     def engine_nofile_limit(self) -> int:
         """The engine's own hard nofile limit: a container cannot be given more.
@@ -170,18 +230,128 @@ class DockerBackend:
 
     # -- running things inside ------------------------------------------------------------------
 
+    def usage(self, container: str) -> Usage:
+        """Its CPU and tasks so far: read from its cgroup on this host when the engine is local
+        (nanoseconds, ~0.1 ms a reading), else the engine's statistics (refreshed once a second)."""
+        files = self._cgroups.get(container)
+        if files is None:
+            files = self._find_cgroup(container)
+        if files is not None:
+            try:
+                return Usage(files.cpu_seconds(), files.task_count(), time.time())
+            except cgroups.CgroupUnreadable:
+                self._cgroups.pop(container, None)
+                raise LabctlError(f"container {container} is no longer running") from None
+        try:
+            stats = self.client.api.stats(container, stream=False, one_shot=True)
+        except docker.errors.APIError as error:
+            raise LabctlError(f"cannot read the statistics of {container}: {error.explanation or error}") from error
+        total = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+        if total is None:
+            raise LabctlError(f"container {container} is no longer running")
+        return Usage(total / 1e9, (stats.get("pids_stats") or {}).get("current"), _timestamp(stats.get("read")),
+                     precise=False)
+
+    def _find_cgroup(self, container: str) -> cgroups.CgroupFiles | None:
+        """The container's cgroup files on this host, if this is the engine's host; cached."""
+        try:
+            data = self.client.api.inspect_container(container)
+        except docker.errors.NotFound as error:
+            raise LabctlError(f"no container {container}") from error
+        pid = (data.get("State") or {}).get("Pid") or 0
+        if pid <= 0:
+            raise LabctlError(f"container {container} is not running")
+        try:
+            files = cgroups.files_of(pid)
+        except cgroups.CgroupUnreadable:
+            return None
+        if data["Id"] not in str(files.cpu):  # not the engine's host (or the PID was reused): ask the engine
+            return None
+        self._cgroups[container] = files
+        return files
+
     def exec(self, container: str, command: list[str], *, user: str | None = None, timeout: float = 60,
              env: dict[str, str] | None = None) -> ExecResult:
-        """Run a command to completion; it is killed inside the container after `timeout` s."""
+        """Run a command to completion within `timeout` s (killed inside the container then), and
+        never wait longer than timeout + 2 + EXEC_GRACE s here, nor past its container's end."""
         wrapped = ["timeout", "-k", "2", f"{timeout:g}", *command]
+        started = time.monotonic()
+        deadline = started + timeout + 2 + EXEC_GRACE
         try:
             exec_id = self.client.api.exec_create(container, wrapped, user=user or "", environment=env)["Id"]
-            out, err = self.client.api.exec_start(exec_id, demux=True)
-            code = self.client.api.exec_inspect(exec_id)["ExitCode"]
+            sock = _raw(self.client.api.exec_start(exec_id, socket=True))
         except docker.errors.APIError as error:
+            if isinstance(error, docker.errors.NotFound) or not self._runs(container):
+                return ExecResult(-1, b"", b"", container_gone=True)
             raise LabctlError(f"exec in {container} failed: {error.explanation or error}") from error
+        try:
+            out, err, ended = self._read_frames(sock, deadline, container)
+        finally:
+            sock.close()
+        if ended != "eof":
+            return ExecResult(-1, out, err, timed_out=ended == "deadline", container_gone=ended == "gone")
+        try:
+            code = self.client.api.exec_inspect(exec_id).get("ExitCode")
+        except docker.errors.APIError:
+            code = None
+        if code is None:  # the stream closed but the process did not end: its container went away
+            return ExecResult(-1, out, err, container_gone=not self._runs(container))
         # timeout(1) exits 124 when it had to stop the command, 137 when it had to kill it.
-        return ExecResult(code if code is not None else -1, out or b"", err or b"", timed_out=code in (124, 137))
+        if code in (124, 137) and time.monotonic() >= started + timeout:
+            return ExecResult(code, out, err, timed_out=True)
+        if code > 128 and self._stopping(container):  # killed before its time: with its container
+            return ExecResult(code, out, err, container_gone=True)
+        return ExecResult(code, out, err)
+
+    def _read_frames(self, sock, deadline: float, container: str) -> tuple[bytes, bytes, str]:
+        """Read an exec's multiplexed output (8-byte frame headers: stream, size) until the end,
+        the deadline, or the container's end. Returns (stdout, stderr, "eof" | "deadline" | "gone")."""
+        streams = {1: bytearray(), 2: bytearray()}
+        pending = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                ended = "deadline"
+                break
+            sock.settimeout(min(GONE_CHECK_INTERVAL, left))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                if not self._runs(container):
+                    ended = "gone"
+                    break
+                continue
+            except OSError:
+                ended = "eof"
+                break
+            if not chunk:
+                ended = "eof"
+                break
+            pending += chunk
+            while len(pending) >= 8:
+                kind, size = struct.unpack(">BxxxL", pending[:8])
+                if len(pending) < 8 + size:
+                    break
+                target = streams.get(kind)
+                if target is not None and len(target) < EXEC_OUTPUT_MAX:
+                    target += pending[8:8 + size][:EXEC_OUTPUT_MAX - len(target)]
+                del pending[:8 + size]
+        return bytes(streams[1]), bytes(streams[2]), ended
+
+    def _stopping(self, container: str, within: float = 2.0) -> bool:
+        """Does the container stop within a moment? (Its state lags a little behind its processes.)"""
+        until = time.monotonic() + within
+        while self._runs(container):
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _runs(self, container: str) -> bool:
+        try:
+            return self.inspect(container).running
+        except LabctlError:
+            return False
 
     def exec_stream(self, container: str, command: list[str], *, user: str | None = None,
                     tty: bool = False, stdin: bool = False, env: dict[str, str] | None = None):
@@ -194,11 +364,15 @@ class DockerBackend:
     def exec_exit_code(self, exec_id: str) -> int | None:
         return self.client.api.exec_inspect(exec_id).get("ExitCode")
 
-    def logs(self, container: str, tail: int | str = "all", follow: bool = False) -> Iterator[bytes]:
-        if follow:
-            yield from self.client.api.logs(container, stream=True, follow=True, tail=tail)
-        else:
-            yield self.client.api.logs(container, tail=tail)
+    def logs(self, container: str, tail: int | str = "all", follow: bool = False, since: float | None = None,
+             until: float | None = None) -> Iterator[bytes]:
+        try:
+            if follow:
+                yield from self.stream_client.api.logs(container, stream=True, follow=True, tail=tail)
+            else:
+                yield self.client.api.logs(container, tail=tail, since=since, until=until)
+        except docker.errors.NotFound as error:
+            raise LabctlError(f"no container {container}") from error
 
     # -- removal --------------------------------------------------------------------------------
 
@@ -250,3 +424,26 @@ def _info(name: str, labels: dict[str, str], state: dict, networks: dict) -> Con
     return ContainerInfo(name=name, node=labels.get("labctl.node", ""), role=labels.get("labctl.role", ""),
                          status=status, exit_code=exit_code, address=address, labels=labels,
                          oom_killed=bool(state.get("OOMKilled")))
+
+
+def _tmpfs(plan: ContainerPlan) -> dict[str, str]:
+    """The plan's writable folders as tmpfs mounts: size-capped, owned by the node's user, programs
+    allowed (a C submission runs what it compiles); /dev/shm is the engine's own (shm_size)."""
+    owner = ""
+    if plan.user:
+        uid, _, gid = plan.user.partition(":")
+        owner = f",uid={uid},gid={gid or uid}"
+    return {path: f"rw,exec,nosuid,nodev,size={plan.disk_bytes},mode=1777{owner}"
+            for path in plan.writable if path != "/dev/shm"}
+
+
+def _timestamp(text: str | None) -> float:
+    """The engine's RFC 3339 time with nanoseconds ("2026-12-02T04:26:51.416337003Z") as time.time()."""
+    if not text:
+        return time.time()
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        whole = datetime.fromisoformat(head + "+00:00").timestamp()
+    except ValueError:
+        return time.time()
+    return whole + float(f"0.{fraction or 0}")

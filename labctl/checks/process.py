@@ -5,10 +5,11 @@
 - `idle_cpu`: with no client (or only idle ones) the server uses almost no CPU: no busy loop;
 - `io_model`: blocking / threaded / forking / event-driven, as the exercise expects.
 
-Facts come from the harness (observer: proc_snapshot, proc_sample; client:
-hold_connections); labctl/observe.py interprets them; this module decides and words it.
-While the client holds connections (one harness exec, run in a host thread) the observer
-samples the server; everything is bounded by the check's remaining budget.
+Facts come from the observer's sampler (its looks at /proc over a window, see observe.Window),
+the host (the server's CPU from its cgroup: every task, reaped children included, and nothing
+in the lab sees it read) and the client (hold_connections); labctl/observe.py interprets them;
+this module decides and words it. While the client holds connections (one harness exec, run in
+a host thread) the window is open; everything is bounded by the check's remaining budget.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ HOLD_LEAD = 1.0
 HOLD_TAIL = 0.8
 #: Seconds an exec may take beyond the work it does (engine round trip, python start).
 EXEC_SLACK = 5.0
+#: Seconds the idle server is watched to count its threads before the client comes (~5 looks).
+IDLE_COUNT_WINDOW = 0.5
 
 
 # -- expectations like "1", ">= N", "<= 8" ------------------------------------------------------
@@ -118,27 +121,31 @@ def _observer_errors(sample: observe.Sample) -> None:
                           + "; ".join(sample.errors[:3]))
 
 
-def sample(ctx: CheckContext, window: float, samples: int) -> observe.Sample:
-    """The server over `window` seconds, seen `samples` times, from the observer."""
+def sample(ctx: CheckContext, window: float) -> observe.Sample:
+    """The server over the next `window` seconds: the observer's looks, and its CPU from its cgroup.
+
+    Nothing is started in the lab to take them (see observe.Window).
+    """
     spec = getattr(ctx.lab, "spec", None)
     if spec is not None and ctx.observer not in spec.nodes:
         raise LabctlError(f"this check looks at the server's threads from an observer node, and lab.yaml has "
                           f"no node {ctx.observer!r} (role: observer, watches: {ctx.server})")
-    answer = _harness(ctx, ctx.observer, "proc_sample", {"window": window, "samples": samples}, work=window)
-    try:
-        result = observe.Sample.from_json(answer)
-    except syscalls.UnknownArchitecture as error:
-        raise LabctlError(f"the server runs on a kernel labctl cannot read syscalls of: {error}") from error
+    if ctx.remaining < window + EXEC_SLACK:
+        raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to watch the server "
+                          f"for {window:.1f} s: give the check a longer timeout")
+    opened = observe.Window(ctx.lab, ctx.observer, ctx.server)
+    time.sleep(window)
+    result = opened.close()
     _observer_errors(result)
     return result
 
 
-def sample_while_holding(ctx: CheckContext, connections: int, window: float, samples: int,
+def sample_while_holding(ctx: CheckContext, connections: int, window: float,
                          probe: bool = False) -> tuple[observe.Sample, dict]:
     """Sample the server while the client holds `connections` connections with partial requests.
 
     The client's hold runs in a host thread (one harness exec); HOLD_LEAD s after it starts,
-    the observer samples for `window` s; the hold ends HOLD_TAIL s after that; then join.
+    the window opens for `window` s; the hold ends HOLD_TAIL s after that; then join.
     """
     hold = HOLD_LEAD + window + HOLD_TAIL
     needed = hold + 1.0
@@ -159,7 +166,7 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, sam
     holder.start()
     try:
         time.sleep(HOLD_LEAD)
-        seen = sample(ctx, window, samples)
+        seen = sample(ctx, window)
     finally:
         holder.join(timeout=ctx.remaining)
     if holder.is_alive():
@@ -186,8 +193,7 @@ class ThreadsParams(CheckParams):
     threads: str | int | None = Field(None, description="Expected threads of the server's (largest) process: "
                                                         "'1', '>= N', '<= 8', 'N + 1' ...")
     processes: str | int | None = Field(None, description="Expected number of server processes, same syntax.")
-    window: float = Field(1.0, ge=0.2, le=10, description="Seconds the observer watches while they are held.")
-    samples: int = Field(4, ge=2, le=50)
+    window: float = Field(1.0, ge=0.2, le=10, description="Seconds the server is watched while they are held.")
 
     @field_validator("threads", "processes", mode="before")
     @classmethod
@@ -207,11 +213,11 @@ class ThreadsParams(CheckParams):
        default_timeout=30.0)
 def threads_check(ctx: CheckContext, params: ThreadsParams) -> Outcome:
     n = params.connections
-    idle = sample(ctx, 0.0, 2)
+    idle = sample(ctx, IDLE_COUNT_WINDOW)
     if n:
-        seen, hold = sample_while_holding(ctx, n, params.window, params.samples)
+        seen, hold = sample_while_holding(ctx, n, params.window)
     else:
-        seen, hold = sample(ctx, params.window, params.samples), {}
+        seen, hold = sample(ctx, params.window), {}
     if seen.peak_processes == 0:
         return Outcome(False, "no server process was seen: did the server exit?", {})
     while_ = f"while {n} connections were held" if n else "with no client"
@@ -264,8 +270,12 @@ def _known_syscall(name: str) -> str:
 class BlockedInParams(CheckParams):
     syscalls: list[str] = Field(min_length=1, description="Syscall names a waiting thread may sleep in, "
                                                           "e.g. [accept4] or [epoll_wait, epoll_pwait].")
-    window: float = Field(1.0, ge=0.0, le=10, description="Seconds the idle server is watched.")
-    samples: int = Field(5, ge=2, le=50, description="Looks at the threads within the window.")
+    window: float = Field(1.0, ge=0.3, le=10, description="Seconds the idle server is watched (the observer "
+                                                          "looks about ten times a second, at moments that vary).")
+    busy_percent: float = Field(20.0, gt=0, le=400, description="CPU (% of one CPU, from the server's cgroup) "
+                                                                "the idle server may use in the window: more means "
+                                                                "something runs between the looks, whatever they "
+                                                                "show.")
 
     @field_validator("syscalls")
     @classmethod
@@ -278,7 +288,7 @@ class BlockedInParams(CheckParams):
        "(checked by number for the kernel's architecture); a thread that runs is a busy loop.",
        default_timeout=20.0)
 def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
-    seen = sample(ctx, params.window, params.samples)
+    seen = sample(ctx, params.window)
     arch = seen.machine
     numbers = syscalls.numbers(params.syscalls, arch)
     if not numbers:
@@ -293,7 +303,14 @@ def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
     }
     if not verdicts:
         return Outcome(False, "no server thread was seen: did the server exit?", evidence)
+    percent = 100 * seen.cpu_fraction
+    evidence["cpu_percent"] = round(percent, 1)
     bad = [v for v in verdicts if not v.ok]
+    if not bad and percent >= params.busy_percent:
+        return Outcome(False, f"every look found the server's threads asleep where expected, yet the server used "
+                              f"{percent:.0f}% of a CPU over {seen.elapsed:.1f} s (limit {params.busy_percent:g}%): "
+                              f"something runs between the looks (short-lived child processes, or a thread that "
+                              f"sleeps only while watched).", evidence)
     if bad:
         more = f" (and {len(bad) - 1} more thread{'s' if len(bad) > 2 else ''} like it)" if len(bad) > 1 else ""
         why = bad[0].why
@@ -318,14 +335,16 @@ class IdleCpuParams(CheckParams):
 def idle_cpu_check(ctx: CheckContext, params: IdleCpuParams) -> Outcome:
     hold: dict = {}
     if params.connections:
-        seen, hold = sample_while_holding(ctx, params.connections, params.window, 3)
+        seen, hold = sample_while_holding(ctx, params.connections, params.window)
     else:
-        seen = sample(ctx, params.window, 3)
+        seen = sample(ctx, params.window)
     percent = seen.cpu_percent
     busiest = sorted(observe.watch(seen), key=lambda entry: -entry.cpu_ticks)[:3]
     evidence: dict[str, Any] = {
-        "cpu_percent": round(percent, 1), "max_percent": params.max_percent, "cpu_ticks": seen.cpu_ticks,
-        "clk_tck": seen.clk_tck, "window": round(seen.elapsed, 2),
+        "cpu_percent": round(percent, 1), "max_percent": params.max_percent,
+        "cpu_seconds": round(seen.cpu_seconds, 4), "window": round(seen.elapsed, 2),
+        "measured": "the server container's cgroup, read by the host" + ("" if seen.precise else
+                                                                          " (the engine's 1 s statistics)"),
         "busiest_threads": [entry.evidence() for entry in busiest],
     }
     if hold:
@@ -355,7 +374,6 @@ class IoModelParams(CheckParams):
                                                     "threaded, forking, event-driven.")
     connections: int = Field(4, ge=1, le=200, description="Connections held (partial requests) while watching.")
     window: float = Field(1.0, ge=0.2, le=10, description="Seconds watched idle, and again while loaded.")
-    samples: int = Field(4, ge=2, le=50)
     busy_percent: float = Field(20.0, gt=0, le=400, description="Idle CPU (% of one CPU) from which the "
                                                                 "server counts as busy-polling.")
 
@@ -366,8 +384,8 @@ class IoModelParams(CheckParams):
        "exercise.", default_timeout=30.0)
 def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
-    idle = sample(ctx, params.window, params.samples)
-    loaded, hold = sample_while_holding(ctx, params.connections, params.window, params.samples, probe=True)
+    idle = sample(ctx, params.window)
+    loaded, hold = sample_while_holding(ctx, params.connections, params.window, probe=True)
     found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=params.connections, hold=hold,
                                            busy_fraction=params.busy_percent / 100))
     evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from harness import concurrency, net, proc, protocol
+from harness import agent, concurrency, net, proc, protocol
 
 COMMANDS: dict[str, Callable[..., dict]] = {}
-for _module in (net, protocol, concurrency, proc):
+for _module in (net, protocol, concurrency, proc, agent):
     for _name, _function in _module.COMMANDS.items():
         if _name in COMMANDS:
             raise RuntimeError(f"harness command {_name!r} defined twice")

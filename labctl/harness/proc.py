@@ -178,9 +178,9 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
     syscall, or None when unreadable), arg0 (the syscall's first argument: often the fd),
     wchan (the kernel function it sleeps in: shown, never graded; names differ between
     kernel builds), ticks (utime+stime), voluntary/nonvoluntary context switches, uid.
-    `ticks_total` sums the processes' own and children's ticks (the init shim's too, which
-    reaps orphans): its growth between two snapshots is the CPU the server used.
-    Ticks are 1/clk_tck s.
+    Ticks are 1/clk_tck s. They say which thread used the CPU, never how much the server used
+    in all: a child reaped with SIGCHLD ignored leaves no ticks anywhere (the host reads that
+    total from the server's cgroup instead).
     """
     errors: list[str] = []
     parents: dict[int, int] = {}
@@ -193,7 +193,6 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
         parents[pid], stats[pid] = stat["ppid"], stat
     shim, pids = server_pids(parents, {pid: stat["comm"] for pid, stat in stats.items()})
     processes = []
-    ticks_total = 0
     for pid in pids:
         stat = stats[pid]
         status = parse_status(_read(f"{proc_root}/{pid}/status") or "")
@@ -209,15 +208,12 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
         if not threads:
             continue
         own, children = stat["utime"] + stat["stime"], stat["cutime"] + stat["cstime"]
-        ticks_total += own + children
         processes.append({"pid": pid, "ppid": stat["ppid"], "comm": stat["comm"], "uid": status.get("uid"),
                           "state": stat["state"], "cmdline": _cmdline(proc_root, pid),
                           "ticks": own, "child_ticks": children, "threads": threads})
     init = None
     if shim is not None:
-        stat = stats[shim]
-        ticks_total += stat["utime"] + stat["stime"] + stat["cutime"] + stat["cstime"]
-        init = {"pid": shim, "comm": stat["comm"], "cmdline": _cmdline(proc_root, shim)}
+        init = {"pid": shim, "comm": stats[shim]["comm"], "cmdline": _cmdline(proc_root, shim)}
     elif 1 in stats:
         init = {"pid": 1, "comm": stats[1]["comm"], "cmdline": _cmdline(proc_root, 1), "is_server": True}
     return {
@@ -228,39 +224,7 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
         "processes": processes,
         "process_count": len(processes),
         "thread_count": sum(len(process["threads"]) for process in processes),
-        "ticks_total": ticks_total,
         "errors": errors,
-    }
-
-
-def proc_sample(window: float = 2.0, samples: int = 5, proc_root: str = "/proc") -> dict:
-    """`samples` snapshots spread evenly over `window` seconds (the first at once, the last at the end).
-
-    The CPU the server used in the window is `cpu_ticks` / clk_tck over `elapsed` seconds
-    (`cpu_fraction`: 1.0 is one CPU busy all the time); the snapshots in between show the
-    thread states as they were sampled.
-    """
-    samples = max(2, int(samples))
-    window = max(0.0, float(window))
-    started = time.monotonic()
-    snapshots = []
-    for index in range(samples):
-        due = started + window * index / (samples - 1)
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        snapshots.append(proc_snapshot(proc_root))
-    first, last = snapshots[0], snapshots[-1]
-    elapsed = last["time"] - first["time"]
-    cpu_ticks = last["ticks_total"] - first["ticks_total"]
-    clk_tck = first["clk_tck"]
-    return {
-        "machine": first["machine"],
-        "clk_tck": clk_tck,
-        "elapsed": elapsed,
-        "cpu_ticks": cpu_ticks,
-        "cpu_fraction": (cpu_ticks / clk_tck / elapsed) if elapsed > 0 else 0.0,
-        "snapshots": snapshots,
     }
 
 
@@ -341,4 +305,4 @@ def _probe(host: str, port: int, path: str, timeout: float) -> dict:
                 "seconds": round(time.monotonic() - started, 4)}
 
 
-COMMANDS = {"proc_snapshot": proc_snapshot, "proc_sample": proc_sample, "hold_connections": hold_connections}
+COMMANDS = {"proc_snapshot": proc_snapshot, "hold_connections": hold_connections}

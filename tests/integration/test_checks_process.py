@@ -84,11 +84,11 @@ X86 = pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD
 def test_blocking_measured_facts_accept4_idle_recvfrom_with_a_client(lab_of):
     """DESIGN: an idle blocking server sleeps in 288 (accept4); reading a client, in 45 (recvfrom)."""
     lab = lab_of("model_blocking")
-    idle = sample(ctx_of(lab), 0.3, 2)
+    idle = sample(ctx_of(lab), 0.5)
     assert idle.machine == "x86_64"
     assert main_thread_waits(idle) == {("S", 288)}
     assert syscalls.number("accept4", idle.machine) == 288
-    loaded, hold = sample_while_holding(ctx_of(lab), 2, 0.5, 3)
+    loaded, hold = sample_while_holding(ctx_of(lab), 2, 0.5)
     assert hold["connected"] == 2
     assert main_thread_waits(loaded) == {("S", 45)}
     assert syscalls.number("recvfrom", loaded.machine) == 45
@@ -187,7 +187,7 @@ def test_forking_io_model(lab_of):
 ])
 def test_event_loops(lab_of, server, syscall, number):
     lab = lab_of(server)
-    idle = sample(ctx_of(lab), 0.3, 2)
+    idle = sample(ctx_of(lab), 0.5)
     if idle.machine == "x86_64":
         assert main_thread_waits(idle) == {("S", number)}, "the DESIGN's measured number"
     outcome = run(lab, "blocked_in", syscalls=[syscall])

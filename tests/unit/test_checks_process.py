@@ -3,6 +3,7 @@ check's verdict and message on samples like those recorded from the model server
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from labctl import observe
 from labctl.checks import CheckContext, load_catalog
 from labctl.checks import process as checks
 from labctl.checks.process import BlockedInParams, Expectation, IdleCpuParams, IoModelParams, ThreadsParams
+from labctl.backends.base import Usage
 from labctl.errors import LabctlError
 
 ACCEPT4, RECVFROM, EPOLL_WAIT = 288, 45, 232
@@ -98,7 +100,7 @@ def snap(processes, machine="x86_64"):
 
 
 def sample_of(processes_per_look, cpu_ticks=0, elapsed=1.0):
-    return observe.Sample.from_json({"elapsed": elapsed, "cpu_ticks": cpu_ticks, "clk_tck": 100,
+    return observe.Sample.from_json({"elapsed": elapsed, "cpu_seconds": cpu_ticks / 100,
                                      "snapshots": [snap(p) for p in processes_per_look]})
 
 
@@ -118,11 +120,11 @@ def fake(monkeypatch):
     calls = []
 
     def install(idle, held=None, hold=None):
-        def sample(ctx, window, samples):
-            calls.append(("sample", window, samples))
+        def sample(ctx, window):
+            calls.append(("sample", window))
             return idle
 
-        def sample_while_holding(ctx, connections, window, samples, probe=False):
+        def sample_while_holding(ctx, connections, window, probe=False):
             calls.append(("hold", connections, window, probe))
             return held, {**HOLD, "connected": connections, **(hold or {})}
 
@@ -164,7 +166,7 @@ def test_threads_says_when_connections_were_not_made(fake):
     calls = fake(BLOCKING_IDLE, BLOCKING_HELD, hold={"connected": 2})
     outcome = run("threads", connections=4, threads=1)
     assert outcome.passed and "Only 2 of the 4 connections were made." in outcome.message
-    assert calls == [("sample", 0.0, 2), ("hold", 4, 1.0, False)]
+    assert calls == [("sample", checks.IDLE_COUNT_WINDOW), ("hold", 4, 1.0, False)]
 
 
 def test_blocked_in_pass_and_fail(fake):
@@ -187,7 +189,7 @@ def test_blocked_in_busy(fake):
 
 def test_blocked_in_with_names_of_another_architecture_only(fake):
     """aarch64 has no epoll_wait nor poll: an exercise naming only those cannot be graded there."""
-    fake(observe.Sample.from_json({"elapsed": 1.0, "cpu_ticks": 0, "clk_tck": 100,
+    fake(observe.Sample.from_json({"elapsed": 1.0, "cpu_seconds": 0,
                                    "snapshots": [snap([(7, [(7, "S", 22, 0)])], machine="aarch64")] * 3}))
     with pytest.raises(LabctlError, match="none of epoll_wait, poll exists on aarch64"):
         run("blocked_in", syscalls=["epoll_wait", "poll"])
@@ -240,29 +242,34 @@ class _NoLab:
 def test_a_too_short_budget_is_an_error_not_a_hang():
     ctx = CheckContext(lab=_NoLab(), port=8080, deadline=time.monotonic() + 0.1)  # type: ignore[arg-type]
     with pytest.raises(LabctlError, match="budget"):
-        checks.sample(ctx, window=2.0, samples=3)
+        checks.sample(ctx, window=2.0)
     with pytest.raises(LabctlError, match="budget"):
-        checks.sample_while_holding(ctx, 4, 2.0, 3)
+        checks.sample_while_holding(ctx, 4, 2.0)
 
 
-def test_harness_errors_become_labctl_errors():
-    class Lab:
-        def harness(self, node, command, params, timeout=60):
-            return {"error": "PermissionError: /proc/7/task/7/syscall"}
+class _LabWithObserver:
+    """A lab whose server used one CPU second at each reading and whose observer logged `looks`."""
 
-    ctx = CheckContext(lab=Lab(), port=8080, deadline=time.monotonic() + 30)  # type: ignore[arg-type]
-    with pytest.raises(LabctlError, match="proc_sample on observer failed: PermissionError"):
-        checks.sample(ctx, 0.5, 2)
+    def __init__(self, looks: list[dict]):
+        self.looks = looks
+
+    def usage(self, node):
+        return Usage(cpu_seconds=1.0, tasks=1, at=time.time())
+
+    def logs(self, node, since=None, until=None, **kwargs):
+        assert node == "observer" and since < until
+        now = time.time()
+        yield "".join(json.dumps({"at": now - 0.1, **look}) + "\n" for look in self.looks).encode()
+
+
+def test_a_window_without_looks_says_the_sampler_stopped():
+    ctx = CheckContext(lab=_LabWithObserver([]), port=8080, deadline=time.monotonic() + 30)  # type: ignore[arg-type]
+    with pytest.raises(LabctlError, match=r"the observer took no look at the server in 0\.\d s: did the server exit"):
+        checks.sample(ctx, 0.3)
 
 
 def test_unreadable_syscall_files_are_an_error_of_the_lab():
-    answer = {"elapsed": 0.5, "cpu_ticks": 0, "clk_tck": 100,
-              "snapshots": [dict(snap([(7, [(7, "S", None, 0)])]), errors=["/proc/7/task/7/syscall: PermissionError"])] * 2}
-
-    class Lab:
-        def harness(self, node, command, params, timeout=60):
-            return answer
-
-    ctx = CheckContext(lab=Lab(), port=8080, deadline=time.monotonic() + 30)  # type: ignore[arg-type]
+    looks = [dict(snap([(7, [(7, "S", None, 0)])]), errors=["/proc/7/task/7/syscall: PermissionError"])] * 2
+    ctx = CheckContext(lab=_LabWithObserver(looks), port=8080, deadline=time.monotonic() + 30)  # type: ignore[arg-type]
     with pytest.raises(LabctlError, match="SYS_PTRACE"):
-        checks.sample(ctx, 0.5, 2)
+        checks.sample(ctx, 0.3)

@@ -3,14 +3,16 @@ interpretation of what was read (labctl/observe.py), on text and samples recorde
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from labctl import observe, syscalls
-from labctl.harness import proc
+from labctl.harness import agent, proc
 
 # -- recorded on this engine (Linux 6.18, x86_64): tests/servers/hello idle, seen from the observer --
 
@@ -149,7 +151,6 @@ def test_proc_snapshot_reads_only_the_servers_tasks(tmp_path):
                     "ticks": 1, "voluntary": 551, "nonvoluntary": 120, "uid": 1000}
     assert worker["state"] == "R" and worker["syscall"] == "running" and worker["wchan"] == ""
     assert snap["processes"][0]["cmdline"] == "python3 server.py"
-    assert snap["ticks_total"] == 1 + 3  # the server's 1 tick and docker-init's 2+1
     assert snap["errors"] == []
     json.dumps(snap)  # JSON-able, as the harness prints it
 
@@ -160,15 +161,26 @@ def test_proc_snapshot_reports_an_unreadable_syscall_file(tmp_path):
     assert snap["errors"] and "7/task/7/syscall" in snap["errors"][0]
 
 
-def test_proc_sample_spreads_snapshots_and_measures_cpu(tmp_path):
-    root = _fake_proc(tmp_path)
-    answer = proc.proc_sample(window=0.05, samples=3, proc_root=str(root))
-    assert len(answer["snapshots"]) == 3 and answer["elapsed"] >= 0.04
-    assert answer["cpu_ticks"] == 0 and answer["cpu_fraction"] == 0.0
+def test_the_sampler_looks_at_moments_that_vary_and_a_window_picks_its_looks(tmp_path):
+    out = io.StringIO()
+    started = time.time()
+    agent.proc_agent(period=0.01, jitter=0.6, looks=6, proc_root=str(_fake_proc(tmp_path)), out=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 6 and all(line.startswith('{"at":') for line in lines)
+    looks = agent.looks_between(out.getvalue(), started, time.time())
+    times = [look["at"] for look in looks]
+    assert len(times) == 6 and times == sorted(times)
+    pauses = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert len({round(pause, 4) for pause in pauses}) > 1, "the pauses between looks vary"
+    assert looks[0]["processes"][0]["cmdline"] == "python3 server.py"
+    assert agent.looks_between(out.getvalue(), times[1], times[3]) == looks[1:4]
+    cut = out.getvalue()[10:] + lines[0][:30]  # a log read from the middle of a line, and cut at the end
+    assert [look["at"] for look in agent.looks_between(cut, 0, time.time())] == times[1:]
 
 
 def test_harness_command_table_has_the_proc_commands():
-    assert set(proc.COMMANDS) == {"proc_snapshot", "proc_sample", "hold_connections"}
+    assert set(proc.COMMANDS) == {"proc_snapshot", "hold_connections"}
+    assert set(agent.COMMANDS) == {"proc_agent"}
 
 
 # -- the syscall table -----------------------------------------------------------------------------
@@ -246,7 +258,7 @@ def snap_json(processes: list[tuple[int, list[tuple[int, str, object]]]], ticks_
 
 
 def sample_of(*snaps: list, cpu_ticks: int = 0, elapsed: float = 1.0, machine: str = "x86_64") -> observe.Sample:
-    return observe.Sample.from_json({"elapsed": elapsed, "cpu_ticks": cpu_ticks, "clk_tck": 100,
+    return observe.Sample.from_json({"elapsed": elapsed, "cpu_seconds": cpu_ticks / 100,
                                      "snapshots": [snap_json(s, machine=machine) for s in snaps]})
 
 
