@@ -8,6 +8,7 @@ labctl.untrusted.CommandGuard before anything is printed.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
@@ -20,6 +21,7 @@ def run() -> None:
 
         main()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
         sys.stderr.write("interrupted\n")
         sys.exit(130)
 

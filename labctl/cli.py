@@ -40,6 +40,7 @@ class LabctlGroup(click.Group):
     """Turns LabctlError into one red line and exit 2, and SIGTERM into a clean Ctrl-C."""
 
     def invoke(self, ctx: click.Context):
+        signal.signal(signal.SIGINT, _raise_interrupt)
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return super().invoke(ctx)
@@ -52,6 +53,10 @@ class LabctlGroup(click.Group):
 
 
 def _raise_interrupt(signum, frame):
+    """The first Ctrl-C (or SIGTERM) stops what runs; the ones after it are ignored, so that the
+    cleanup it starts (removing a lab) cannot itself be cut short by an impatient second one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -503,32 +508,43 @@ def list_(ctx) -> None:
 
 @main.command()
 @click.argument("exercises", nargs=-1)
+@click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Grade every submission this many times; a verdict that changes is a flip, and fails.")
+@click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Gradings at once on the engine (each on its own lab): verdicts must hold on a busy machine.")
 @click.pass_context
-def validate(ctx, exercises) -> None:
+def validate(ctx, exercises, repeat, parallel) -> None:
     """Prove exercises grade right: the solution gets full marks, the starter does not, and
     every mutant fails exactly the checks it declares. Prints the matrix; exit 1 on any
-    difference. Without EXERCISES: every exercise."""
+    difference, or on any flip with --repeat. Without EXERCISES: every exercise."""
     from labctl.validate import validate_exercise
 
     proj = project(ctx)
     loaded = _exercise_names(ctx, exercises)  # every YAML is checked before anything runs
     failed = []
+    flip_counts: dict[str, int] = {}
     for exercise in loaded:
         if exercise.validate is None:
-            err.print(f"[yellow]{exercise.id}: no validate section: nothing to prove[/]")
+            err.print(f"[yellow]{e(exercise.id)}: no validate section: nothing to prove[/]")
             continue
-        err.print(f"[bold]{exercise.id}[/]: {len(exercise.validate.mutants) + 2} submissions to grade",
-                  highlight=False)
+        count = (len(exercise.validate.mutants) + 2) * repeat
+        err.print(f"[bold]{e(exercise.id)}[/]: {count} gradings, {parallel} at once", highlight=False)
 
         def on_row(row) -> None:
             mark = "[green]as expected[/]" if not row.problems else "[red]DIFFERS[/]"
-            err.print(f"  {e(row.label):28} {mark}  ({row.report.duration:.1f} s)", highlight=False)
+            number = f" #{row.repeat + 1}" if repeat > 1 else ""
+            err.print(f"  {e(row.label + number):32} {mark}  ({row.report.duration:.1f} s)", highlight=False)
 
         with progress_display("validate") as say:
-            outcome = validate_exercise(proj, exercise, progress=say, on_row=on_row)
+            outcome = validate_exercise(proj, exercise, progress=say, on_row=on_row, repeat=repeat,
+                                        parallel=parallel)
         _print_matrix(outcome)
+        flip_counts[exercise.id] = len(outcome.flips)
         if not outcome.ok:
             failed.append(exercise.id)
+    if repeat > 1:
+        out.print("flips: " + ", ".join(f"{name} {count}" for name, count in flip_counts.items())
+                  + f"  (--repeat {repeat} --parallel {parallel})", highlight=False)
     if failed:
         err.print(f"[bold red]validate failed:[/] {', '.join(failed)}")
         sys.exit(1)
@@ -537,43 +553,53 @@ def validate(ctx, exercises) -> None:
 
 def _print_matrix(outcome) -> None:
     """Checks down, submissions across (mutants as m1, m2, ... with a legend); a cell that
-    differs from its expectation is marked '!'."""
+    differs from its expectation is marked '!'; with repeats, a cell whose verdict changed
+    shows how often it passed ('2/3~')."""
     columns = []
     legend = []
-    for row in outcome.rows:
-        if row.label.startswith("mutant:"):
+    for subject in outcome.subjects:
+        if subject.label.startswith("mutant:"):
             short = f"m{len(legend) + 1}"
-            legend.append(f"  {short} = {row.label[len('mutant:'):]}" + (f"  ({row.why})" if row.why else ""))
+            legend.append(f"  {short} = {subject.label[len('mutant:'):]}" + (f"  ({subject.why})" if subject.why else ""))
             columns.append(short)
         else:
-            columns.append(row.label)
-    table = Table(title=f"{outcome.exercise.id}: checks x submissions ('!' = differs from expected)",
-                  title_justify="left", box=None, padding=(0, 1))
+            columns.append(subject.label)
+    table = Table(title=f"{outcome.exercise.id}: checks x submissions ('!' = differs from expected, "
+                        f"'~' = not the same every time)", title_justify="left", box=None, padding=(0, 1))
     table.add_column("check", no_wrap=True)
     for column in columns:
         table.add_column(column, justify="center", no_wrap=True)
     gradable = ["gradable"]
-    for row in outcome.rows:
-        text = "yes" if row.report.gradable else "no"
-        gradable.append(f"[red]{text}![/]" if row.expect_gradable != row.report.gradable else text)
+    for subject in outcome.subjects:
+        rows = outcome.rows_of(subject)
+        seen = {row.report.gradable for row in rows}
+        text = "yes" if seen == {True} else "no" if seen == {False} else f"{sum(row.report.gradable for row in rows)}/{len(rows)}~"
+        gradable.append(f"[red]{text}![/]" if any(row.expect_gradable != row.report.gradable for row in rows) else text)
     table.add_row(*gradable)
     for check in outcome.exercise.checks:
         cells = [e(check.name) + (" (0 pts)" if check.points == 0 else "")]
-        for row in outcome.rows:
-            result = next((r for r in row.report.results if r.name == check.name), None)
-            if result is None:
+        for subject in outcome.subjects:
+            rows = outcome.rows_of(subject)
+            results = [r for row in rows for r in row.report.results if r.name == check.name]
+            if not results:
                 cells.append("-")
                 continue
-            text = "pass" if result.passed else "FAIL"
-            cells.append(f"[red]{text}![/]" if row.cell_differs(check.name) and check.points > 0 else
-                         (f"[dim]{text}[/]" if check.points == 0 else text))
+            passed = sum(r.passed for r in results)
+            text = "pass" if passed == len(results) else "FAIL" if passed == 0 else f"{passed}/{len(results)}~"
+            differs = any(row.cell_differs(check.name) for row in rows) and check.points > 0
+            cells.append(f"[red]{text}![/]" if differs or "~" in text else (f"[dim]{text}[/]" if check.points == 0 else text))
         table.add_row(*cells)
     out.print(table)
     for line in legend:
         out.print(line, highlight=False, markup=False)
+    shown = set()
     for row in outcome.rows:
         for problem in row.problems:
-            out.print(f"  [red]{e(row.label)}[/]: {e(problem)}", highlight=False)
+            if (row.label, problem) not in shown:
+                shown.add((row.label, problem))
+                out.print(f"  [red]{e(row.label)}[/]: {e(problem)}", highlight=False)
+    for flip in outcome.flips:
+        out.print(f"  [red]flip[/] {e(str(flip))}", highlight=False)
 
 
 @main.command()

@@ -99,7 +99,12 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
             else:
                 say(f"check {check.name}")
                 result = run_check(lab, exercise, check, min(check.budget, left))
-                if not result.passed:
+                if left < check.budget and result.status in ("error", "timed_out"):
+                    # It had only what was left of the grading's budget, and that was not enough.
+                    exhausted = True
+                    result = _not_run(check, "timed_out", f"not run to the end: the grading's time budget of "
+                                                          f"{budget:g} s ran out ({left:.1f} s were left for it)")
+                elif not result.passed:
                     server_gone = _server_gone(lab, check.name)
                     if server_gone:
                         result = result.model_copy(update={"message": f"{result.message} ({server_gone})"})

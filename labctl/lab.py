@@ -318,6 +318,18 @@ class Lab:
             raise LabctlError(f"capturing in {node} failed: {answer['error']}")
         return base64.b64decode(answer["pcap_base64"]), int(answer["packets"])
 
+    def server_info(self, settle: float = 0.0) -> ContainerInfo:
+        """The server container's state. With `settle`, a server that still looks alive is looked at
+        again for up to that many seconds: a process that just died shows as stopped a moment later,
+        so a caller that has reason to think it died (a refused connection) gets the truth."""
+        name = self.container_name(self.spec.server.name)
+        info = self.backend.inspect(name)
+        until = time.monotonic() + settle
+        while info.running and time.monotonic() < until:
+            time.sleep(0.1)
+            info = self.backend.inspect(name)
+        return info
+
     def usage(self, node: str) -> Usage:
         """What a node's processes have used so far (CPU, tasks), read by the host from its cgroup."""
         self._node(node)

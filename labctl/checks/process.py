@@ -35,6 +35,8 @@ HOLD_TAIL = 0.8
 EXEC_SLACK = 5.0
 #: Seconds the idle server is watched to count its threads before the client comes (~5 looks).
 IDLE_COUNT_WINDOW = 0.5
+#: Seconds a window needs beyond its length: two cgroup readings and one read of the observer's log.
+WINDOW_SLACK = 1.5
 
 
 # -- expectations like "1", ">= N", "<= 8" ------------------------------------------------------
@@ -130,7 +132,7 @@ def sample(ctx: CheckContext, window: float) -> observe.Sample:
     if spec is not None and ctx.observer not in spec.nodes:
         raise LabctlError(f"this check looks at the server's threads from an observer node, and lab.yaml has "
                           f"no node {ctx.observer!r} (role: observer, watches: {ctx.server})")
-    if ctx.remaining < window + EXEC_SLACK:
+    if ctx.remaining < window + WINDOW_SLACK:
         raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to watch the server "
                           f"for {window:.1f} s: give the check a longer timeout")
     opened = observe.Window(ctx.lab, ctx.observer, ctx.server)

@@ -33,6 +33,7 @@ from labctl.errors import LabctlError
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 STATUS_LINE = re.compile(r"^HTTP/(\d+\.\d+) (\d{3})(?: (.*))?$")
 HARNESS_MARGIN = 1.5     # seconds kept for `docker exec` and the harness's own start
+SETTLE = 1.5             # seconds a server that stopped answering is given to show as stopped
 
 
 # -- bytes and text ---------------------------------------------------------------------------------
@@ -493,10 +494,13 @@ def run_steps(ctx: CheckContext, steps: list[dict], cap: float | None = None) ->
 
 
 def server_state(ctx: CheckContext) -> dict:
-    """Whether the server container still runs, its exit code and log tail: evidence when it stops answering."""
+    """Whether the server container still runs, its exit code and log tail: evidence when it stops answering.
+
+    Asked when the server stopped answering: its container's state may lag its death by a moment.
+    """
     state: dict[str, Any] = {}
     try:
-        info = ctx.lab.backend.inspect(ctx.lab.container_name(ctx.server))
+        info = ctx.lab.server_info(settle=SETTLE)
         state["server_status"] = info.status
         if info.status != "running":
             state["server_exit_code"] = info.exit_code

@@ -21,6 +21,8 @@ from typing import Callable
 
 #: Never wait less than this on one socket operation (a deadline in the past is not a reason to hang).
 MIN_WAIT = 0.05
+#: A connect that took this long waited for the kernel to send its SYN again (first retry after 1 s).
+SYN_RETRY = 0.9
 
 
 def _request_bytes(path: str, host: str) -> bytes:
@@ -103,13 +105,18 @@ class _Response:
                 "status_line": self.head.split(b"\r\n", 1)[0][:200].decode(errors="replace") or None}
 
 
-def timed_request(host: str, port: int, path: str = "/index.html", timeout: float = 5.0) -> dict:
+def timed_request(host: str, port: int, path: str = "/index.html", timeout: float = 5.0,
+                  connect_timeout: float | None = None) -> dict:
     """One full HTTP/1.0 request on a fresh connection, timed.
 
     `seconds` is the time from the start of connect until the whole response arrived
-    (None when it did not within `timeout`); `connect_seconds` and `first_byte_seconds`
-    tell where the time went. A connect succeeds through the listen backlog even when
-    the server is busy, so the response time is what shows a server that is not serving.
+    (None when it did not in time); `connect_seconds` and `first_byte_seconds` tell where
+    the time went. A connect succeeds through the listen backlog even when the server is
+    busy, so the response time is what shows a server that is not serving.
+
+    Without `connect_timeout` the whole request has `timeout` seconds. With it, the connect
+    may take that long (a SYN dropped by a full listen queue is sent again after 1, 3, 7 s:
+    slow, not wrong) and the response then has `timeout` seconds of its own.
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -118,8 +125,10 @@ def timed_request(host: str, port: int, path: str = "/index.html", timeout: floa
     response = _Response()
     sock = None
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=connect_timeout or timeout)
         facts["connect_seconds"] = round(time.monotonic() - started, 6)
+        if connect_timeout:
+            deadline = time.monotonic() + timeout
         sock.settimeout(max(MIN_WAIT, deadline - time.monotonic()))
         sock.sendall(_request_bytes(path, host))
         while not response.complete:
@@ -252,7 +261,8 @@ def slow_client(host: str, port: int, slow_clients: int = 1, path: str = "/index
 # -- concurrent_clients -----------------------------------------------------------------------------
 
 def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 10, path: str = "/index.html",
-                       request_timeout: float = 5.0, budget: float = 50.0, max_examples: int = 5) -> dict:
+                       request_timeout: float = 5.0, connect_timeout: float = 10.0, budget: float = 50.0,
+                       max_examples: int = 5) -> dict:
     """`clients` threads at once, each making `requests` requests (a fresh connection each).
 
     Returns the latency of every successful request (status 200, whole body) and the
@@ -266,6 +276,7 @@ def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 
     errors: dict[str, int] = {}
     examples: list[dict] = []
     not_run = [0]
+    retried = [0]  # connects that took a SYN retransmission: the listen queue was full for a moment
     start = threading.Barrier(clients + 1)
 
     def worker() -> None:
@@ -279,9 +290,11 @@ def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 
                 with lock:
                     not_run[0] += requests - done
                 return
-            result = timed_request(address, port, path, min(request_timeout, left))
+            result = timed_request(address, port, path, min(request_timeout, left), min(connect_timeout, left))
             ok = result["error"] is None and result["status"] == 200 and result["complete"]
             with lock:
+                if result["connect_seconds"] is not None and result["connect_seconds"] >= SYN_RETRY:
+                    retried[0] += 1
                 if ok:
                     latencies.append(result["seconds"])
                 else:
@@ -307,10 +320,11 @@ def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 
             pass
     began = time.monotonic()
     for thread in threads[:started_threads]:
-        thread.join(timeout=max(MIN_WAIT, deadline - time.monotonic() + request_timeout))
+        thread.join(timeout=max(MIN_WAIT, deadline - time.monotonic() + connect_timeout + request_timeout))
     wall = time.monotonic() - began
     with lock:
         return {"clients": clients, "clients_started": started_threads, "requests_per_client": requests,
+                "syn_retried": retried[0],
                 "attempted": len(latencies) + sum(errors.values()), "ok": len(latencies), "errors": dict(errors),
                 "error_examples": list(examples), "not_run": not_run[0] + (clients - started_threads) * requests,
                 "latencies": [round(value, 6) for value in latencies], "wall_seconds": round(wall, 6)}

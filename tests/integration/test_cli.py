@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from labctl.lab import LABEL_OWNER
 
 from conftest import OWNER, ROOT, SERVERS
@@ -160,3 +162,44 @@ def test_observe_and_capture_show_what_the_server_does(project, tmp_path):
         assert any(p[TCP].flags == "S" for p in packets), "the capture should hold the client's SYN"
     finally:
         labctl("down", lab_id)
+
+
+def _wait_until_loaded(process: subprocess.Popen, library: str = "pydantic_core", timeout: float = 20) -> None:
+    """Until the process has loaded `library`: labctl's own imports are under way (the interpreter's
+    start before that, ~30 ms, is Python's: an interrupt there is its fatal error, not labctl's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if library in Path(f"/proc/{process.pid}/maps").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3])
+def test_ctrl_c_while_labctl_starts_is_one_line_never_a_traceback(delay):
+    """Interrupted while click, rich, pydantic and the SDK load: at most one line."""
+    started = spawn("checks")
+    _wait_until_loaded(started)
+    time.sleep(delay)
+    started.send_signal(signal.SIGINT)
+    _, stderr = started.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    # -SIGINT: it came as the interpreter was ending (its handlers are gone then): no word, no harm.
+    assert started.returncode in (0, 130, -signal.SIGINT), (started.returncode, stderr)
+    assert len(stderr.strip().splitlines()) <= 1, stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0, 4.0])
+def test_ctrl_c_at_any_moment_of_a_grading_leaves_nothing_and_no_traceback(project, delay):
+    grading = spawn("test", "blocking", "--submission", str(ROOT / "exercises" / "blocking" / "solution"),
+                    "--only", "get-index", "--only", "asleep-in-accept")
+    time.sleep(delay)
+    grading.send_signal(signal.SIGINT)
+    grading.send_signal(signal.SIGINT)  # and an impatient second one: the removal still finishes
+    _, stderr = grading.communicate(timeout=90)
+    assert "Traceback" not in stderr, stderr
+    assert grading.returncode in (0, 130, -signal.SIGINT), (grading.returncode, stderr)  # -SIGINT: as it ended
+    assert project.backend.find_containers({LABEL_OWNER: OWNER}) == []
+    assert project.backend.find_networks({LABEL_OWNER: OWNER}) == []

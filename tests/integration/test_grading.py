@@ -7,6 +7,8 @@ import signal
 import time
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from labctl.exercise import load_exercise
 from labctl.grading import GradeOptions, grade
 from labctl.lab import LABEL_OWNER
@@ -71,15 +73,44 @@ def test_bad_input_is_exit_2_with_a_clear_message(tmp_path):
     assert report.returncode == 2 and "pdf" in report.stderr
 
 
+def test_a_hidden_checks_name_cannot_be_told_from_a_typo():
+    hidden = load_exercise(BLOCKING).hidden_checks[0].name
+    probe = labctl("test", "blocking", "--only", hidden)
+    typo = labctl("test", "blocking", "--only", "nope")
+    assert probe.returncode == typo.returncode == 2
+    assert probe.stderr.replace(hidden, "NAME") == typo.stderr.replace("nope", "NAME"), (probe.stderr, typo.stderr)
+
+
+def test_a_submission_over_a_limit_is_not_gradable_with_the_limit_named(tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "server.py").write_text("print('hi')\n")
+    with open(big / "data.bin", "wb") as handle:
+        handle.truncate(65 * 2**20)  # sparse: 65 MiB on paper
+    result = labctl("grade", "blocking", "--submission", str(big))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not gradable" in result.stdout and "holds more than 64 MiB (the limit)" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_goes_to_the_background_is_told_to_stay_in_the_foreground(start_lab):
+    from labctl.errors import ServerStartError
+
+    with pytest.raises(ServerStartError, match="exited with code 0 before it listened on port 8080. A server must "
+                                               "stay in the foreground"):
+        start_lab("hello", run="python3 server.py & exit 0")
+
+
 def test_when_the_budget_runs_out_finished_checks_keep_their_results(project):
     exercise = load_exercise(BLOCKING)
-    report = grade(project, exercise, BLOCKING / "solution", GradeOptions(budget=6.0))
+    report = grade(project, exercise, BLOCKING / "solution", GradeOptions(budget=5.0))
     assert report.gradable and report.budget_exhausted
-    skipped = [r for r in report.results if r.message.startswith("not run")]
+    skipped = [r for r in report.results if r.message.startswith("not run")]  # "not run (to the end)"
     ran = [r for r in report.results if r not in skipped]
     assert ran and skipped, [(r.name, r.status, r.duration) for r in report.results]
     assert all(r.status == "passed" for r in ran[:3])
-    assert all(r.status == "timed_out" and "time budget of 6 s ran out" in r.message for r in skipped)
+    assert all(r.status == "timed_out" and "time budget of 5 s ran out" in r.message for r in skipped), \
+        [(r.name, r.status, r.message) for r in skipped]
     assert report.exit_code == 1
 
 

@@ -1,0 +1,82 @@
+"""validate's judgement without an engine: differences from the declared outcome, and flips.
+
+Rows are built from GradeReports made here, as grading would return them for the blocking
+exercise's checks; what is tested is what validate concludes from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labctl.checks import load_catalog
+from labctl.exercise import load_exercise
+from labctl.results import CheckResult, GradeReport
+from labctl.validate import ExerciseValidation, Row, subjects_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exercise():
+    load_catalog()
+    return load_exercise(ROOT / "exercises" / "blocking")
+
+
+def report_of(ex, failing: set[str], gradable: bool = True) -> GradeReport:
+    results = [CheckResult(name=check.name, check=check.check, status="failed" if check.name in failing else "passed",
+                           points=0.0 if check.name in failing else check.points, max_points=check.points,
+                           duration=0.1, message=f"{check.name} {'failed' if check.name in failing else 'passed'}")
+               for check in ex.checks] if gradable else []
+    return GradeReport(labctl_version="0", exercise=ex.id, submission="s", gradable=gradable,
+                       error=None if gradable else "the server did not start", started_at="2026-01-01T00:00:00Z",
+                       duration=1.0, score=sum(r.points for r in results), max_score=ex.max_points, results=results)
+
+
+def test_subjects_are_the_solution_the_starter_and_each_mutant():
+    ex = exercise()
+    labels = [subject.label for subject in subjects_of(ex)]
+    assert labels[:2] == ["solution", "starter"] and len(labels) == 2 + len(ex.validate.mutants)
+
+
+def test_the_same_verdicts_every_time_are_no_flip():
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    solution = outcome.subjects[0]
+    outcome.rows = [Row(solution, report_of(ex, set()), k) for k in range(3)]
+    assert outcome.flips == [] and outcome.ok
+
+
+def test_a_check_that_passes_once_and_fails_twice_is_a_flip():
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    solution = outcome.subjects[0]
+    name = ex.checks[0].name
+    outcome.rows = [Row(solution, report_of(ex, set()), 0), Row(solution, report_of(ex, {name}), 1),
+                    Row(solution, report_of(ex, {name}), 2)]
+    [flip] = outcome.flips
+    assert (flip.label, flip.check, flip.passed, flip.gradings) == ("solution", name, 1, 3)
+    assert f"{name} passed" in str(flip) and f"{name} failed" in str(flip)
+    assert not outcome.ok
+
+
+def test_gradable_once_and_not_the_next_time_is_a_flip():
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    starter = outcome.subjects[1]
+    outcome.rows = [Row(starter, report_of(ex, {ex.checks[0].name}), 0),
+                    Row(starter, report_of(ex, set(), gradable=False), 1)]
+    [flip] = outcome.flips
+    assert (flip.check, flip.passed, flip.gradings) == ("gradable", 1, 2)
+
+
+def test_a_mutant_that_fails_other_checks_than_declared_differs():
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    mutant = min((subject for subject in outcome.subjects if subject.expect_failing),
+                 key=lambda subject: len(subject.expect_failing))
+    first, *rest = sorted(mutant.expect_failing)
+    other = next(check.name for check in ex.checks if check.name not in mutant.expect_failing and check.points)
+    row = Row(mutant, report_of(ex, set(rest) | {other}))
+    assert row.problems == [f"{other}: failed, expected to pass — {other} failed",
+                            f"{first}: passed, expected to fail"]
+    assert row.cell_differs(other) and row.cell_differs(first)
+    assert not any(row.cell_differs(name) for name in rest)
