@@ -24,8 +24,18 @@ from labctl.errors import LabctlError
 from labctl.project import Project, find_root
 from labctl.untrusted import printable
 
-out = Console()
-err = Console(stderr=True)
+#: When output goes to a file or a CI log, a line is as long as its content: a table wrapped at 80 columns
+#: breaks mid-row, and a name cut with "…" is lost. Colours are off there (rich's own rule; NO_COLOR too).
+LOG_WIDTH = 10_000
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else LOG_WIDTH)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 # -- plumbing -----------------------------------------------------------------------------------------
@@ -60,11 +70,26 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def quiet() -> bool:
+    """--quiet: only the summary and the reports, no progress (CI logs)."""
+    context = click.get_current_context(silent=True)
+    return bool(context and (context.find_root().obj or {}).get("quiet"))
+
+
+def say_line(text: str) -> None:
+    """A progress line on stderr (a check's result, a submission graded), unless --quiet."""
+    if not quiet():
+        err.print(text, highlight=False)
+
+
 @contextlib.contextmanager
 def progress_display(title: str) -> Iterator:
-    """A spinner with the current step on a terminal; plain lines with elapsed seconds elsewhere (CI logs)."""
+    """A spinner with the current step on a terminal; plain lines with elapsed seconds elsewhere (CI logs);
+    nothing with --quiet."""
     started = time.monotonic()
-    if err.is_terminal:
+    if quiet():
+        yield lambda message: None
+    elif err.is_terminal:
         with err.status(title) as status:
             def say(message: str) -> None:
                 status.update(f"{title}: {e(message)}")
@@ -88,9 +113,10 @@ def project(ctx: click.Context) -> Project:
 @click.group(cls=LabctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
               help="The labctl project (folder with lab.yaml). Default: found from the current folder up.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary and the reports, no progress (for CI logs).")
 @click.version_option(__version__, prog_name="labctl")
 @click.pass_context
-def main(ctx: click.Context, project_dir: Path | None) -> None:
+def main(ctx: click.Context, project_dir: Path | None, quiet: bool) -> None:
     """labctl: a containerized network lab for learning how servers wait for requests.
 
     Start a lab (a server, a client, an injector and an observer on their own virtual
@@ -98,6 +124,7 @@ def main(ctx: click.Context, project_dir: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["project_dir"] = project_dir
+    ctx.obj["quiet"] = quiet
 
 
 # -- images -------------------------------------------------------------------------------------------
@@ -132,6 +159,39 @@ def images_list(ctx: click.Context) -> None:
     builder = project(ctx).image_builder()
     for name, tag in builder.tags.items():
         out.print(f"{tag:40} {'present' if builder.exists(tag) else 'missing'}", highlight=False)
+
+
+# -- doctor -------------------------------------------------------------------------------------------
+
+@main.command()
+@click.pass_context
+def doctor(ctx) -> None:
+    """Is this machine ready to grade? The engine, its API, cgroups, storage, the open-files ceiling,
+    the images (or how they would be built), free disk: each OK, a warning or an error, with the fix.
+
+    Exit 0 when a grading can run here, 2 when not.
+    """
+    from labctl import doctor as checkup
+
+    try:
+        proj = project(ctx)
+    except LabctlError:
+        proj = None  # outside a project: the machine alone
+    with progress_display("doctor") as say:
+        say("asking the engine")
+        findings = checkup.judge(checkup.gather(proj))
+    marks = {"ok": "[green]OK[/]", "warning": "[yellow]warning[/]", "error": "[bold red]error[/]"}
+    table = Table(box=None, padding=(0, 2), show_header=False)
+    for finding in findings:
+        table.add_row(marks[finding.level], e(finding.name), e(finding.detail))
+        if finding.fix and finding.level != "ok":
+            table.add_row("", "", f"[dim]fix: {e(finding.fix)}[/]")
+    out.print(table)
+    if checkup.ready(findings):
+        out.print("[green]ready: gradings can run here[/]")
+    else:
+        out.print("[bold red]not ready:[/] fix the errors above")
+        sys.exit(2)
 
 
 # -- schema -------------------------------------------------------------------------------------------
@@ -416,13 +476,12 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
             raise LabctlError(f"--only names no check of {exercise.id}: {', '.join(unknown)} "
                               f"(its {'' if include_hidden else 'public '}checks: {', '.join(offered)})")
     shown = "all checks" if include_hidden else "public checks"
-    err.print(f"[bold]{e(exercise.id)}[/]: {e(exercise.title)} — {shown} on {e(str(submission))}", highlight=False)
+    say_line(f"[bold]{e(exercise.id)}[/]: {e(exercise.title)} — {shown} on {e(str(submission))}")
 
     def on_result(result) -> None:
         mark = "[green]pass[/]" if result.passed else ("[yellow]time[/]" if result.status == "timed_out"
                                                        else "[red]FAIL[/]")
-        err.print(f"  {mark} {e(result.name):28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s",
-                  highlight=False)
+        say_line(f"  {mark} {e(result.name):28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s")
 
     with progress_display("grading") as say:
         report = grade(proj, exercise, submission, GradeOptions(include_hidden=include_hidden,
@@ -528,12 +587,12 @@ def validate(ctx, exercises, repeat, parallel) -> None:
             err.print(f"[yellow]{e(exercise.id)}: no validate section: nothing to prove[/]")
             continue
         count = (len(exercise.validate.mutants) + 2) * repeat
-        err.print(f"[bold]{e(exercise.id)}[/]: {count} gradings, {parallel} at once", highlight=False)
+        say_line(f"[bold]{e(exercise.id)}[/]: {count} gradings, {parallel} at once")
 
         def on_row(row) -> None:
             mark = "[green]as expected[/]" if not row.problems else "[red]DIFFERS[/]"
             number = f" #{row.repeat + 1}" if repeat > 1 else ""
-            err.print(f"  {e(row.label + number):32} {mark}  ({row.report.duration:.1f} s)", highlight=False)
+            say_line(f"  {e(row.label + number):32} {mark}  ({row.report.duration:.1f} s)")
 
         with progress_display("validate") as say:
             outcome = validate_exercise(proj, exercise, progress=say, on_row=on_row, repeat=repeat,

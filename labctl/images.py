@@ -27,6 +27,7 @@ from typing import Callable
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from labctl.errors import ImageBuildError
 
@@ -139,6 +140,31 @@ class ImageBuilder:
                 name = _BY_NAME[name].parent
         return out
 
+    def base_source(self) -> tuple[str | None, str]:
+        """How the base would be made now, without making it: ("the engine has it" | "registry" |
+        "debootstrap", detail), or (None, why it cannot be, with the fix). Asks the registry through
+        the engine (a manifest, not a download)."""
+        digest = self._root_digest()
+        for tag in (f"labctl-root:{digest}", REGISTRY_ROOT):
+            if self.exists(tag):
+                return "the engine has it", tag
+        reason = ""
+        if self.base_path in ("auto", "pull"):
+            try:
+                self.client.api.inspect_distribution(REGISTRY_ROOT)
+                return "registry", f"{REGISTRY_ROOT} answers"
+            except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+                reason = f"no registry answers ({_short(error) if isinstance(error, docker.errors.APIError) else error})"
+                if self.base_path == "pull":
+                    return None, reason
+        path, problem = find_debootstrap()
+        if path is None:
+            return None, f"{reason + ', and ' if reason else ''}{problem}"
+        return "debootstrap", f"{path} (the base is bootstrapped offline, about a minute)"
+
+    def _root_digest(self) -> str:
+        return hashlib.sha256(f"{DEBIAN_SUITE} {' '.join(self.packages['base'])}".encode()).hexdigest()[:12]
+
     def missing(self, names: list[str] | None = None) -> list[str]:
         """The images (with their parents) that need a build before `names` can run, parents first."""
         wanted = self._with_parents(names or [image.name for image in IMAGES])
@@ -198,23 +224,13 @@ class ImageBuilder:
 
     def _bootstrap_root(self) -> str:
         """debootstrap a minimal Debian with the base packages and import it as an image."""
-        digest = hashlib.sha256(f"{DEBIAN_SUITE} {' '.join(self.packages['base'])}".encode()).hexdigest()[:12]
-        tag = f"labctl-root:{digest}"
+        tag = f"labctl-root:{self._root_digest()}"
         if self.exists(tag):
             self.progress(f"base: using the bootstrapped root {tag}")
             return tag
-        debootstrap = shutil.which("debootstrap") or next(
-            (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.path.exists(p)), None)
+        debootstrap, problem = find_debootstrap()
         if debootstrap is None:
-            raise ImageBuildError(
-                f"no registry answers to pull {REGISTRY_ROOT}, and debootstrap is not installed to build "
-                "the base offline.\nFix: install it (Debian/Ubuntu: sudo apt-get install debootstrap), or "
-                "let the engine reach a registry.")
-        if os.geteuid() != 0:
-            raise ImageBuildError(
-                f"no registry answers to pull {REGISTRY_ROOT}; the offline bootstrap needs root "
-                "(debootstrap creates device files and chroots).\nFix: run `sudo labctl images build` once; "
-                "later runs reuse the image.")
+            raise ImageBuildError(f"no registry answers to pull {REGISTRY_ROOT}, and {problem}")
         self.progress(f"base: took the offline path: debootstrap {DEBIAN_SUITE} (about a minute)")
         with tempfile.TemporaryDirectory(prefix="labctl-root-") as scratch:
             root = Path(scratch) / "root"
@@ -261,6 +277,24 @@ class ImageBuilder:
         except docker.errors.APIError as error:
             raise ImageBuildError(f"docker import of the bootstrapped root failed: {_short(error)}") from error
         self.client.images.get(tag)
+
+
+def find_debootstrap() -> tuple[str | None, str]:
+    """(the debootstrap to run, "") or (None, why not and the fix): $LABCTL_DEBOOTSTRAP, else the PATH's
+    or /usr/sbin's. The offline bootstrap needs root: it creates device files and chroots."""
+    named = os.environ.get("LABCTL_DEBOOTSTRAP")
+    if named is not None:
+        path = named if named and os.access(named, os.X_OK) else None
+    else:
+        path = shutil.which("debootstrap") or next(
+            (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.path.exists(p)), None)
+    if path is None:
+        return None, ("debootstrap is not installed to build the base offline.\nFix: install it (Debian/Ubuntu: "
+                      "sudo apt-get install debootstrap), or let the engine reach a registry.")
+    if os.geteuid() != 0:
+        return None, ("the offline bootstrap needs root (debootstrap creates device files and chroots).\n"
+                      "Fix: run `sudo labctl images build` once; later runs reuse the image.")
+    return path, ""
 
 
 def _short(error: docker.errors.APIError) -> str:

@@ -59,6 +59,10 @@ IDLE_COMMAND = ["sleep", "infinity"]
 #: being looked at (harness/agent.py). Its log is kept larger: it holds the looks.
 OBSERVER_COMMAND = ["python3", "-m", "harness", "proc_agent"]
 OBSERVER_LOG_BYTES = 16 * 2**20
+#: The most log the engine keeps of any other node (twice this, in two files): a log flood stays small.
+LOG_BYTES = 2 * 2**20
+#: The most of a log's end that goes into a message or a report.
+LOG_TAIL_CHARS = 16_000
 #: What the client and injector run: nothing; checks run in them with exec.
 TOOL_COMMAND = ["sleep", "infinity"]
 
@@ -200,7 +204,7 @@ class Lab:
             network=None if node.role == "observer" else self.network_name,
             pid_of=self.container_name(node.watches) if node.role == "observer" and node.watches else None,
             writable=writable, disk_bytes=node.limits.disk_bytes, payload=payload,
-            **({"log_bytes": OBSERVER_LOG_BYTES} if node.role == "observer" else {}),
+            log_bytes=OBSERVER_LOG_BYTES if node.role == "observer" else LOG_BYTES,
         )
 
     def _server_files(self, node: NodeSpec, submission: Submission | None) -> bytes | None:
@@ -340,8 +344,12 @@ class Lab:
         self._node(node)
         return self.backend.logs(self.container_name(node), tail=tail, follow=follow, since=since, until=until)
 
-    def log_tail(self, node: str, lines: int = 20) -> str:
+    def log_tail(self, node: str, lines: int = 20, most: int = LOG_TAIL_CHARS) -> str:
+        """The last `lines` lines of a node's log, and of those at most the last `most` characters
+        (a server may print megabytes without a newline)."""
         text = b"".join(self.logs(node, tail=lines)).decode(errors="replace").rstrip()
+        if len(text) > most:
+            text = f"[... {len(text) - most} earlier characters left out ...]" + text[-most:]
         return text or "(the log is empty)"
 
     def containers(self) -> list[ContainerInfo]:

@@ -77,6 +77,20 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class EngineFacts:
+    """What an engine says about itself: what `labctl doctor` shows and judges."""
+
+    kind: str                       # "Docker Engine"
+    version: str
+    api_version: str                # "1.41"; "" when the engine has no such thing
+    os: str
+    cgroup_version: str             # "1", "2", "" unknown
+    storage_driver: str
+    data_root: str                  # where it keeps images (a path on its own host)
+    local: bool                     # on this very host: its cgroups and data root are readable here
+
+
+@dataclass(frozen=True)
 class ExecResult:
     exit_code: int                  # -1 when it is not known (timed out on the host, container gone)
     stdout: bytes
@@ -101,6 +115,8 @@ class Backend(Protocol):
         """Start it; its plan's payload is in place before its command runs."""
 
     def engine_nofile_limit(self) -> int: ...
+
+    def engine_facts(self) -> EngineFacts: ...
 
     def inspect(self, container: str) -> ContainerInfo: ...
 

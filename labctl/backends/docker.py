@@ -25,7 +25,7 @@ import requests.exceptions
 from docker.types import EndpointConfig, LogConfig, Ulimit
 
 from labctl import cgroups
-from labctl.backends.base import ContainerInfo, ContainerPlan, ExecResult, NetworkInfo, Usage
+from labctl.backends.base import ContainerInfo, ContainerPlan, EngineFacts, ExecResult, NetworkInfo, Usage
 from labctl.errors import EngineUnreachable, LabctlError
 
 #: Seconds any one engine call may take before labctl gives up on the engine.
@@ -202,15 +202,26 @@ class DockerBackend:
         its own (it inherits the engine's), once per backend.
         """
         if self._nofile_limit is None:
-            images = [tag for image in self.client.images.list(filters={"label": "labctl.image=tools"})
+            images = [tag for image in self.client.images.list(filters={"label": "labctl.image"})
                       for tag in image.tags]
             if not images:
-                raise LabctlError("cannot read the engine's nofile limit: no labctl-tools image")
+                raise LabctlError("cannot read the engine's nofile limit before labctl's images are built")
             output = self.client.containers.run(images[0], ["sh", "-c", "ulimit -Hn"], remove=True,
                                                 network_mode="none", labels={"labctl.probe": "nofile"})
             text = output.decode().strip()
             self._nofile_limit = 1 << 20 if text == "unlimited" else int(text)
         return self._nofile_limit
+
+    def engine_facts(self) -> EngineFacts:
+        info, version = self.client.info(), self.client.version()
+        base_url = self.client.api.base_url
+        local = base_url.startswith(("http+docker://localhost", "http+docker://localunixsocket")) and \
+            os.path.isdir(info.get("DockerRootDir") or "/nonexistent")
+        return EngineFacts(kind="Docker Engine", version=version.get("Version", "?"),
+                           api_version=version.get("ApiVersion", ""), os=info.get("OperatingSystem", "?"),
+                           cgroup_version=str(info.get("CgroupVersion") or ""),
+                           storage_driver=info.get("Driver", "?"), data_root=info.get("DockerRootDir", ""),
+                           local=local)
 
     def inspect(self, container: str) -> ContainerInfo:
         try:
@@ -382,6 +393,9 @@ class DockerBackend:
         Idempotent: what is already gone is not an error.
         """
         def remove_container(summary: dict) -> int:
+            for name in summary.get("Names") or []:
+                self._cgroups.pop(name.lstrip("/"), None)
+                self._payloads.pop(name.lstrip("/"), None)
             try:
                 self.client.api.remove_container(summary["Id"], force=True, v=True)
                 return 1

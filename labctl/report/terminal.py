@@ -65,6 +65,11 @@ def renderable(report: GradeReport) -> RenderableType:
     style = "bold green" if report.all_passed else "bold red"
     footer.append(f"score {score_line(report)}", style=style)
     footer.append(f"  ({counts(report)}, {seconds(report.duration)})", style="dim")
+    if report.server_usage is not None:
+        usage = report.server_usage
+        footer.append(f"\nyour server used {seconds(usage.cpu_seconds)} of CPU in {seconds(usage.seconds)} of checks"
+                      + (f", at most {usage.peak_tasks} processes and threads" if usage.peak_tasks else ""),
+                      style="dim")
     parts.append(footer)
     return Group(*parts)
 

@@ -157,6 +157,15 @@ def test_a_server_that_shouts_while_graded_reaches_no_terminal_raw(tmp_path):
     assert_clean(result.stderr)
 
 
+def test_a_server_that_prints_megabytes_on_one_line_gets_a_bounded_report(tmp_path):
+    report = tmp_path / "report.json"
+    result = labctl("grade", "blocking", "--submission", str(shouting_submission(tmp_path, "one_long_line")),
+                    "--report", "terminal", "--report", f"json:{report}")
+    assert result.returncode == 2, result.stderr
+    assert "earlier characters left out" in result.stdout
+    assert len(result.stdout) < 100_000 and report.stat().st_size < 100_000, (len(result.stdout), report.stat())
+
+
 def test_logs_and_observe_show_the_servers_bytes_escaped(start_lab):
     lab = hostile_lab(start_lab, "shout")
     logs = labctl("logs", "--lab", lab.id, "server")

@@ -391,6 +391,15 @@ def test_terminal(mixed):
     assert "\x1b" not in text and "\\x1b[31m" in text  # a student's colour codes are shown, not obeyed
 
 
+def test_terminal_says_what_the_server_used(mixed):
+    from labctl.results import ServerUsage
+
+    assert "your server used" not in RENDERERS["terminal"].render(mixed)
+    used = mixed.model_copy(update={"server_usage": ServerUsage(seconds=14.25, cpu_seconds=0.2, peak_tasks=9)})
+    assert "your server used 0.20 s of CPU in 14.2 s of checks, at most 9 processes and threads" in \
+        RENDERERS["terminal"].render(used)
+
+
 def test_terminal_markup_in_names_is_not_interpreted():
     report = report_of([check("[bold]x[/bold] [red]", "failed", message="[link=x]m[/link]")])
     buffer = io.StringIO()

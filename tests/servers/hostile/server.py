@@ -15,6 +15,7 @@ would: each trick is something labctl must see through, survive or contain.
   shout              log terminal escapes, NUL, bad UTF-8 and CI workflow commands, name its
                      thread with them, and answer with them in a header
   shout_and_exit     the same, then exit with code 1 before listening
+  one_long_line      print 3 MiB with no newline, then exit with code 1 before listening
 """
 import ctypes
 import os
@@ -179,7 +180,9 @@ if __name__ == "__main__":
         setup = {"exit_after": lambda: later(lambda: os._exit(3)), "oom": lambda: later(oom),
                  "tasks": lambda: later(tasks),
                  "fill_disk": fill_disk, "shout": shout,
-                 "shout_and_exit": lambda: (shout(), sys.exit(1))}.get(TRICK)
+                 "shout_and_exit": lambda: (shout(), sys.exit(1)),
+                 "one_long_line": lambda: (sys.stdout.write("A" * 3 * 2**20), sys.stdout.flush(), sys.exit(1))
+                 }.get(TRICK)
         if setup is None and TRICK:
             sys.exit(f"unknown TRICK={TRICK}")
         if setup:
