@@ -23,6 +23,8 @@ SKIPPED = {"__pycache__", ".git", ".pytest_cache", ".mypy_cache", ".venv", "node
 MAX_BYTES = 64 * 2**20
 #: The most files and folders it may hold (a committed virtualenv or build tree is a mistake too).
 MAX_FILES = 10_000
+#: How deep folders may nest (a source tree is a few levels deep; thousands is an attack).
+MAX_DEPTH = 64
 #: What one file or folder takes in a memory-backed folder beyond its bytes (a page, rounded up).
 BLOCK = 4096
 
@@ -80,10 +82,24 @@ def tar_folders(folders: dict[str, Path], uid: int = 0, gid: int = 0) -> Packed:
 def _walk(source: Path) -> Iterator[Path]:
     """Every entry below `source`, folders before their contents, in name order, SKIPPED left out.
 
-    A generator: a folder with a million files is refused at MAX_FILES, not listed first.
+    A generator, so a folder with a million files is refused at MAX_FILES, not listed first; a
+    loop, not recursion, so folders nested thousands deep are refused at MAX_DEPTH, not a crash;
+    and a folder that cannot be listed is named, never packed as an empty one.
     """
-    for folder, subfolders, names in os.walk(source):
-        subfolders[:] = sorted(name for name in subfolders if name not in SKIPPED)
-        base = Path(folder)
-        for name in sorted(subfolders + [name for name in names if name not in SKIPPED]):
-            yield base / name
+    pending = [(source, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise SubmissionError(f"{source} has folders nested more than {MAX_DEPTH} deep (the limit), "
+                                  f"like {folder.relative_to(source).parent}")
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder) if entry.name not in SKIPPED)
+        except OSError as error:
+            raise SubmissionError(f"cannot read the folder {folder}: {error.strerror or error}") from None
+        subfolders = []
+        for name in names:
+            path = folder / name
+            yield path
+            if path.is_dir() and not path.is_symlink():
+                subfolders.append((path, depth + 1))
+        pending.extend(reversed(subfolders))  # depth first, in name order

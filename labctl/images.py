@@ -5,12 +5,17 @@ Each tag carries a hash of everything that goes into the image (its folder, its
 package group, its parent's hash), so an unchanged image is found and reused at once
 and a changed Dockerfile or package list builds a new one.
 
-The base image has two ways in, and both end in the same Dockerfile (images/base):
-- pull: `debian:bookworm-slim` from a registry (a user's machine with Docker Hub);
-- bootstrap: no registry answers (this project's CI), so the root file system is
-  made with `debootstrap` from Debian's packages, with the same package list, and
-  imported with `docker import`.
-The build reports which path it took.
+The base image has two ways in, and both give the same image: Debian bookworm with the
+`base` group of images/packages.txt:
+- pull: `debian:bookworm-slim` from a registry (a user's machine with Docker Hub), then
+  images/base/Dockerfile installs the packages;
+- bootstrap: no registry answers (this project's CI), so the root file system is made
+  with `debootstrap --include` of the same packages and imported with `docker import`
+  as the base itself (images/base/Dockerfile's one job, installing them, is done).
+The build reports which path it took. Images whose parents are ready build in parallel
+(server and tools both stand on base), and each Dockerfile keeps to a step or two: a
+step costs seconds on some storage drivers, and what only configures a container (its
+user, folder, environment) is set by labctl when it creates one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,8 +135,11 @@ class ImageBuilder:
             todo = [image.name for image in IMAGES if image.name in wanted]
         else:
             todo = self.missing(names)
-        for name in todo:
-            self._build(_BY_NAME[name])
+        while todo:  # in waves: every image whose parent is ready builds at once
+            wave = [name for name in todo if _BY_NAME[name].parent not in todo]
+            with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+                list(pool.map(lambda name: self._build(_BY_NAME[name]), wave))
+            todo = [name for name in todo if name not in wave]
         return {name: self.tags[name] for name in names}
 
     def _with_parents(self, names: list[str]) -> set[str]:
@@ -175,23 +185,28 @@ class ImageBuilder:
 
     def _build(self, image: ImageDef) -> None:
         tag = self.tags[image.name]
+        started = time.monotonic()
         buildargs: dict[str, str] = {}
         if image.parent:
             buildargs["BASE"] = self.tags[image.parent]
         if image.packages:
             buildargs["PACKAGES"] = " ".join(self.packages[image.packages])
         if image.name == "base":
-            buildargs["ROOT"] = self._base_root()
+            root = self._base_root()
+            if root.startswith("labctl-root:"):  # bootstrapped: the root is the base already
+                self.client.images.get(root).tag(*tag.split(":"))
+                self.progress(f"built {tag} (the bootstrapped root) in {time.monotonic() - started:.1f} s")
+                return
+            buildargs["ROOT"] = root
         self.progress(f"building {tag}")
         self._docker_build(image.name, tag, buildargs)
-        self.progress(f"built {tag}")
+        self.progress(f"built {tag} in {time.monotonic() - started:.1f} s")
 
     def _docker_build(self, name: str, tag: str, buildargs: dict[str, str]) -> None:
-        version = tag.split(":")[1]
         try:
             stream = self.client.api.build(
                 path=str(self.images_dir / name), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
-                labels={LABEL: name, "labctl.hash": version}, decode=True, pull=False,
+                labels={LABEL: name}, decode=True, pull=False,
             )
             for chunk in stream:
                 if "error" in chunk:
@@ -258,10 +273,10 @@ class ImageBuilder:
             if code != 0:
                 tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
                 raise ImageBuildError(f"debootstrap failed (exit {code}); its last lines:\n{tail}")
-            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                for entry in (root / cache).glob("*"):
-                    if entry.is_file():
-                        entry.unlink()
+            # The downloaded packages go; the package lists stay, so an image built on this base installs
+            # more packages (server-c's compiler) without downloading the lists again.
+            for entry in (root / "var/cache/apt/archives").glob("*.deb"):
+                entry.unlink()
             self.progress(f"base: importing the root file system as {tag}")
             self._import_root(root, tag)
         return tag
@@ -273,7 +288,7 @@ class ImageBuilder:
         subprocess.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], check=True)
         try:
             self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version,
-                                                   changes=[f"LABEL {LABEL}=root", 'CMD ["/bin/bash"]'])
+                                                   changes=[f"LABEL {LABEL}=base", 'CMD ["/bin/bash"]'])
         except docker.errors.APIError as error:
             raise ImageBuildError(f"docker import of the bootstrapped root failed: {_short(error)}") from error
         self.client.images.get(tag)

@@ -184,7 +184,7 @@ class Lab:
         if node.role == "server":
             workdir = SUBMISSION_DIR
             port = submission.port if submission else (node.port or 8080)
-            env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
+            env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "LANG": "C.UTF-8"}
             if submission:
                 env.update(submission.env)
             command = submission.command() if submission else IDLE_COMMAND
@@ -192,7 +192,7 @@ class Lab:
             payload = self._server_files(node, submission)
         else:
             workdir = None
-            env = {"PYTHONPATH": HARNESS_DIR, "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
+            env = {"PYTHONPATH": HARNESS_DIR, "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp", "LANG": "C.UTF-8"}
             command = OBSERVER_COMMAND if node.role == "observer" else TOOL_COMMAND
             writable = (*SCRATCH, HARNESS_DIR)
             payload = _harness_archive()

@@ -32,8 +32,8 @@ from labctl.errors import LabctlError
 from labctl.harness import agent
 from labctl.untrusted import printable
 
-#: The models io_model can name. "busy-polling" and "unknown" are never right answers.
-MODELS = ("blocking", "threaded", "forking", "event-driven", "busy-polling", "unknown")
+#: The models io_model can name. "busy-polling", "stopped" and "unknown" are never right answers.
+MODELS = ("blocking", "threaded", "forking", "event-driven", "busy-polling", "stopped", "unknown")
 EXPECTABLE_MODELS = ("blocking", "threaded", "forking", "event-driven")
 
 
@@ -353,6 +353,7 @@ def io_model(facts: Facts) -> Classification:
     """Classify how the server waits for clients; the first rule that matches decides.
 
     1. unknown       no server process was seen.
+       stopped       most of its threads are stopped (state T), idle or holding clients.
     2. busy-polling  idle, it uses >= busy_fraction of a CPU, or a thread is running (R: on a
                      CPU or waiting for one) in most looks: on a crowded host a spinning
                      server gets little CPU, but it is still never asleep.
@@ -385,6 +386,11 @@ def io_model(facts: Facts) -> Classification:
 
     if idle.peak_processes == 0:
         return result("unknown", "no server process was seen (did the server exit?)")
+    for sample in (idle, loaded):
+        stopped = _majority(sample.snapshots, lambda thread: thread.state in ("T", "t")) if sample else []
+        if stopped and 2 * len(stopped) >= len(watch(sample)):
+            return result("stopped", f"{stopped[0].label} is stopped (state {stopped[0].state}: SIGSTOP, or a "
+                                     "debugger): a stopped server waits for nothing and serves nobody")
     if idle.cpu_fraction >= facts.busy_fraction:
         return result("busy-polling", f"with no client it used {idle.cpu_percent:.0f}% of a CPU "
                                       f"over {idle.elapsed:.1f} s: it spins instead of sleeping")

@@ -105,8 +105,11 @@ class DockerBackend:
             if any(subnet.overlaps(used) for used in self._used_subnets()):
                 continue
             ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+            # An internal bridge still gives the host an address on it (the gateway): anything the host
+            # serves on 0.0.0.0 would be one connect away from student code. No address, no way in.
+            options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else {}
             try:
-                self.client.networks.create(name, driver="bridge", internal=internal, ipam=ipam,
+                self.client.networks.create(name, driver="bridge", internal=internal, ipam=ipam, options=options,
                                             labels=labels, check_duplicate=True)
                 return NetworkInfo(name=name, subnet=str(subnet), labels=labels)
             except docker.errors.APIError as error:

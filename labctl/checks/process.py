@@ -326,7 +326,10 @@ def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
 class IdleCpuParams(CheckParams):
     max_percent: float = Field(5.0, gt=0, le=400, description="Most CPU the idle server may use, in percent "
                                                               "of one CPU.")
-    window: float = Field(2.0, ge=0.5, le=30, description="Seconds over which the CPU is measured.")
+    window: float = Field(5.0, ge=0.5, le=60, description=(
+        "Seconds of quiet over which the CPU is measured (from the server's cgroup: every process and thread "
+        "counts). A server that starts to spin only after a longer silence than the checks before this one "
+        "and this window leave is not seen: a longer window looks further, at the cost of grading time."))
     connections: int = Field(0, ge=0, le=2000, description="Idle connections held open meanwhile (0: none); "
                                                            "a server must not spin on idle clients either.")
 

@@ -418,7 +418,7 @@ def expectation_problems(response: Response, step: dict, expect: Expect, label: 
         lengths = response.values("Content-Length")
         if len(set(lengths)) > 1:
             problems.append(f"the answer to {label} has conflicting Content-Length headers: {', '.join(lengths)}")
-        elif lengths and (not lengths[0].isdigit() or int(lengths[0]) != size):
+        elif lengths and (not (lengths[0].isascii() and lengths[0].isdigit()) or int(lengths[0]) != size):
             problems.append(f"the Content-Length header of the answer to {label} says {lengths[0]} bytes, "
                             f"but the body has {size} bytes")
     if expect.body is not None:

@@ -41,7 +41,7 @@ def _content_length(head: bytes) -> int | None:
     if len(values) != 1:
         return None
     value = values.pop()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None  # not "²": isdigit() alone says yes
 
 
 class _Reader:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.results import CheckResult, GradeReport
-from labctl.untrusted import printable_all, shown  # noqa: F401  (the renderers' one text filter)
+from labctl.untrusted import neutralize, printable_all, shown  # noqa: F401  (the renderers' one text filter)
 
 STATUS_WORDS = {"passed": "passed", "failed": "failed", "timed_out": "timed out", "error": "error"}
 
@@ -134,7 +134,13 @@ def longest_run(text: str, char: str) -> int:
 
 def write_text(path: Path, text: str, *, append: bool = False) -> None:
     """Write a report file: parents created; a regular file is replaced atomically (readers never see
-    half a report); a device or pipe (/dev/stdout) is written in place; `append` adds to the end."""
+    half a report); a device or pipe (/dev/stdout) is written in place; `append` adds to the end.
+
+    The one way out for report files, so the last word on CI workflow commands is here: a line of
+    the finished text that a runner would execute (a server's `::warning::` that a table wrapped
+    to the start of a line, a file that is `cat` in a CI step, /dev/stdout past labctl's guard)
+    is marked (`neutralize`)."""
+    text = neutralize(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     if append or (path.exists() and not path.is_file()):
         with open(path, "a" if append else "w", encoding="utf-8") as handle:

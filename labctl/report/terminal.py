@@ -16,6 +16,7 @@ from rich.text import Text
 from labctl.report._common import (counts, evidence_lines, failed, points, shown, score_line, seconds,
                                    status_word, write_text)
 from labctl.results import GradeReport
+from labctl.untrusted import neutralize
 
 STYLES = {"passed": "green", "failed": "red", "timed_out": "yellow", "error": "magenta"}
 MARKS = {"passed": "✓", "failed": "✗", "timed_out": "⏱", "error": "!"}
@@ -79,7 +80,7 @@ def render(report: GradeReport, width: int = 100) -> str:
     buffer = io.StringIO()
     Console(file=buffer, width=width, color_system=None, force_terminal=False, soft_wrap=False,
             highlight=False, emoji=False).print(renderable(report))
-    return buffer.getvalue()
+    return neutralize(buffer.getvalue())  # wrapping may have put a server's "::" at the start of a line
 
 
 def default_path() -> Path | None:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -60,6 +62,16 @@ def test_cpu_burnt_in_reaped_children_is_counted(start_lab):
     assert not asleep.passed and "something runs between the looks" in asleep.message, asleep.message
 
 
+def test_a_server_that_spins_only_after_seconds_of_quiet_is_caught_by_idle_cpu(project):
+    """The checks before idle-cpu make traffic until a few seconds before it; its window is long enough
+    to outlast a server that waits 5 s of quiet before it spins."""
+    report = grade(project, load_exercise(BLOCKING), HOSTILE,
+                   GradeOptions(only=["one-thread", "asleep-in-accept", "idle-cpu"],
+                                env={"TRICK": "lazy_spin", "AFTER": "5"}))
+    idle = next(result for result in report.results if result.name == "idle-cpu")
+    assert idle.status == "failed" and idle.evidence["cpu_percent"] > 10, idle.message
+
+
 # -- grading ends in time ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("trick, says", [
@@ -98,6 +110,30 @@ def test_an_exec_into_a_container_that_stops_midway_ends_at_once(start_lab, proj
     waiter.join(timeout=30)
     assert not waiter.is_alive(), "the exec did not end when its container stopped"
     assert outcome["result"].container_gone and outcome["seconds"] < 10, outcome
+
+
+# -- the network -----------------------------------------------------------------------------------
+
+def test_the_server_cannot_reach_the_host(start_lab):
+    """Anything the host serves on 0.0.0.0 must be out of reach: the lab's bridge has no host address."""
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        lab = start_lab("hello")
+        subnet = ipaddress.ip_network(lab.backend.find_networks({"labctl.lab": lab.id})[0].subnet)
+        gateway = str(next(subnet.hosts()))
+        probe = ("import socket, sys\n"
+                 "try:\n"
+                 "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('reached')\n"
+                 "except OSError as error:\n"
+                 "    print('unreachable', type(error).__name__)\n")
+        answer = lab.exec("server", ["python3", "-c", probe, gateway, str(port)]).text.strip()
+        assert answer.startswith("unreachable"), f"{gateway}:{port} from the server: {answer}"
+        assert lab.exec("client", ["python3", "-c", probe, "server", "8080"]).text.strip() == "reached"
+    finally:
+        listener.close()
 
 
 # -- the disk ------------------------------------------------------------------------------------

@@ -74,3 +74,27 @@ def test_a_submission_larger_than_the_servers_folder_is_refused_before_the_lab_s
     with pytest.raises(SubmissionError, match=r"takes about 9\.0 MiB once copied, and the server's /submission "
                                               r"holds 8m \(lab.yaml: nodes.server.limits.disk\)"):
         lab._server_files(server, Submission(path=tmp_path))
+
+
+def test_folders_nested_deeper_than_the_limit_are_refused_not_a_crash(tmp_path):
+    deep = tmp_path
+    for _ in range(100):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (tmp_path / "server.py").write_text("x")
+    with pytest.raises(SubmissionError, match=r"nested more than 64 deep \(the limit\)"):
+        archive.tar_folders({"submission": tmp_path})
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
+    (tmp_path / "private").mkdir()
+    real = os.scandir
+
+    def refuse(path):
+        if str(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(archive.os, "scandir", refuse)
+    with pytest.raises(SubmissionError, match="cannot read the folder .*private: Permission denied"):
+        archive.tar_folders({"submission": tmp_path})

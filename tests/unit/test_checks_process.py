@@ -77,7 +77,7 @@ def test_io_model_params():
 
 def test_idle_cpu_params_defaults():
     params = IdleCpuParams()
-    assert (params.max_percent, params.window, params.connections) == (5.0, 2.0, 0)
+    assert (params.max_percent, params.window, params.connections) == (5.0, 5.0, 0)
 
 
 def test_the_checks_are_in_the_catalog():

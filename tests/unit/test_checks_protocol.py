@@ -185,6 +185,9 @@ def test_expectations_content_length_and_body():
     lying = step("HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n", b"hello\n")
     assert judge(lying) == ["the Content-Length header of the answer to GET /x says 10 bytes, but the body has 6 bytes"]
     assert judge(lying, content_length=False) == []
+    superscript = step("HTTP/1.0 200 OK\r\nContent-Length: \u00b2\r\n\r\n", b"hello\n")  # "²": a digit to isdigit()
+    assert judge(superscript) == ["the Content-Length header of the answer to GET /x says \u00b2 bytes, but the body "
+                                  "has 6 bytes"]
     assert judge(ok(), body="hello\n", contains=["ell", "lo"], regex=r"^h.llo$") == []
     assert judge(ok(), body="hell") == ["the body of the answer to GET /x is not the expected text: expected 'hell' "
                                         "(4 bytes), got 'hello\\n' (6 bytes)"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from labctl import cli
 from labctl.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,3 +24,20 @@ def test_an_error_with_brackets_is_shown_whole(tmp_path):
     assert result.exit_code == 2
     assert "lab.yaml:4: nodes.server.capabilities[0]: expected a Linux capability name" in result.output
     assert "found 'a'" in result.output
+
+
+def test_a_bug_in_labctl_is_two_lines_exit_2_and_the_traceback_kept(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+
+    def broken(ctx):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(cli, "project", broken)
+    result = CliRunner().invoke(cli.main, ["list"])
+    assert result.exit_code == 2, result.output
+    assert "labctl failed: RecursionError: maximum recursion depth exceeded" in result.output
+    assert "This is a bug in labctl" in result.output and "Traceback" not in result.output
+    [saved] = tmp_path.glob("labctl-crash-*.txt")
+    assert "RecursionError" in saved.read_text()

@@ -452,3 +452,11 @@ def test_snapshot_of_a_lab_and_its_errors():
         observe.snapshot(Lab({"error": "PermissionError: /proc/1"}))
     with pytest.raises(LabctlError, match="riscv64"):
         observe.snapshot(Lab(dict(RECORDED_THREADED_SNAPSHOT, machine="riscv64")))
+
+
+def test_io_model_a_stopped_server_is_stopped_not_blocking():
+    """SIGSTOP after the first request: state T in kill, one thread, no answer to the probe."""
+    frozen = same([(7, [(7, "T", 62)])])
+    found = classify(frozen, frozen, NOT_ANSWERED)
+    assert found.model == "stopped" and "state T" in found.reason and "serves nobody" in found.reason
+    assert "stopped" not in observe.EXPECTABLE_MODELS

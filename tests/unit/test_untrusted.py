@@ -149,3 +149,18 @@ def test_observe_table_shows_thread_names_escaped():
     text = observe.render(snapshot)
     assert_safe(through_guard(text + "\n"))
     assert "\\x1b[2J" in text
+
+
+@pytest.mark.parametrize("name", list(RENDERERS))
+def test_every_report_file_is_safe_even_where_a_table_wrapped(name, tmp_path, monkeypatch):
+    """A log line indented and longer than the file's width: the wrap starts a line with '::'."""
+    from labctl.report import write_reports
+
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    wrapped = "x" * 88 + " ::warning::second\n" + "y" * 80 + " ##[error]third"
+    report = hostile_report()
+    report.results[0].evidence["server_log_tail"] = wrapped
+    report = report.model_copy(update={"server_log_tail": wrapped})
+    target = tmp_path / f"report.{name}"
+    write_reports(report, [f"{name}:{target}"], Console(file=io.StringIO()))
+    assert_safe(target.read_text(), allowed_commands=0)

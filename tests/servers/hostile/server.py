@@ -6,6 +6,8 @@ would: each trick is something labctl must see through, survive or contain.
   hide               spin on a non-blocking accept, except while a process that is not its own
                      and is less than 3 s old exists in its PID namespace (a grader's reader), and
                      for 2 s after one was seen
+  lazy_spin          serve from a blocking accept, but after $AFTER s without a client spin on a
+                     non-blocking accept until one comes (every check's traffic resets the clock)
   reaped_children    serve from a blocking accept; meanwhile a thread forks a child every 25 ms
                      that spins 20 ms and exits, SIGCHLD ignored (reaped children leave no ticks)
   exit_after         exit with code 3 $AFTER seconds after starting
@@ -110,6 +112,29 @@ def hide() -> None:
                 pass
 
 
+def lazy_spin() -> None:
+    sock = listener()
+    while True:
+        sock.setblocking(True)
+        sock.settimeout(AFTER)  # asleep (in poll) while clients keep coming
+        try:
+            conn, _ = sock.accept()
+            conn.setblocking(True)
+            answer(conn)
+            continue
+        except socket.timeout:
+            pass
+        sock.setblocking(False)  # a quiet spell: spin until the next client
+        while True:
+            try:
+                conn, _ = sock.accept()
+                conn.setblocking(True)
+                answer(conn)
+                break
+            except BlockingIOError:
+                pass
+
+
 def reaped_children() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children vanish when they exit: nobody's cutime
 
@@ -176,6 +201,8 @@ if __name__ == "__main__":
         hide()
     elif TRICK == "reaped_children":
         reaped_children()
+    elif TRICK == "lazy_spin":
+        lazy_spin()
     else:
         setup = {"exit_after": lambda: later(lambda: os._exit(3)), "oom": lambda: later(oom),
                  "tasks": lambda: later(tasks),
