@@ -244,7 +244,7 @@ def schema(kind: str) -> None:
 @click.option("--port", type=int, default=None, help="The port the server listens on (default: lab.yaml's).")
 @click.option("--docroot", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Files to serve, copied to /srv/www.")
-@click.option("--exercise", default=None,
+@click.option("--exercise", default=None, shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete),
               help="Take --run, --build, --port, --docroot and the server image from this exercise.")
 @click.option("--name", "lab_name", default=None, help="The lab's id (default: a new unique one).")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the server to listen.")
@@ -460,6 +460,16 @@ def down(ctx, lab_id, all_labs, any_owner) -> None:
 
 # -- grading ------------------------------------------------------------------------------------------
 
+def _exercise_ids(incomplete: str) -> list[str]:
+    """The project's exercise ids that start with what was typed (shell completion)."""
+    from labctl.exercise import find_exercises
+
+    try:
+        return [folder.name for folder in find_exercises(find_root(None)) if folder.name.startswith(incomplete)]
+    except LabctlError:
+        return []
+
+
 def _exercise(ctx: click.Context, name: str):
     """An exercise by id (a folder under exercises/) or by path, with its checks registered."""
     from labctl.checks import load_catalog
@@ -526,7 +536,7 @@ _report_option = click.option(
 
 
 @main.command()
-@click.argument("exercise")
+@click.argument("exercise", shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
 @click.option("--submission", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default="the current folder", help="The folder with your server.")
 @_only_option
@@ -541,7 +551,7 @@ def test(ctx, exercise, submission, only, reports) -> None:
 
 
 @main.command()
-@click.argument("exercise")
+@click.argument("exercise", shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
 @_submission_option
 @_only_option
 @_report_option
@@ -584,7 +594,7 @@ def list_(ctx) -> None:
 
 
 @main.command()
-@click.argument("exercises", nargs=-1)
+@click.argument("exercises", nargs=-1, shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Grade every submission this many times; a verdict that changes is a flip, and fails.")
 @click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,

@@ -41,3 +41,11 @@ def test_a_bug_in_labctl_is_two_lines_exit_2_and_the_traceback_kept(monkeypatch,
     assert "This is a bug in labctl" in result.output and "Traceback" not in result.output
     [saved] = tmp_path.glob("labctl-crash-*.txt")
     assert "RecursionError" in saved.read_text()
+
+
+def test_exercise_names_complete_in_the_shell(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert cli._exercise_ids("th") == ["thread-pool", "threaded"]
+    assert {"blocking", "polling", "polling-c"} <= set(cli._exercise_ids(""))
+    monkeypatch.chdir("/")
+    assert cli._exercise_ids("") == []  # outside a project: nothing to offer, no error
