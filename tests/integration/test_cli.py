@@ -203,3 +203,14 @@ def test_ctrl_c_at_any_moment_of_a_grading_leaves_nothing_and_no_traceback(proje
     assert grading.returncode in (0, 130, -signal.SIGINT), (grading.returncode, stderr)  # -SIGINT: as it ended
     assert project.backend.find_containers({LABEL_OWNER: OWNER}) == []
     assert project.backend.find_networks({LABEL_OWNER: OWNER}) == []
+
+
+def test_quiet_grading_prints_the_report_and_nothing_else(project):
+    loud = labctl("test", "blocking", "--submission", str(ROOT / "exercises" / "blocking" / "solution"),
+                  "--only", "get-index")
+    quiet = labctl("--quiet", "test", "blocking", "--submission", str(ROOT / "exercises" / "blocking" / "solution"),
+                   "--only", "get-index")
+    assert loud.returncode == quiet.returncode == 0
+    assert "grading" in loud.stderr and "pass get-index" in loud.stderr  # progress and results as they come
+    assert quiet.stderr == "", quiet.stderr
+    assert "score 2/2 points" in quiet.stdout and "get-index" in quiet.stdout

@@ -49,3 +49,16 @@ def test_exercise_names_complete_in_the_shell(monkeypatch):
     assert {"blocking", "polling", "polling-c"} <= set(cli._exercise_ids(""))
     monkeypatch.chdir("/")
     assert cli._exercise_ids("") == []  # outside a project: nothing to offer, no error
+
+
+def test_tables_in_a_log_keep_each_row_on_one_line():
+    """Not a terminal (a pipe, a CI log): no wrapping at 80 columns, no names cut with an ellipsis."""
+    from labctl.checks import load_catalog
+
+    result = CliRunner().invoke(main, ["--project", str(ROOT), "checks"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    for definition in load_catalog().values():
+        assert any(definition.name in line and definition.summary in line for line in lines), definition.name
+    assert "…" not in result.output and "\x1b" not in result.output  # nothing cut, no colours
+
