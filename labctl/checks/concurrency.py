@@ -239,13 +239,19 @@ class ConcurrentClientsParams(CheckParams):
         "If given, the 99th percentile of the successful requests' latency must be at most this many "
         "seconds."))
     request_timeout: float = Field(5.0, gt=0, le=60, description=(
-        "Seconds the response to one request may take, once connected, before it counts as an error."))
+        "Seconds the server has to answer one request, beyond the time connecting may take."))
+    ramp: float = Field(0.5, ge=0, le=30, description=(
+        "Seconds over which the clients start (evenly): they run at once, but do not all connect in the same "
+        "millisecond. A burst of connects larger than the server's listen() backlog overflows its queue "
+        "whenever the server is slow to accept (a busy machine), which would make the verdict depend on the "
+        "machine's load rather than on the server; 0 starts them all in one instant."))
     connect_timeout: float = Field(10.0, gt=0, le=60, description=(
-        "Seconds one connect may take before it counts as an error. When many clients arrive at once a "
-        "listen queue can overflow for a moment; the kernel then sends the SYN again after 1, 3 and 7 s. "
-        "That is slow, not wrong, and how often it happens depends on how busy the machine is: the default "
-        "lets three retries through, so the verdict does not depend on the grading machine's load (the "
-        "latency shows them, and the message counts them)."))
+        "Seconds connecting may take: one request counts as an error only when it got no whole answer in "
+        "connect_timeout + request_timeout. When many clients arrive at once a listen queue can overflow for "
+        "a moment; the kernel then sends the SYN (or the server's SYN-ACK) again after 1, 3 and 7 s. That is "
+        "slow, not wrong, and how often it happens depends on how busy the machine is: the default lets three "
+        "retries through, so the verdict does not depend on the grading machine's load (the latency shows "
+        "them, and the message counts the connects that waited)."))
 
     @model_validator(mode="after")
     def _bounded(self) -> "ConcurrentClientsParams":
@@ -310,7 +316,7 @@ def judge_concurrent_clients(facts: dict, params: ConcurrentClientsParams) -> Ou
 def concurrent_clients(ctx: CheckContext, params: ConcurrentClientsParams) -> Outcome:
     facts = run_harness(ctx, "concurrent_clients", {
         "clients": params.clients, "requests": params.requests, "path": params.path,
-        "request_timeout": params.request_timeout, "connect_timeout": params.connect_timeout})
+        "request_timeout": params.request_timeout, "connect_timeout": params.connect_timeout, "ramp": params.ramp})
     return explain_failure(ctx, judge_concurrent_clients(facts, params))
 
 

@@ -136,7 +136,8 @@ def test_check_verdict(labs, docroot, server, name, params, passes, words):
 def test_a_small_listen_backlog_is_slow_not_wrong_also_on_a_busy_machine(labs, docroot):
     """The verdict on a marginal server must not depend on what else the machine does: with every
     core of the host kept busy, 100 clients at once against a backlog of 5 still all get answers
-    (some connects wait for the kernel to resend their SYN; the message counts them)."""
+    (the clients start over half a second: a burst of SYNs would overflow the queue and the
+    kernel's retransmissions, all in step, could outlast any timeout on a busy machine)."""
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
         outcome, seconds = run_check(labs["conc_backlog5"], "concurrent_clients", {"clients": 100, "requests": 3},
