@@ -51,6 +51,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails
 
+from labctl import models
 from labctl.checks import REGISTRY, CheckDef, CheckParams, load_catalog, load_exercise_checks
 from labctl.errors import SpecError
 from labctl.spec import ENV_NAME, Port, Sysctls, _did_you_mean, _expected, _merge, _one_of, _rule, _Spec, load_model
@@ -64,7 +65,6 @@ CHECK_NAME = r"^[a-z0-9][a-z0-9-]*$"
 _CHECK_NAME = re.compile(CHECK_NAME)
 _DIR = "exercise_dir"  # validation context: the exercise's folder, for relative paths
 
-IoModel = Literal["blocking", "threaded", "polling", "thread-pool", "prefork", "other"]
 Visibility = Literal["public", "hidden"]
 
 # `validate` is the natural word in exercise.yaml; on a model it shadows BaseModel.validate (a
@@ -228,8 +228,10 @@ class Exercise(_Spec):
     id: SkipJsonSchema[str] = ""  # the folder's name, filled when loaded from a folder
     dir: SkipJsonSchema[Path] = Path(".")  # the folder itself
     title: str = Field(description="The exercise's title, shown to students.")
-    model: IoModel = Field(description="The I/O model the server must use (blocking, threaded, polling, "
-                                       "thread-pool, prefork or other).")
+    model: models.Expected = Field(description="The I/O model the server must have: blocking, thread-per-connection, "
+                                               "thread-pool, fork-per-connection, prefork, event-loop, "
+                                               "event-loop-workers, event-loop-threads, or a family: threaded, "
+                                               "forking, event-driven (labctl.models).")
     summary: str = Field("", description="What to build, in a few sentences for students.")
     submission: SubmissionSpec = Field(default_factory=SubmissionSpec)
     docroot: DocRoot = Field(None, description="Folder of files the server serves, relative to the exercise "

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from labctl import archive
+from labctl import archive, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
 from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
 from labctl.spec import LabSpec, NodeSpec, sysctl_values
@@ -57,7 +57,8 @@ IDLE_COMMAND = ["sleep", "infinity"]
 #: What the observer runs: the sampler that looks at the server's threads all the time, at
 #: moments that vary, and writes its looks to its log, so that a server cannot tell when it is
 #: being looked at (harness/agent.py). Its log is kept larger: it holds the looks.
-OBSERVER_COMMAND = ["python3", "-m", "harness", "proc_agent"]
+OBSERVER_COMMAND = ["python3", "-m", "harness", "proc_agent", "--params",
+                    json.dumps({"fd_rules": syscalls.fd_rules()}, separators=(",", ":"))]
 OBSERVER_LOG_BYTES = 16 * 2**20
 #: The most log the engine keeps of any other node (twice this, in two files): a log flood stays small.
 LOG_BYTES = 2 * 2**20

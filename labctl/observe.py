@@ -32,9 +32,29 @@ from labctl.errors import LabctlError
 from labctl.harness import agent
 from labctl.untrusted import printable
 
-#: The models io_model can name. "busy-polling", "stopped" and "unknown" are never right answers.
-MODELS = ("blocking", "threaded", "forking", "event-driven", "busy-polling", "stopped", "unknown")
-EXPECTABLE_MODELS = ("blocking", "threaded", "forking", "event-driven")
+
+
+#: What a thread waits on: one word each (Thread.wait), and the words people read. The one
+#: vocabulary of waits for observe's table, the checks' evidence and the classifier.
+WAIT_WORDS = {
+    "new-connection": "waits for a new connection",
+    "one-client": "waits on one client",
+    "many-sockets": "waits on many sockets",
+    "timed-sleep": "timed sleep",
+    "child": "waits for a child or a signal",
+    "lock": "waits on a lock",
+    "pipe": "waits on a pipe or an event",
+    "file": "waits on a file",
+    "other": "waits in another syscall",
+    "runs": "runs",
+    "stopped": "stopped",
+    "zombie": "zombie",
+    "unknown": "not known",
+}
+#: Waits that serve clients: a thread in one of them holds a client while the check holds clients.
+SERVING = frozenset({"one-client", "many-sockets"})
+_SOCKETS = ("listen", "client", "tcp", "udp", "unix")
+_EVENTS = ("pipe", "eventfd", "signalfd", "timerfd", "epoll", "inotify", "io_uring")
 
 
 # -- typed views of the harness's facts -------------------------------------------------------------
@@ -55,6 +75,40 @@ class Thread:
     voluntary: int | None = None
     nonvoluntary: int | None = None
     uid: int | None = None
+    args: tuple[int, ...] = ()
+    waits_on: dict | None = None     # the descriptors its syscall waits on: {"fds", "count", "kinds"}
+
+    @property
+    def wait(self) -> str:
+        """What it waits on, in one word of WAIT_WORDS: from its state, its syscall, and the kinds
+        of the descriptors that syscall names (a poll() on one client socket is "one-client", not
+        "many-sockets"; a read() on a pipe is "pipe", not a client)."""
+        if self.state == "Z":
+            return "zombie"
+        if self.state in ("T", "t"):
+            return "stopped"
+        if self.running:
+            return "runs"
+        name = self.syscall_name
+        if name is None:
+            return "unknown"
+        if name in syscalls.LOCKS:
+            return "lock"
+        if name in syscalls.CHILD_WAITS:
+            return "child"
+        if name in syscalls.SLEEPS:
+            return "timed-sleep"
+        on = self.waits_on
+        if on is not None and not on.get("unread"):
+            return _wait_of_descriptors(on)
+        # Without the descriptors (an older observer, unreadable memory): by the syscall alone.
+        if name in syscalls.ACCEPTS:
+            return "new-connection"
+        if name in syscalls.RECEIVES:
+            return "one-client"
+        if name in syscalls.MULTIPLEXERS:
+            return "many-sockets"
+        return "other"
 
     @property
     def syscall_name(self) -> str | None:
@@ -94,6 +148,25 @@ class Thread:
         return f"thread {self.tid} ({self.comm})" if self.tid != self.pid else f"thread {self.tid} ({self.comm}, main)"
 
 
+def _wait_of_descriptors(on: dict) -> str:
+    kinds: dict[str, int] = on.get("kinds") or {}
+    if not on.get("count"):
+        return "timed-sleep"  # select()/poll() with no descriptor: a sleep
+    clients, listeners = kinds.get("client", 0), kinds.get("listen", 0)
+    sockets = sum(kinds.get(kind, 0) for kind in _SOCKETS)
+    if clients >= 2 or (clients and listeners) or (sockets >= 2 and sockets > listeners):
+        return "many-sockets"
+    if clients or sockets > listeners:
+        return "one-client"
+    if listeners:
+        return "new-connection"
+    if any(kinds.get(kind) for kind in _EVENTS):
+        return "pipe"
+    if kinds.get("file"):
+        return "file"
+    return "other"
+
+
 @dataclass(frozen=True)
 class Process:
     pid: int
@@ -104,6 +177,12 @@ class Process:
     ticks: int
     child_ticks: int
     threads: tuple[Thread, ...]
+    holds: dict[str, int] | None = None  # its descriptors by kind ("client": its client connections)
+
+    @property
+    def clients(self) -> int | None:
+        """How many client connections it holds (None: not known)."""
+        return None if self.holds is None else self.holds.get("client", 0)
 
 
 @dataclass(frozen=True)
@@ -122,12 +201,13 @@ class Snapshot:
         machine = syscalls.arch(data["machine"])
         processes = tuple(
             Process(pid=p["pid"], ppid=p["ppid"], comm=p["comm"], uid=p.get("uid"), cmdline=p.get("cmdline", ""),
-                    ticks=p.get("ticks", 0), child_ticks=p.get("child_ticks", 0),
+                    ticks=p.get("ticks", 0), child_ticks=p.get("child_ticks", 0), holds=p.get("holds"),
                     threads=tuple(Thread(pid=p["pid"], tid=t["tid"], comm=t["comm"], state=t["state"],
                                          syscall=t.get("syscall"), machine=machine, arg0=t.get("arg0"),
                                          wchan=t.get("wchan") or "", ticks=t.get("ticks", 0),
                                          voluntary=t.get("voluntary"), nonvoluntary=t.get("nonvoluntary"),
-                                         uid=t.get("uid"))
+                                         uid=t.get("uid"), args=tuple(t.get("args") or ()),
+                                         waits_on=t.get("waits_on"))
                                   for t in p["threads"]))
             for p in data["processes"])
         return cls(machine=machine, clk_tck=int(data.get("clk_tck") or 100), time=float(data.get("time", 0.0)),
@@ -234,6 +314,11 @@ class ThreadWatch:
         return self.counts.most_common(1)[0][0] if self.seen else "not seen"
 
     @property
+    def wait(self) -> str:
+        """What it waited on most often, one word of WAIT_WORDS."""
+        return Counter(thread.wait for thread in self.seen).most_common(1)[0][0] if self.seen else "unknown"
+
+    @property
     def running_count(self) -> int:
         return sum(1 for thread in self.seen if thread.running)
 
@@ -320,145 +405,198 @@ class Facts:
 
 @dataclass(frozen=True)
 class Classification:
-    model: str                        # one of MODELS
+    model: str                        # a word of labctl.models (MODELS or NOT_MODELS)
     reason: str                       # the evidence that decided it, in words
-    facts: dict[str, Any]             # the numbers behind it
+    facts: dict[str, Any]             # the numbers behind it, and "rules": how it was decided
 
 
-def _majority(snapshots: tuple[Snapshot, ...], test) -> list[Thread]:
-    """Threads (by tid, last seen) for which `test(thread)` held in more than half of their looks."""
-    looks: dict[int, list[Thread]] = {}
-    for snapshot in snapshots:
-        for thread in snapshot.threads:
-            looks.setdefault(thread.tid, []).append(thread)
-    return [seen[-1] for seen in looks.values() if 2 * sum(1 for t in seen if test(t)) > len(seen)]
+def _steady(sample: Sample) -> list[ThreadWatch]:
+    """The threads seen in more than half of the looks, zombies left out (they are not tasks)."""
+    return [entry for entry in steady_threads(sample) if entry.wait != "zombie"]
 
 
-def _most_receiving(snapshots: tuple[Snapshot, ...], by_process: bool) -> int:
-    """The most threads (or processes) asleep in a receive syscall at one moment."""
-    best = 0
-    for snapshot in snapshots:
-        receiving = [thread for thread in snapshot.threads if thread.asleep_in(syscalls.RECEIVES)]
-        best = max(best, len({thread.pid for thread in receiving}) if by_process else
-                   max(Counter(thread.pid for thread in receiving).values(), default=0))
-    return best
-
-
-def _waits(snapshots: tuple[Snapshot, ...]) -> str:
-    seen = Counter(thread.waiting for snapshot in snapshots for thread in snapshot.threads)
-    return ", ".join(f"{what} x{count}" for what, count in seen.most_common(4)) or "nothing"
+def _summary(entries: list[ThreadWatch]) -> str:
+    seen = Counter(WAIT_WORDS[entry.wait] for entry in entries)
+    return ", ".join(f"{what} x{count}" for what, count in seen.most_common(5)) or "nothing"
 
 
 def io_model(facts: Facts) -> Classification:
-    """Classify how the server waits for clients; the first rule that matches decides.
+    """How the server serves clients, from what its threads wait on while it holds clients (and idle).
 
-    1. unknown       no server process was seen.
-       stopped       most of its threads are stopped (state T), idle or holding clients.
-    2. busy-polling  idle, it uses >= busy_fraction of a CPU, or a thread is running (R: on a
-                     CPU or waiting for one) in most looks: on a crowded host a spinning
-                     server gets little CPU, but it is still never asleep.
-    3. forking       holding N clients, it has >= ceil(N/2) more processes than idle, or
-                     >= 2 processes are asleep receiving at once (a pre-forked pool).
-    4. threaded      holding N clients, one process has >= ceil(N/2) more threads than idle,
-                     or >= 2 threads of one process are asleep receiving at once (a pool).
-    5. event-driven  holding N clients, a thread sleeps in select/poll/epoll (not in a
-                     receive), and a new client got an answer meanwhile (when probed).
-    6. blocking      one process, one thread at a time: holding clients it sleeps
-                     receiving from one of them, or a new client got no answer.
-    Without a loaded sample the same rules run on the idle one (weaker evidence).
+    Ordered rules; the first that matches decides (each step is kept in facts["rules"]):
+    1. unknown             no server process was seen.
+    2. stopped             most of its threads are stopped (state T).
+    3. busy-polling        idle, it uses >= busy_fraction of a CPU (its cgroup), or a thread is
+                           running in most looks: it spins instead of sleeping.
+    Then, while the client holds N connections: the threads that wait on clients serve them.
+    Zombies are not tasks; processes that hold no client and wait for a child, a signal, a pipe
+    or a timer are masters, and threads that wait on locks, pipes, timers or files are helpers
+    (a runtime's I/O or GC threads): both are set aside, and named.
+    4. event loops         a thread waits on many sockets (select, poll, epoll with clients in it):
+       event-loop-workers    such loops in two or more processes;
+       event-loop-threads    one process, and other threads serve clients too (more loops, or
+                             threads on one client each);
+       event-loop            one loop; but if a new client got no answer meanwhile: blocking.
+    5. one client each     threads wait on one client each:
+       thread-per-connection two or more in one process, most of them threads that did not exist idle;
+       thread-pool           two or more in one process that existed before any client came;
+       fork-per-connection   in two or more processes, most of them new;
+       prefork               in two or more processes that existed before any client came;
+       blocking              only one: the other clients wait in the listen queue.
+    6. unknown             no thread waited on a client while they were held.
     """
-    idle, loaded, n = facts.idle, facts.loaded, facts.connections
+    idle, loaded = facts.idle, facts.loaded if facts.loaded is not None else facts.idle
+    held = (facts.hold or {}).get("connected", facts.connections if facts.loaded is not None else 0)
     probe = (facts.hold or {}).get("probe")
+    steps: list[str] = []
     record: dict[str, Any] = {
-        "idle_cpu_percent": round(idle.cpu_percent, 1),
+        "idle_cpu_percent": round(100 * idle.cpu_fraction, 1),
         "idle_processes": idle.peak_processes, "idle_threads": idle.peak_threads,
-        "idle_waits": _waits(idle.snapshots),
-        "connections_held": (facts.hold or {}).get("connected", n if loaded else 0),
+        "idle_waits": _summary(_steady(idle)), "connections_held": held,
+        "rules": steps,
     }
-    if loaded is not None:
+    if facts.loaded is not None:
         record.update({"loaded_processes": loaded.peak_processes, "loaded_threads": loaded.peak_threads,
-                       "loaded_cpu_percent": round(loaded.cpu_percent, 1), "loaded_waits": _waits(loaded.snapshots)})
+                       "loaded_waits": _summary(_steady(loaded))})
     if probe is not None:
         record["probe"] = probe
 
-    def result(model: str, reason: str) -> Classification:
+    def result(model: str, rule: str, reason: str) -> Classification:
+        steps.append(f"{rule}: {model}")
         return Classification(model, reason, record)
 
     if idle.peak_processes == 0:
-        return result("unknown", "no server process was seen (did the server exit?)")
+        return result("unknown", "no-process", "no server process was seen (did the server exit?)")
     for sample in (idle, loaded):
-        stopped = _majority(sample.snapshots, lambda thread: thread.state in ("T", "t")) if sample else []
-        if stopped and 2 * len(stopped) >= len(watch(sample)):
-            return result("stopped", f"{stopped[0].label} is stopped (state {stopped[0].state}: SIGSTOP, or a "
-                                     "debugger): a stopped server waits for nothing and serves nobody")
+        stopped = [entry for entry in _steady(sample) if entry.wait == "stopped"]
+        if stopped and 2 * len(stopped) >= len(_steady(sample)):
+            return result("stopped", "stopped", f"{stopped[0].label} is stopped (state {stopped[0].seen[-1].state}: "
+                                                f"SIGSTOP, or a debugger): a stopped server serves nobody")
+    steps.append("not stopped")
     if idle.cpu_fraction >= facts.busy_fraction:
-        return result("busy-polling", f"with no client it used {idle.cpu_percent:.0f}% of a CPU "
-                                      f"over {idle.elapsed:.1f} s: it spins instead of sleeping")
+        return result("busy-polling", "idle-cpu", f"with no client it used {100 * idle.cpu_fraction:.0f}% of a CPU "
+                                                  f"over {idle.elapsed:.1f} s: it spins instead of sleeping")
     looks = len(idle.snapshots)
     spinning = [entry for entry in watch(idle) if looks >= 3 and 2 * entry.running_count > looks]
     if spinning:
-        return result("busy-polling", f"with no client {spinning[0].label} was running in "
-                                      f"{spinning[0].running_count} of {looks} looks (and the server used "
-                                      f"{idle.cpu_percent:.0f}% of a CPU): it spins instead of sleeping")
-    base = loaded if loaded is not None else idle
-    held = record["connections_held"]
-    need = max(1, math.ceil(held / 2)) if loaded is not None else 1
-    extra_processes = base.peak_processes - idle.peak_processes if loaded is not None else 0
-    extra_threads = base.peak_threads - idle.peak_threads if loaded is not None else 0
-    record.update({"extra_processes": extra_processes, "extra_threads": extra_threads})
-    while_held = f"while {held} clients were held" if loaded is not None else "when idle"
+        return result("busy-polling", "running-idle",
+                      f"with no client {spinning[0].label} was running in {spinning[0].running_count} of {looks} "
+                      f"looks (and the server used {100 * idle.cpu_fraction:.0f}% of a CPU): it spins instead of "
+                      f"sleeping")
+    steps.append(f"asleep when idle ({100 * idle.cpu_fraction:.1f}% of a CPU)")
 
-    if loaded is not None and held and extra_processes >= need:
-        return result("forking", f"{while_held} it had {base.peak_processes} processes, "
-                                 f"{extra_processes} more than idle: a process per client")
-    receiving_processes = _most_receiving(base.snapshots, by_process=True)
-    if receiving_processes >= 2 or (loaded is None and idle.peak_processes >= 2):
-        return result("forking", f"{while_held} {max(receiving_processes, idle.peak_processes)} processes "
-                                 f"served clients at once (a pool of processes)")
-    if loaded is not None and held and extra_threads >= need:
-        return result("threaded", f"{while_held} one process had {base.peak_threads} threads, "
-                                  f"{extra_threads} more than idle: a thread per client")
-    receiving_threads = _most_receiving(base.snapshots, by_process=False)
-    if receiving_threads >= 2 or (loaded is None and idle.peak_threads >= 2):
-        return result("threaded", f"{while_held} {max(receiving_threads, idle.peak_threads)} threads "
-                                  f"of one process served clients at once (a pool of threads)")
-    multiplexing = _majority(base.snapshots, lambda thread: thread.asleep_in(syscalls.MULTIPLEXERS))
-    if multiplexing:
-        where = multiplexing[0].waiting
+    entries = _steady(loaded)
+    idle_tids = {entry.tid for entry in watch(idle)}
+    idle_pids = {entry.pid for entry in watch(idle)}
+    servers = [entry for entry in entries if entry.wait in SERVING]
+    multiplexers = [entry for entry in servers if entry.wait == "many-sockets"]
+    readers = [entry for entry in servers if entry.wait == "one-client"]
+    loops = [entry for entry in entries if entry.wait in ("many-sockets", "new-connection")
+             and entry.seen[-1].syscall_name in syscalls.MULTIPLEXERS]
+    _set_aside(entries, servers, loaded, record)
+    while_held = f"while {held} clients were held" if facts.loaded is not None else "when idle"
+    record["serving"] = [f"{entry.label}: {WAIT_WORDS[entry.wait]}" for entry in servers[:8]]
+
+    if multiplexers:
+        steps.append(f"{len(multiplexers)} thread(s) wait on many sockets")
+        where = multiplexers[0].seen[-1].waiting
         if probe is not None and not probe.get("answered"):
-            return result("blocking", f"{while_held} it was {where}, yet a new client got no answer "
-                                      f"within {probe.get('seconds', 0):.1f} s: one client at a time")
+            return result("blocking", "loop-without-answer",
+                          f"{while_held} it was {where}, yet a new client got no answer within "
+                          f"{probe.get('seconds', 0):.1f} s: one client at a time")
+        loop_pids = {entry.pid for entry in loops}
+        if len(loop_pids) >= 2:
+            return result("event-loop-workers", "loops-in-processes",
+                          f"{while_held} {len(loop_pids)} processes each waited on many sockets ({where}): "
+                          "several event loops, one per process")
+        if readers or len(multiplexers) >= 2:
+            others = len(readers) + len(multiplexers) - 1
+            return result("event-loop-threads", "loop-and-threads",
+                          f"{while_held} {multiplexers[0].label} was {where}, and {others} other thread(s) "
+                          "served clients too: an event loop with threads")
         answered = f"; a new client was answered in {probe['seconds'] * 1000:.0f} ms" if probe else ""
-        return result("event-driven", f"{while_held} its only thread was {where}, "
-                                      f"not in a receive{answered}: one thread waits for many sockets")
-    usual = _waits(base.snapshots)
-    if probe is not None and not probe.get("answered"):
-        return result("blocking", f"{while_held} its one thread was {usual.split(' x')[0]} and a new client got "
-                                  f"no answer within {probe.get('seconds', 0):.1f} s: one client at a time")
-    return result("blocking", f"one process with one thread, {while_held} {usual.split(' x')[0]}")
+        return result("event-loop", "one-loop", f"{while_held} {multiplexers[0].label} was {where}: one thread "
+                                                f"waits on many sockets{answered}")
+    if readers:
+        per_pid = Counter(entry.pid for entry in readers)
+        steps.append(f"{len(readers)} thread(s) wait on one client each, in {len(per_pid)} process(es)")
+        pid, most = per_pid.most_common(1)[0]
+        if most >= 2:
+            group = [entry for entry in readers if entry.pid == pid]
+            new = [entry for entry in group if entry.tid not in idle_tids]
+            if 2 * len(new) >= len(group):
+                return result("thread-per-connection", "new-thread-per-client",
+                              f"{while_held} {len(group)} threads of one process waited on one client each, "
+                              f"{len(new)} of them made since it was idle: a thread per client")
+            return result("thread-pool", "pool-of-threads",
+                          f"{while_held} {len(group)} threads of one process waited on one client each, and "
+                          f"{len(group) - len(new)} of them were there before any client came: a pool of threads")
+        if len(per_pid) >= 2:
+            new = [pid for pid in per_pid if pid not in idle_pids]
+            if 2 * len(new) >= len(per_pid):
+                return result("fork-per-connection", "new-process-per-client",
+                              f"{while_held} {len(per_pid)} processes waited on one client each, {len(new)} of "
+                              "them started since it was idle: a process per client")
+            return result("prefork", "pool-of-processes",
+                          f"{while_held} {len(per_pid)} processes waited on one client each, and "
+                          f"{len(per_pid) - len(new)} of them were there before any client came: a pool of processes")
+        unanswered = (f", and a new client got no answer within {probe.get('seconds', 0):.1f} s"
+                      if probe is not None and not probe.get("answered") else "")
+        return result("blocking", "one-client-at-a-time",
+                      f"{while_held} only {readers[0].label} served a client ({readers[0].seen[-1].waiting}){unanswered}: "
+                      "one client at a time, the others wait in the listen queue")
+    return result("unknown", "nobody-serves", f"{while_held} no thread waited on a client (its threads: "
+                                              f"{_summary(entries)})")
+
+
+def _set_aside(entries: list[ThreadWatch], servers: list[ThreadWatch], loaded: Sample, record: dict) -> None:
+    """Name the masters (processes holding no client, waiting for children, signals, pipes or timers)
+    and helpers (threads waiting on locks, pipes, timers or files) that the rules leave out."""
+    serving_pids = {entry.pid for entry in servers}
+    last = loaded.snapshots[-1] if loaded.snapshots else None
+    holds = {process.pid: process.clients for process in last.processes} if last else {}
+    masters, helpers = [], []
+    for pid in sorted({entry.pid for entry in entries} - serving_pids):
+        mine = [entry for entry in entries if entry.pid == pid]
+        if not holds.get(pid) and all(entry.wait in ("child", "timed-sleep", "pipe", "lock") for entry in mine):
+            masters.append(f"process {pid} ({mine[0].comm}): {_summary(mine)}")
+    master_pids = {int(text.split()[1]) for text in masters}
+    for entry in entries:
+        if entry.pid not in master_pids and entry.wait in ("lock", "pipe", "timed-sleep", "file", "child", "other"):
+            helpers.append(f"{entry.label}: {WAIT_WORDS[entry.wait]}")
+    if masters:
+        record["set_aside_masters"] = masters
+    if helpers:
+        record["set_aside_helpers"] = helpers[:8] + ([f"and {len(helpers) - 8} more"] if len(helpers) > 8 else [])
 
 
 # -- for people ------------------------------------------------------------------------------------
 
 def render(snapshot: Snapshot) -> str:
-    """A `ps`-like table of the server's threads: what each waits in, CPU ticks, context switches."""
-    header = f"{'PID':>6} {'TID':>6}  {'COMM':<15} {'ST':<2}  {'WAITING':<34} {'WCHAN (not graded)':<24} " \
-             f"{'TICKS':>6} {'CTXSW vol/invol':>16}"
+    """A `ps`-like table of the server's threads: the syscall each sleeps in, what that waits on (a new
+    connection, one client, many sockets, a lock...), CPU ticks, context switches; per process, the
+    client connections it holds."""
+    header = (f"{'PID':>6} {'TID':>6}  {'COMM':<15} {'ST':<2}  {'WAITING':<30} {'WAITS ON':<27} "
+              f"{'WCHAN (not graded)':<20} {'TICKS':>6} {'CTXSW vol/invol':>16}")
     lines = [header]
-    for thread in snapshot.threads:
-        ctx = f"{thread.voluntary if thread.voluntary is not None else '?'}/" \
-              f"{thread.nonvoluntary if thread.nonvoluntary is not None else '?'}"
-        # comm is the server's to choose (prctl, pthread_setname_np): shown, never trusted.
-        lines.append(f"{thread.pid:>6} {thread.tid:>6}  {printable(thread.comm)[:15]:<15} {printable(thread.state):<2}  "
-                     f"{thread.waiting[:34]:<34} {printable(thread.wchan or '-')[:24]:<24} {thread.ticks:>6} {ctx:>16}")
+    for process in snapshot.processes:
+        for thread in process.threads:
+            ctx = f"{thread.voluntary if thread.voluntary is not None else '?'}/" \
+                  f"{thread.nonvoluntary if thread.nonvoluntary is not None else '?'}"
+            # comm is the server's to choose (prctl, pthread_setname_np): shown, never trusted.
+            lines.append(f"{thread.pid:>6} {thread.tid:>6}  {printable(thread.comm)[:15]:<15} "
+                         f"{printable(thread.state):<2}  {thread.waiting[:30]:<30} {WAIT_WORDS[thread.wait][:27]:<27} "
+                         f"{printable(thread.wchan or '-')[:20]:<20} {thread.ticks:>6} {ctx:>16}")
+    held = [f"{process.pid}: {process.clients}" for process in snapshot.processes if process.clients]
     lines.append(f"{snapshot.process_count} process(es), {snapshot.thread_count} thread(s); "
-                 f"architecture {snapshot.machine}")
+                 + (f"client connections held by process {', '.join(held)}; " if held else "")
+                 + f"architecture {snapshot.machine}")
     return "\n".join(lines)
 
 
 def snapshot(lab, observer: str = "observer", timeout: float = 15.0) -> Snapshot:
     """One snapshot of the server of a running lab, read by its observer node."""
-    answer = lab.harness(observer, "proc_snapshot", {}, timeout=timeout)
+    answer = lab.harness(observer, "proc_snapshot", {"fd_rules": syscalls.fd_rules()}, timeout=timeout)
     if "error" in answer:
         raise LabctlError(f"the observer could not read the server's processes: {answer['error']}")
     try:

@@ -180,9 +180,33 @@ MULTIPLEXERS = frozenset({"select", "pselect6", "poll", "ppoll", "epoll_wait", "
 ACCEPTS = frozenset({"accept", "accept4"})
 #: Syscalls in which a thread waits for data from one descriptor.
 RECEIVES = frozenset({"read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"})
-#: Syscalls in which a thread waits for another thread, a child or a timer (not for the network).
-WAITS = frozenset({"futex", "futex_wait", "futex_waitv", "wait4", "waitid", "nanosleep", "clock_nanosleep",
-                   "pause", "rt_sigsuspend", "rt_sigtimedwait"})
+#: Syscalls in which a thread waits for another thread (a lock, a condition, a queue).
+LOCKS = frozenset({"futex", "futex_wait", "futex_waitv"})
+#: Syscalls in which a thread waits for a child to end or for a signal (a master process).
+CHILD_WAITS = frozenset({"wait4", "waitid", "pause", "rt_sigsuspend", "rt_sigtimedwait"})
+#: Syscalls in which a thread sleeps for a time.
+SLEEPS = frozenset({"nanosleep", "clock_nanosleep"})
+
+
+#: How a blocked syscall names the descriptors it waits on, for the observer to look them up:
+#: "fd" its first argument is one; "poll" (pollfd array, count) in its first two; "select" (count,
+#: read set, write set) in its first three; "epoll" its first is an epoll descriptor, whose set
+#: the kernel lists in /proc/<pid>/fdinfo.
+FD_ARGUMENTS = {
+    **dict.fromkeys(("accept", "accept4", "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg",
+                     "recvmmsg", "write", "writev", "pwrite64", "sendto", "sendmsg", "sendmmsg", "connect"), "fd"),
+    "sendfile": "fd",
+    **dict.fromkeys(("poll", "ppoll"), "poll"),
+    **dict.fromkeys(("select", "pselect6"), "select"),
+    **dict.fromkeys(("epoll_wait", "epoll_pwait", "epoll_pwait2"), "epoll"),
+}
+
+
+def fd_rules() -> dict[str, dict[str, str]]:
+    """FD_ARGUMENTS by number, per architecture: what the observer's sampler is given (the harness
+    has no syscall table of its own: this module is the only one)."""
+    return {machine: {str(number): FD_ARGUMENTS[name] for number, name in table.items() if name in FD_ARGUMENTS}
+            for machine, table in TABLES.items()}
 
 
 def arch(machine: str) -> str:

@@ -19,11 +19,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from labctl import observe, syscalls
+from labctl import models, observe, syscalls
 from labctl.checks import CheckContext, CheckParams, Outcome, check
 from labctl.errors import LabctlError
 
@@ -195,17 +195,21 @@ class ThreadsParams(CheckParams):
     threads: str | int | None = Field(None, description="Expected threads of the server's (largest) process: "
                                                         "'1', '>= N', '<= 8', 'N + 1' ...")
     processes: str | int | None = Field(None, description="Expected number of server processes, same syntax.")
+    grow_by: str | int | None = Field(None, description=(
+        "Expected growth of the (largest) process's threads from idle to while the connections are held: "
+        "'>= N' for a thread per client, '0' for a pool made up front. Unlike `threads`, it does not count "
+        "the threads a server (or its runtime) had before any client came."))
     window: float = Field(1.0, ge=0.2, le=10, description="Seconds the server is watched while they are held.")
 
-    @field_validator("threads", "processes", mode="before")
+    @field_validator("threads", "processes", "grow_by", mode="before")
     @classmethod
     def _counts(cls, value: Any) -> Any:
         return _expectation_field(value)
 
     @model_validator(mode="after")
     def _one_expectation(self) -> "ThreadsParams":
-        if self.threads is None and self.processes is None:
-            raise ValueError("give `threads`, `processes` or both (e.g. threads: '>= N')")
+        if self.threads is None and self.processes is None and self.grow_by is None:
+            raise ValueError("give `threads`, `processes`, `grow_by` or several (e.g. grow_by: '>= N')")
         return self
 
 
@@ -223,25 +227,39 @@ def threads_check(ctx: CheckContext, params: ThreadsParams) -> Outcome:
     if seen.peak_processes == 0:
         return Outcome(False, "no server process was seen: did the server exit?", {})
     while_ = f"while {n} connections were held" if n else "with no client"
-    counts = {"threads": seen.peak_threads, "processes": seen.peak_processes}
+    growth = seen.peak_threads - idle.peak_threads
+    counts = {"threads": seen.peak_threads, "processes": seen.peak_processes, "grow_by": growth}
     evidence: dict[str, Any] = {
         "connections": n, "idle_threads": idle.peak_threads, "idle_processes": idle.peak_processes,
-        "threads": seen.peak_threads, "processes": seen.peak_processes,
+        "threads": seen.peak_threads, "processes": seen.peak_processes, "grew_by": growth,
         "thread_total": seen.peak_thread_total,
         "per_look": [{"processes": s.process_count, "threads": s.max_threads} for s in seen.snapshots],
     }
     if hold:
         evidence["hold"] = _hold_evidence(hold)
     failures, found = [], []
-    for what, word in (("threads", "thread"), ("processes", "process")):
+    for what, word in (("threads", "thread"), ("processes", "process"), ("grow_by", "thread")):
         text = getattr(params, what)
         if text is None:
             continue
         expectation = Expectation.parse(text)
         count = counts[what]
         evidence[f"expected_{what}"] = expectation.describe(n)
-        found.append(f"{_plural(count, word)} (expected {expectation.describe(n)})")
+        if what == "grow_by":
+            # Said with what was compared: the threads idle, and while the clients were held.
+            found.append(f"{growth:+d} threads from idle ({idle.peak_threads} -> {seen.peak_threads}; expected "
+                         f"a growth of {expectation.describe(n)})")
+        else:
+            found.append(f"{_plural(count, word)} (expected {expectation.describe(n)}; idle: "
+                         f"{idle.peak_threads if what == 'threads' else idle.peak_processes})")
         if expectation.holds(count, n):
+            continue
+        if what == "grow_by":
+            failure = (f"{while_} the server's threads went from {idle.peak_threads} (idle) to {seen.peak_threads}, "
+                       f"a growth of {growth}; expected a growth of {expectation.describe(n)}")
+            failure += (": it does not start a thread per client" if expectation.op in (">", ">=")
+                        else ": it starts threads per client")
+            failures.append(failure)
             continue
         idle_count = idle.peak_threads if what == "threads" else idle.peak_processes
         failure = (f"{while_} the server had {_plural(count, word)} (idle: {idle_count}); "
@@ -371,12 +389,11 @@ def idle_cpu_check(ctx: CheckContext, params: IdleCpuParams) -> Outcome:
 
 # -- io_model ----------------------------------------------------------------------------------
 
-Model = Literal["blocking", "threaded", "forking", "event-driven"]
-
-
 class IoModelParams(CheckParams):
-    expect: Model | list[Model] = Field(description="The model (or models) the exercise asks for: blocking, "
-                                                    "threaded, forking, event-driven.")
+    expect: models.Expected | list[models.Expected] = Field(description=(
+        "The I/O model (or models) the exercise asks for: blocking, thread-per-connection, thread-pool, "
+        "fork-per-connection, prefork, event-loop, event-loop-workers, event-loop-threads; or a family of them: "
+        "threaded, forking, event-driven."))
     connections: int = Field(4, ge=1, le=200, description="Connections held (partial requests) while watching.")
     window: float = Field(1.0, ge=0.2, le=10, description="Seconds watched idle, and again while loaded.")
     busy_percent: float = Field(20.0, gt=0, le=400, description="Idle CPU (% of one CPU) from which the "
@@ -384,9 +401,9 @@ class IoModelParams(CheckParams):
 
 
 @check("io_model", IoModelParams,
-       "Tells how the server waits for clients (blocking, threaded, forking, event-driven, or busy-polling) "
-       "from its threads, processes, syscalls and CPU, idle and with clients held, and compares with the "
-       "exercise.", default_timeout=30.0)
+       "Tells how the server serves clients (blocking, a thread or a process per client, a pool of either, one "
+       "or several event loops, or busy polling) from what each of its threads waits on, idle and with clients "
+       "held, and its CPU, and compares with the exercise.", default_timeout=30.0)
 def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
     idle = sample(ctx, params.window)
@@ -394,7 +411,8 @@ def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=params.connections, hold=hold,
                                            busy_fraction=params.busy_percent / 100))
     evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts}
+    if models.matches(found.model, expected):
+        return Outcome(True, f"the server is {found.model} ({models.words(found.model)}): {found.reason}.", evidence)
     wanted = " or ".join(expected)
-    if found.model in expected:
-        return Outcome(True, f"the server is {found.model}: {found.reason}.", evidence)
-    return Outcome(False, f"the server looks {found.model}, expected {wanted}: {found.reason}.", evidence)
+    return Outcome(False, f"the server looks {found.model} ({models.words(found.model)}), expected {wanted}: "
+                          f"{found.reason}.", evidence)

@@ -32,18 +32,20 @@ DUTY = 0.15           # a costly look (a server with many threads) lengthens the
 
 
 def proc_agent(period: float = PERIOD, jitter: float = JITTER, looks: int | None = None,
-               proc_root: str = "/proc", out: TextIO | None = None) -> dict:
+               proc_root: str = "/proc", out: TextIO | None = None,
+               fd_rules: dict[str, dict[str, str]] | None = None) -> dict:
     """Look at the server's threads until killed (or `looks` times: tests), one JSON line per look.
 
     Each line is proc_snapshot's answer with "at" first: the wall-clock time of the look, which
-    on the engine's host is the clock the host names its windows in.
+    on the engine's host is the clock the host names its windows in. `fd_rules` (from the host's
+    syscall table) lets each look say what every blocked thread waits on.
     """
     out = out or sys.stdout
     chance = random.SystemRandom()
     done = 0
     while looks is None or done < looks:
         at, began = time.time(), time.process_time()
-        out.write(json.dumps({"at": at, **proc.proc_snapshot(proc_root)}, separators=(",", ":")) + "\n")
+        out.write(json.dumps({"at": at, **proc.proc_snapshot(proc_root, fd_rules)}, separators=(",", ":")) + "\n")
         out.flush()
         cost = time.process_time() - began  # CPU, not wall time: a busy host must not stretch the pauses
         done += 1

@@ -31,6 +31,8 @@ import os
 import socket
 import time
 
+from . import waits  # relative: the package is `harness` in a container, `labctl.harness` in tests
+
 #: What a PID 1 that only starts the real server and forwards signals is called.
 INIT_SHIMS = frozenset({"docker-init", "tini", "dumb-init", "catatonit"})
 
@@ -88,16 +90,17 @@ def parse_syscall(text: str) -> dict:
     "running": the task is running (or runnable), not blocked at all.
     "-1 sp pc": blocked, but not in a syscall (e.g. a page fault, or stopped).
     "nr arg0 ... arg5 sp pc": blocked in syscall nr (its arguments in hex).
-    Returns {"syscall": nr | "running" | -1, "arg0": first argument or None}.
+    Returns {"syscall": nr | "running" | -1, "arg0": first argument or None, "args": the six
+    arguments (empty when not in a syscall)}.
     """
     fields = text.split()
     if not fields:
-        return {"syscall": None, "arg0": None}
+        return {"syscall": None, "arg0": None, "args": []}
     if fields[0] == "running":
-        return {"syscall": "running", "arg0": None}
+        return {"syscall": "running", "arg0": None, "args": []}
     nr = int(fields[0])
-    arg0 = int(fields[1], 16) if nr >= 0 and len(fields) > 1 else None
-    return {"syscall": nr, "arg0": arg0}
+    args = [int(field, 16) for field in fields[1:7]] if nr >= 0 else []
+    return {"syscall": nr, "arg0": args[0] if args else None, "args": args}
 
 
 def server_pids(parents: dict[int, int], comms: dict[int, str]) -> tuple[int | None, list[int]]:
@@ -140,7 +143,8 @@ def _pids(root: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(root) if name.isdigit())
 
 
-def _task(root: str, pid: int, tid: int, errors: list[str]) -> dict | None:
+def _task(root: str, pid: int, tid: int, errors: list[str], rules: dict[str, str] | None = None,
+          fds: dict[int, str] | None = None) -> dict | None:
     base = f"{root}/{pid}/task/{tid}"
     stat_text = _read(f"{base}/stat")
     if stat_text is None:
@@ -148,16 +152,21 @@ def _task(root: str, pid: int, tid: int, errors: list[str]) -> dict | None:
     stat = parse_stat(stat_text)
     status = parse_status(_read(f"{base}/status") or "")
     syscall_text = _read(f"{base}/syscall", errors)
-    syscall = parse_syscall(syscall_text) if syscall_text is not None else {"syscall": None, "arg0": None}
+    syscall = parse_syscall(syscall_text) if syscall_text is not None else {"syscall": None, "arg0": None, "args": []}
     wchan = (_read(f"{base}/wchan") or "").strip()
-    return {
+    task = {
         "tid": tid, "comm": stat["comm"], "state": stat["state"],
-        "syscall": syscall["syscall"], "arg0": syscall["arg0"],
+        "syscall": syscall["syscall"], "arg0": syscall["arg0"], "args": syscall["args"],
         "wchan": "" if wchan == "0" else wchan,
         "ticks": stat["utime"] + stat["stime"],
         "voluntary": status.get("voluntary"), "nonvoluntary": status.get("nonvoluntary"),
         "uid": status.get("uid"),
     }
+    if rules is not None and fds is not None and isinstance(syscall["syscall"], int) and stat["state"] != "R":
+        on = waits.watched(root, pid, rules.get(str(syscall["syscall"])), syscall["args"], fds)
+        if on is not None:
+            task["waits_on"] = on
+    return task
 
 
 def _cmdline(root: str, pid: int) -> str:
@@ -169,7 +178,7 @@ def _machine() -> str:
     return os.uname().machine
 
 
-def proc_snapshot(proc_root: str = "/proc") -> dict:
+def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] | None = None) -> dict:
     """The server's processes and threads, now.
 
     Per process: pid, ppid, comm, uid, cmdline, its own CPU ticks (utime+stime of all its
@@ -181,6 +190,11 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
     Ticks are 1/clk_tck s. They say which thread used the CPU, never how much the server used
     in all: a child reaped with SIGCHLD ignored leaves no ticks anywhere (the host reads that
     total from the server's cgroup instead).
+
+    With `fd_rules` (labctl.syscalls.fd_rules(): which syscalls name which descriptors), also
+    per process "holds" (its descriptors by kind: client connections, listening sockets, pipes...)
+    and per blocked thread "waits_on": the descriptors its syscall waits on, and their kinds
+    (harness/waits.py).
     """
     errors: list[str] = []
     parents: dict[int, int] = {}
@@ -192,6 +206,8 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
         stat = parse_stat(text)
         parents[pid], stats[pid] = stat["ppid"], stat
     shim, pids = server_pids(parents, {pid: stat["comm"] for pid, stat in stats.items()})
+    rules = (fd_rules or {}).get(_machine()) if fd_rules else None
+    sockets = waits.socket_kinds(proc_root, pids[0]) if rules is not None and pids else {}
     processes = []
     for pid in pids:
         stat = stats[pid]
@@ -201,16 +217,20 @@ def proc_snapshot(proc_root: str = "/proc") -> dict:
             tids = _pids(f"{proc_root}/{pid}/task")
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited since the listing
+        fds = waits.fd_kinds(proc_root, pid, sockets) if rules is not None else None
         for tid in tids:
-            task = _task(proc_root, pid, tid, errors)
+            task = _task(proc_root, pid, tid, errors, rules, fds)
             if task is not None:
                 threads.append(task)
         if not threads:
             continue
         own, children = stat["utime"] + stat["stime"], stat["cutime"] + stat["cstime"]
-        processes.append({"pid": pid, "ppid": stat["ppid"], "comm": stat["comm"], "uid": status.get("uid"),
-                          "state": stat["state"], "cmdline": _cmdline(proc_root, pid),
-                          "ticks": own, "child_ticks": children, "threads": threads})
+        process = {"pid": pid, "ppid": stat["ppid"], "comm": stat["comm"], "uid": status.get("uid"),
+                   "state": stat["state"], "cmdline": _cmdline(proc_root, pid),
+                   "ticks": own, "child_ticks": children, "threads": threads}
+        if fds is not None:
+            process["holds"] = waits.held(fds)
+        processes.append(process)
     init = None
     if shim is not None:
         init = {"pid": shim, "comm": stats[shim]["comm"], "cmdline": _cmdline(proc_root, shim)}

@@ -50,7 +50,7 @@ def test_expectation_describe():
 def test_threads_params():
     assert ThreadsParams(threads=1).threads == "1"
     assert ThreadsParams(processes=">= N").processes == ">= N"
-    with pytest.raises(ValidationError, match="give `threads`, `processes` or both"):
+    with pytest.raises(ValidationError, match="give `threads`, `processes`, `grow_by` or several"):
         ThreadsParams()
     with pytest.raises(ValidationError, match="expected a count"):
         ThreadsParams(threads="=> 2")
@@ -145,12 +145,27 @@ def test_threads_pass_and_fail(fake):
     fake(BLOCKING_IDLE, BLOCKING_HELD)
     outcome = run("threads", connections=4, threads=1, processes=1)
     assert outcome.passed
-    assert outcome.message == ("while 4 connections were held the server had 1 thread (expected == 1) "
-                               "and 1 process (expected == 1).")
+    assert outcome.message == ("while 4 connections were held the server had 1 thread (expected == 1; idle: 1) "
+                               "and 1 process (expected == 1; idle: 1).")
     failed = run("threads", connections=4, threads=">= N")
     assert not failed.passed
     assert failed.message == ("while 4 connections were held the server had 1 thread (idle: 1); expected threads "
                               ">= 4 (N, N = 4 connections held): it does not start a thread per client.")
+
+
+def test_threads_grow_by_compares_with_idle(fake):
+    """A pool of 4 made up front passes threads '>= 4', never 'grow_by >= N': the idle count is said."""
+    pool_idle = sample_of([[(7, [(7, "S", ACCEPT4, 3)] + [(t, "S", 202, 0) for t in (20, 21, 22, 23)])]] * 4)
+    fake(pool_idle, THREADED_HELD)
+    assert run("threads", connections=4, threads=">= N").passed
+    failed = run("threads", connections=4, grow_by=">= N")
+    assert not failed.passed and failed.evidence["grew_by"] == 0
+    assert failed.message == ("while 4 connections were held the server's threads went from 5 (idle) to 5, a growth "
+                              "of 0; expected a growth of >= 4 (N, N = 4 connections held): it does not start a "
+                              "thread per client.")
+    fake(BLOCKING_IDLE, THREADED_HELD)
+    grown = run("threads", connections=4, grow_by=">= N")
+    assert grown.passed and "+4 threads from idle (1 -> 5" in grown.message
 
 
 def test_threads_counts_threads_and_processes_separately(fake):
@@ -219,11 +234,12 @@ def test_idle_cpu_with_idle_connections_holds_them(fake):
 def test_io_model_pass_and_fail(fake):
     calls = fake(BLOCKING_IDLE, THREADED_HELD, hold=dict(HOLD, probe={"answered": True, "seconds": 0.002}))
     outcome = run("io_model", expect="threaded")
-    assert outcome.passed and outcome.evidence["model"] == "threaded"
+    assert outcome.passed and outcome.evidence["model"] == "thread-per-connection"
     assert ("hold", 4, 1.0, True) in calls  # probed while held
     failed = run("io_model", expect=["blocking", "event-driven"])
     assert not failed.passed
-    assert failed.message.startswith("the server looks threaded, expected blocking or event-driven: ")
+    assert failed.message.startswith("the server looks thread-per-connection (a new thread for each client), expected "
+                                     "blocking or event-driven: ")
 
 
 def test_io_model_busy_is_never_right(fake):

@@ -227,7 +227,7 @@ def test_a_mutant_can_be_another_folder_with_environment_settings(tmp_path: Path
 
 
 def test_docroot_is_resolved_against_the_exercise_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_exercise(tmp_path, "title: Hello\nmodel: polling\ndocroot: files/www\n"
+    make_exercise(tmp_path, "title: Hello\nmodel: event-loop\ndocroot: files/www\n"
                             "checks:\n  - {name: index, check: http_get}\n", ("files/www",))
     monkeypatch.chdir(tmp_path)
     ex = load_exercise(Path("hello"))
@@ -236,7 +236,7 @@ def test_docroot_is_resolved_against_the_exercise_folder(tmp_path: Path, monkeyp
 
 
 def test_checks_py_registers_a_custom_check(tmp_path: Path) -> None:
-    folder = make_exercise(tmp_path, "title: Custom\nmodel: other\nchecks:\n"
+    folder = make_exercise(tmp_path, "title: Custom\nmodel: blocking\nchecks:\n"
                                      "  - name: banner\n    check: banner_says\n    params: {word: hello}\n")
     (folder / "checks.py").write_text(
         "from labctl.checks import CheckParams, Outcome, check\n\n"
@@ -249,7 +249,7 @@ def test_checks_py_registers_a_custom_check(tmp_path: Path) -> None:
     assert type(banner.params).__name__ == "BannerParams"
     assert (banner.params.word, banner.params.times) == ("hello", 1)
     assert load_exercise(folder).checks[0].params.word == "hello"  # loading again does not re-register
-    (folder / "exercise.yaml").write_text("title: Custom\nmodel: other\nchecks:\n"
+    (folder / "exercise.yaml").write_text("title: Custom\nmodel: blocking\nchecks:\n"
                                           "  - name: banner\n    check: banner_says\n    params: {times: x}\n")
     assert problems_of(folder) == [
         f"{folder}/exercise.yaml:6: checks[0].params.word: required, but missing",
@@ -258,7 +258,7 @@ def test_checks_py_registers_a_custom_check(tmp_path: Path) -> None:
 
 
 def test_checks_py_that_fails_to_import_is_a_spec_error(tmp_path: Path) -> None:
-    folder = make_exercise(tmp_path, "title: Custom\nmodel: other\nchecks:\n  - {name: a, check: http_get}\n")
+    folder = make_exercise(tmp_path, "title: Custom\nmodel: blocking\nchecks:\n  - {name: a, check: http_get}\n")
     (folder / "checks.py").write_text("import os\n\nraise RuntimeError('half written')\n", encoding="utf-8")
     assert problems_of(folder) == [
         f"{folder}/checks.py:3: cannot import the exercise's checks: RuntimeError: half written"]

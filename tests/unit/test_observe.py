@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl import observe, syscalls
+from labctl import models, observe, syscalls
 from labctl.harness import agent, proc
 
 # -- recorded on this engine (Linux 6.18, x86_64): tests/servers/hello idle, seen from the observer --
@@ -77,10 +77,10 @@ def test_parse_status():
 
 
 @pytest.mark.parametrize("text, expected", [
-    (SYSCALL_ACCEPT4, {"syscall": 288, "arg0": 3}),
-    ("running\n", {"syscall": "running", "arg0": None}),
-    (SYSCALL_OUTSIDE, {"syscall": -1, "arg0": None}),
-    ("", {"syscall": None, "arg0": None}),
+    (SYSCALL_ACCEPT4, {"syscall": 288, "arg0": 3, "args": [3, 0x7ffdccc911e0, 0x7ffdccc911bc, 0x80000, 0, 0]}),
+    ("running\n", {"syscall": "running", "arg0": None, "args": []}),
+    (SYSCALL_OUTSIDE, {"syscall": -1, "arg0": None, "args": []}),
+    ("", {"syscall": None, "arg0": None, "args": []}),
 ])
 def test_parse_syscall(text, expected):
     assert proc.parse_syscall(text) == expected
@@ -147,7 +147,8 @@ def test_proc_snapshot_reads_only_the_servers_tasks(tmp_path):
     assert [p["pid"] for p in snap["processes"]] == [7]
     assert snap["process_count"] == 1 and snap["thread_count"] == 2
     main, worker = snap["processes"][0]["threads"]
-    assert main == {"tid": 7, "comm": "python3", "state": "S", "syscall": 288, "arg0": 3, "wchan": "inet_csk_accept",
+    assert main == {"tid": 7, "comm": "python3", "state": "S", "syscall": 288, "arg0": 3,
+                    "args": [3, 0x7ffdccc911e0, 0x7ffdccc911bc, 0x80000, 0, 0], "wchan": "inet_csk_accept",
                     "ticks": 1, "voluntary": 551, "nonvoluntary": 120, "uid": 1000}
     assert worker["state"] == "R" and worker["syscall"] == "running" and worker["wchan"] == ""
     assert snap["processes"][0]["cmdline"] == "python3 server.py"
@@ -244,17 +245,24 @@ def test_thread_waiting_in_words(state, syscall, waiting):
 
 # -- building samples for the classifier ------------------------------------------------------------
 
-def snap_json(processes: list[tuple[int, list[tuple[int, str, object]]]], ticks_total: int = 0,
-              machine: str = "x86_64") -> dict:
-    """processes: [(pid, [(tid, state, syscall), ...]), ...]"""
-    return {"machine": machine, "clk_tck": 100, "time": 0.0, "init": None, "ticks_total": ticks_total,
-            "errors": [], "processes": [
-                {"pid": pid, "ppid": 1, "comm": "python3", "uid": 1000, "cmdline": "python3 server.py",
-                 "ticks": 0, "child_ticks": 0,
-                 "threads": [{"tid": tid, "comm": "python3", "state": state, "syscall": nr, "arg0": 3,
-                              "wchan": "", "ticks": 0, "voluntary": 1, "nonvoluntary": 0, "uid": 1000}
-                             for tid, state, nr in threads]}
-                for pid, threads in processes]}
+def snap_json(processes: list, machine: str = "x86_64") -> dict:
+    """processes: [(pid, [(tid, state, syscall[, kinds of what it waits on]), ...][, clients held]), ...]"""
+    def thread(tid, state, nr, kinds=None):
+        made = {"tid": tid, "comm": "python3", "state": state, "syscall": nr, "arg0": 3, "wchan": "", "ticks": 0,
+                "voluntary": 1, "nonvoluntary": 0, "uid": 1000}
+        if kinds is not None:
+            made["waits_on"] = {"fds": [], "count": sum(kinds.values()), "kinds": kinds}
+        return made
+
+    def process(pid, threads, clients=None):
+        made = {"pid": pid, "ppid": 1, "comm": "python3", "uid": 1000, "cmdline": "python3 server.py", "ticks": 0,
+                "child_ticks": 0, "threads": [thread(*t) for t in threads]}
+        if clients is not None:
+            made["holds"] = {"client": clients, "listen": 1}
+        return made
+
+    return {"machine": machine, "clk_tck": 100, "time": 0.0, "init": None, "errors": [],
+            "processes": [process(*p) for p in processes]}
 
 
 def sample_of(*snaps: list, cpu_ticks: int = 0, elapsed: float = 1.0, machine: str = "x86_64") -> observe.Sample:
@@ -266,12 +274,15 @@ def same(processes, looks: int = 4, **kwargs) -> observe.Sample:
     return sample_of(*[processes] * looks, **kwargs)
 
 
-ACCEPT4, RECVFROM, PSELECT6, POLL, EPOLL_WAIT, FUTEX = 288, 45, 270, 7, 232, 202
+ACCEPT4, RECVFROM, READ, PSELECT6, POLL, EPOLL_WAIT, FUTEX = 288, 45, 0, 270, 7, 232, 202
+WAIT4, RT_SIGSUSPEND, NANOSLEEP = 61, 130, 35
 ANSWERED = {"connected": 4, "probe": {"answered": True, "seconds": 0.002}}
 NOT_ANSWERED = {"connected": 4, "probe": {"answered": False, "seconds": 1.0, "error": "TimeoutError: timed out"}}
+LISTEN, CLIENT, PIPE = {"listen": 1}, {"client": 1}, {"pipe": 1}
+LOOP_IDLE, LOOP_BUSY = {"listen": 1, "eventfd": 1}, {"listen": 1, "client": 4}
 
 
-def classify(idle, loaded=None, hold=None, connections=4):
+def classify(idle, loaded, hold=None, connections=4):
     return observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=connections, hold=hold))
 
 
@@ -280,42 +291,98 @@ def test_io_model_blocking():
     assert found.model == "blocking"
     assert "recvfrom (45)" in found.reason and "no answer" in found.reason
     assert found.facts["loaded_threads"] == 1 and found.facts["probe"]["answered"] is False
+    assert found.facts["rules"][-1] == "one-client-at-a-time: blocking"
 
 
-def test_io_model_threaded():
+def test_io_model_blocking_with_socket_timeouts_is_blocking_not_event_driven():
+    """Python's settimeout(): poll() on ONE socket before every accept and recv."""
+    found = classify(same([(7, [(7, "S", POLL, LISTEN)])]), same([(7, [(7, "S", POLL, CLIENT)])]), NOT_ANSWERED)
+    assert found.model == "blocking"
+
+
+def test_io_model_thread_per_connection():
     loaded = same([(7, [(7, "S", ACCEPT4)] + [(t, "S", RECVFROM) for t in (20, 21, 22, 23)])])
     found = classify(same([(7, [(7, "S", ACCEPT4)])]), loaded, ANSWERED)
-    assert found.model == "threaded" and "5 threads, 4 more than idle" in found.reason
+    assert found.model == "thread-per-connection" and "4 of them made since it was idle" in found.reason
 
 
-def test_io_model_thread_pool_does_not_grow_but_serves_in_parallel():
+def test_io_model_thread_pool_made_up_front():
     pool = [(7, [(7, "S", ACCEPT4)] + [(t, "S", FUTEX) for t in (20, 21, 22, 23)])]
     busy_pool = [(7, [(7, "S", ACCEPT4)] + [(t, "S", RECVFROM) for t in (20, 21, 22, 23)])]
     found = classify(same(pool), same(busy_pool), ANSWERED)
-    assert found.model == "threaded" and "pool of threads" in found.reason
+    assert found.model == "thread-pool" and "4 of them were there before any client came" in found.reason
 
 
-def test_io_model_forking():
-    loaded = same([(7, [(7, "S", ACCEPT4)])] + [(p, [(p, "S", RECVFROM)]) for p in (30, 31, 32, 33)])
-    found = classify(same([(7, [(7, "S", ACCEPT4)])]), loaded, ANSWERED)
-    assert found.model == "forking" and "5 processes, 4 more than idle" in found.reason
+def test_io_model_a_pool_of_one_is_blocking():
+    pool = [(7, [(7, "S", ACCEPT4), (20, "S", FUTEX)])]
+    found = classify(same(pool), same([(7, [(7, "S", ACCEPT4), (20, "S", RECVFROM)])]), NOT_ANSWERED)
+    assert found.model == "blocking"
 
 
-def test_io_model_preforked_pool():
-    pool = [(p, [(p, "S", ACCEPT4)]) for p in (7, 8, 9, 10)]
-    serving = [(7, [(7, "S", RECVFROM)]), (8, [(8, "S", RECVFROM)]), (9, [(9, "S", ACCEPT4)]), (10, [(10, "S", ACCEPT4)])]
+def test_io_model_fork_per_connection_with_zombies_left_out():
+    loaded = same([(7, [(7, "S", ACCEPT4)])] + [(p, [(p, "S", RECVFROM)]) for p in (30, 31, 32, 33)]
+                  + [(40, [(40, "Z", None)]), (41, [(41, "Z", None)])])
+    found = classify(same([(7, [(7, "S", ACCEPT4)]), (40, [(40, "Z", None)])]), loaded, ANSWERED)
+    assert found.model == "fork-per-connection" and "4 processes" in found.reason
+
+
+def test_io_model_prefork_with_its_master_set_aside():
+    master = (6, [(6, "S", PSELECT6, {})], 0)  # a parent that sleeps in select() with no descriptor
+    pool = [master] + [(p, [(p, "S", ACCEPT4, LISTEN)]) for p in (7, 8, 9, 10)]
+    serving = [master, (7, [(7, "S", RECVFROM, CLIENT)], 1), (8, [(8, "S", RECVFROM, CLIENT)], 1),
+               (9, [(9, "S", ACCEPT4, LISTEN)], 0), (10, [(10, "S", ACCEPT4, LISTEN)], 0)]
     found = classify(same(pool), same(serving), ANSWERED)
-    assert found.model == "forking" and "pool of processes" in found.reason
+    assert found.model == "prefork" and "pool of processes" in found.reason
+    assert found.facts["set_aside_masters"] == ["process 6 (python3): timed sleep x1"]
+
+
+def test_io_model_a_wakeup_pipe_is_not_a_client():
+    """A threaded server with a small parent reading a pipe: not forking."""
+    parent = (6, [(6, "S", READ, PIPE)], 0)
+    idle = same([parent, (7, [(7, "S", ACCEPT4, LISTEN)], 0)])
+    loaded = same([parent, (7, [(7, "S", ACCEPT4, LISTEN)] + [(t, "S", RECVFROM, CLIENT) for t in (20, 21, 22)], 3)])
+    found = classify(idle, loaded, ANSWERED)
+    assert found.model == "thread-per-connection"
+    assert found.facts["set_aside_masters"] == ["process 6 (python3): waits on a pipe or an event x1"]
 
 
 @pytest.mark.parametrize("nr, name", [(PSELECT6, "pselect6"), (POLL, "poll"), (EPOLL_WAIT, "epoll_wait")])
-def test_io_model_event_driven(nr, name):
+def test_io_model_event_loop(nr, name):
     found = classify(same([(7, [(7, "S", nr)])]), same([(7, [(7, "S", nr)])]), ANSWERED)
-    assert found.model == "event-driven" and f"{name} ({nr})" in found.reason and "answered in 2 ms" in found.reason
+    assert found.model == "event-loop" and f"{name} ({nr})" in found.reason and "answered in 2 ms" in found.reason
+
+
+def test_io_model_an_event_loop_with_helper_threads_whenever_they_started():
+    """A runtime's helpers (an I/O pool, a GC) wait on locks; they start at the first file read, so they
+    may be there idle or not: the verdict is the same either way."""
+    loop = (7, EPOLL_WAIT)
+    helpers = [(t, "S", FUTEX) for t in (8, 9, 10, 11)]
+    for idle in (same([(7, [(7, "S", EPOLL_WAIT, LOOP_IDLE)])]), same([(7, [(7, "S", EPOLL_WAIT, LOOP_IDLE)] + helpers)])):
+        found = classify(idle, same([(7, [(7, "S", EPOLL_WAIT, LOOP_BUSY)] + helpers, 4)]), ANSWERED)
+        assert found.model == "event-loop", (loop, found)
+        assert len(found.facts["set_aside_helpers"]) == 4
+
+
+def test_io_model_event_loop_workers_with_their_master():
+    master = (6, [(6, "S", RT_SIGSUSPEND)], 0)
+    workers_idle = [(p, [(p, "S", EPOLL_WAIT, LOOP_IDLE)], 0) for p in (7, 8)]
+    # all four clients went to one worker: the other still waits on the listening socket in its loop
+    loaded = [master, (7, [(7, "S", EPOLL_WAIT, LOOP_BUSY)], 4), (8, [(8, "S", EPOLL_WAIT, LOOP_IDLE)], 0)]
+    found = classify(same([master] + workers_idle), same(loaded), ANSWERED)
+    assert found.model == "event-loop-workers" and "2 processes" in found.reason
+    assert found.facts["set_aside_masters"] == ["process 6 (python3): waits for a child or a signal x1"]
+
+
+def test_io_model_event_loop_with_threads():
+    """A dispatcher loop and worker threads, each an event loop over its own clients (memcached)."""
+    idle = same([(7, [(7, "S", EPOLL_WAIT, LOOP_IDLE)] + [(t, "S", EPOLL_WAIT, PIPE) for t in (8, 9)])])
+    loaded = same([(7, [(7, "S", EPOLL_WAIT, LOOP_IDLE), (8, "S", EPOLL_WAIT, {"client": 2, "pipe": 1}),
+                        (9, "S", EPOLL_WAIT, {"client": 2, "pipe": 1})], 4)])
+    found = classify(idle, loaded, ANSWERED)
+    assert found.model == "event-loop-threads"
 
 
 def test_io_model_poll_yet_no_answer_is_blocking():
-    """A one-at-a-time server whose sockets have timeouts waits in poll too; it still serves one client."""
     found = classify(same([(7, [(7, "S", POLL)])]), same([(7, [(7, "S", POLL)])]), NOT_ANSWERED)
     assert found.model == "blocking" and "no answer" in found.reason
 
@@ -335,24 +402,31 @@ def test_io_model_busy_on_a_crowded_host_by_running_state():
 
 def test_io_model_one_spinning_thread_next_to_a_sleeping_main():
     idle = same([(7, [(7, "S", ACCEPT4), (8, "R", "running")])], cpu_ticks=100)
-    assert classify(idle).model == "busy-polling"
+    assert classify(idle, idle).model == "busy-polling"
 
 
 def test_io_model_a_rare_wakeup_is_not_busy():
     idle = sample_of([(7, [(7, "S", POLL)])], [(7, [(7, "R", "running")])], [(7, [(7, "S", POLL)])],
                      [(7, [(7, "S", POLL)])], cpu_ticks=1)
-    assert classify(idle, same([(7, [(7, "S", POLL)])]), ANSWERED).model == "event-driven"
+    assert classify(idle, same([(7, [(7, "S", POLL)])]), ANSWERED).model == "event-loop"
 
 
-def test_io_model_idle_only_is_weaker_but_works():
-    assert classify(same([(7, [(7, "S", EPOLL_WAIT)])]), connections=0).model == "event-driven"
-    assert classify(same([(7, [(7, "S", ACCEPT4)])]), connections=0).model == "blocking"
-    assert classify(same([(7, [(7, "S", ACCEPT4), (8, "S", FUTEX)])]), connections=0).model == "threaded"
+def test_io_model_nobody_serving_is_unknown():
+    found = classify(same([(7, [(7, "S", NANOSLEEP)])]), same([(7, [(7, "S", NANOSLEEP)])]), NOT_ANSWERED)
+    assert found.model == "unknown" and "no thread waited on a client" in found.reason
 
 
 def test_io_model_without_a_server():
-    found = classify(sample_of([], []))
+    found = classify(sample_of([], []), sample_of([], []))
     assert found.model == "unknown" and "no server process" in found.reason
+
+
+def test_io_model_a_stopped_server_is_stopped_not_blocking():
+    """SIGSTOP after the first request: state T in kill, one thread, no answer to the probe."""
+    frozen = same([(7, [(7, "T", 62)])])
+    found = classify(frozen, frozen, NOT_ANSWERED)
+    assert found.model == "stopped" and "state T" in found.reason and "serves nobody" in found.reason
+    assert "stopped" not in models.EXPECTABLE
 
 
 # -- blocked_in, per thread -------------------------------------------------------------------------
@@ -453,10 +527,3 @@ def test_snapshot_of_a_lab_and_its_errors():
     with pytest.raises(LabctlError, match="riscv64"):
         observe.snapshot(Lab(dict(RECORDED_THREADED_SNAPSHOT, machine="riscv64")))
 
-
-def test_io_model_a_stopped_server_is_stopped_not_blocking():
-    """SIGSTOP after the first request: state T in kill, one thread, no answer to the probe."""
-    frozen = same([(7, [(7, "T", 62)])])
-    found = classify(frozen, frozen, NOT_ANSWERED)
-    assert found.model == "stopped" and "state T" in found.reason and "serves nobody" in found.reason
-    assert "stopped" not in observe.EXPECTABLE_MODELS
