@@ -361,8 +361,26 @@ class Verdict:
     why: str                          # a sentence about this thread
 
 
-def blocked_in(sample: Sample, names: Iterable[str]) -> list[Verdict]:
-    """Per steady thread: is it asleep (state S) in one of `names` in most snapshots?
+#: Waits of threads that do not serve the network: a master's (children, signals, timers, pipes) and a
+#: runtime's helpers' (locks, pipes, timers). blocked_in names them and does not judge them.
+NOT_SERVING = frozenset({"lock", "child", "timed-sleep", "pipe"})
+
+
+def judged_threads(sample: Sample, set_aside: bool = True) -> tuple[list[ThreadWatch], list[ThreadWatch]]:
+    """(the steady threads to judge, those set aside): waiters in NOT_SERVING are set aside, unless
+    every thread is one (a server whose only wait is a sleep is judged by it)."""
+    steady = [entry for entry in steady_threads(sample) if entry.wait != "zombie"]
+    if not set_aside:
+        return steady, []
+    judged = [entry for entry in steady if entry.wait not in NOT_SERVING]
+    if not judged:
+        return steady, []
+    return judged, [entry for entry in steady if entry.wait in NOT_SERVING]
+
+
+def blocked_in(sample: Sample, names: Iterable[str], set_aside: bool = True) -> list[Verdict]:
+    """Per steady thread that serves the network (judged_threads): is it asleep (state S) in one of
+    `names` in most snapshots?
 
     Most, not all: a correct idle server may wake for a moment (a timer, a signal), and a
     snapshot may catch that. A busy loop is running in nearly every snapshot, and a server
@@ -371,7 +389,7 @@ def blocked_in(sample: Sample, names: Iterable[str]) -> list[Verdict]:
     allowed = [name for name in names if syscalls.number(name, sample.machine) is not None]
     expected = ", ".join(allowed)
     verdicts = []
-    for entry in steady_threads(sample):
+    for entry in judged_threads(sample, set_aside)[0]:
         good = sum(1 for thread in entry.seen if thread.asleep_in(allowed))
         ok = 2 * good > len(entry.seen)
         usual = entry.usual

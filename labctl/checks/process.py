@@ -296,6 +296,10 @@ class BlockedInParams(CheckParams):
                                                                 "the idle server may use in the window: more means "
                                                                 "something runs between the looks, whatever they "
                                                                 "show.")
+    set_aside: bool = Field(True, description=(
+        "Leave out (and name) the threads that do not serve the network: a master process waiting for its "
+        "children or signals, a runtime's helper threads waiting on locks, pipes or timers. A server whose "
+        "every thread is such a waiter is judged whole."))
 
     @field_validator("syscalls")
     @classmethod
@@ -314,11 +318,13 @@ def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
     if not numbers:
         raise LabctlError(f"none of {', '.join(params.syscalls)} exists on {arch}: the exercise should name "
                           f"syscalls of this architecture (e.g. epoll_pwait, ppoll, pselect6 on aarch64)")
-    verdicts = observe.blocked_in(seen, params.syscalls)
+    verdicts = observe.blocked_in(seen, params.syscalls, params.set_aside)
+    aside = observe.judged_threads(seen, params.set_aside)[1]
     evidence: dict[str, Any] = {
         "architecture": arch, "expected": {name: number for name, number in numbers.items()},
         "not_on_this_architecture": [name for name in params.syscalls if name not in numbers],
         "threads": [dict(v.thread.evidence(), ok=v.ok) for v in verdicts],
+        "not_judged": [f"{entry.label}: {observe.WAIT_WORDS[entry.wait]}" for entry in aside],
         "looks": len(seen.snapshots), "window": round(seen.elapsed, 2),
     }
     if not verdicts:
@@ -336,7 +342,9 @@ def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
         why = bad[0].why
         return Outcome(False, why + more + ("" if why.endswith("?") and not more else "."), evidence)
     shown = "; ".join(v.why for v in verdicts[:3]) + (f"; and {len(verdicts) - 3} more" if len(verdicts) > 3 else "")
-    return Outcome(True, f"idle, every server thread sleeps where expected: {shown}.", evidence)
+    aside_text = (f" ({len(aside)} other thread{'s' if len(aside) > 1 else ''} that do not serve the network, "
+                  f"not judged: {observe.WAIT_WORDS[aside[0].wait]}{', ...' if len(aside) > 1 else ''})" if aside else "")
+    return Outcome(True, f"idle, every server thread sleeps where expected: {shown}.{aside_text}", evidence)
 
 
 # -- idle_cpu ----------------------------------------------------------------------------------

@@ -527,3 +527,15 @@ def test_snapshot_of_a_lab_and_its_errors():
     with pytest.raises(LabctlError, match="riscv64"):
         observe.snapshot(Lab(dict(RECORDED_THREADED_SNAPSHOT, machine="riscv64")))
 
+
+
+def test_blocked_in_sets_aside_a_master_and_helpers_but_not_a_lone_sleeper():
+    master_and_worker = same([(6, [(6, "S", WAIT4)]), (7, [(7, "S", ACCEPT4), (8, "S", FUTEX)])])
+    [verdict] = observe.blocked_in(master_and_worker, ["accept4"])
+    assert verdict.ok and verdict.thread.tid == 7
+    judged, aside = observe.judged_threads(master_and_worker)
+    assert [e.tid for e in aside] == [6, 8]
+    assert not all(v.ok for v in observe.blocked_in(master_and_worker, ["accept4"], set_aside=False))
+    sleeper = same([(7, [(7, "S", NANOSLEEP)])])  # a loop that sleeps between non-blocking tries
+    [verdict] = observe.blocked_in(sleeper, ["epoll_wait"])
+    assert not verdict.ok and "nanosleep" in verdict.why
