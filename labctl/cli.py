@@ -264,9 +264,12 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
         loaded = _exercise(ctx, exercise)
         run_command, build_command = loaded.submission.run, loaded.submission.build
         port, docroot = port or loaded.submission.port, docroot or loaded.docroot
-        spec = with_server_image(spec, loaded.submission.image)
+        image, extra = loaded.server_image()
+        spec = with_server_image(spec, image)
+    else:
+        extra = {}
     with progress_display("up") as say:
-        tags = proj.ensure_images(say, names=sorted({node.image for node in spec.nodes.values()}))
+        tags = proj.ensure_images(say, names=sorted({node.image for node in spec.nodes.values()}), extra=extra)
         lab = Lab.create(spec, proj.backend, lab_name)
         sub = None
         if submission:

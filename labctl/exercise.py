@@ -107,7 +107,33 @@ def _docroot(value: Any, info: ValidationInfo) -> Any:
     return Path(base) / relative if base is not None else Path(relative)
 
 
+#: An exercise's server image: a folder of the project's images/ by name, or its own folder ("./image").
+SERVER_IMAGE = r"^([a-z0-9][a-z0-9-]{0,40}|\./[A-Za-z0-9_.-][A-Za-z0-9_./-]*)$"
+
+
+def _server_image(value: Any, info: ValidationInfo) -> Any:
+    """A name of the project's images/ folders, or ./folder (the exercise's own, with a Dockerfile);
+    checked to exist when loading from a folder inside a project."""
+    if not isinstance(value, str) or not re.fullmatch(SERVER_IMAGE, value) or ".." in value.split("/"):
+        raise _expected("the name of an image folder of images/ (like server or server-c), or ./folder for the "
+                        "exercise's own image")
+    base = (info.context or {}).get(_DIR)
+    if base is None:
+        return value
+    if value.startswith("./"):
+        if not (Path(base) / value / "Dockerfile").is_file():
+            raise _expected("./folder holding a Dockerfile", f" (no {Path(base) / value / 'Dockerfile'})")
+        return value
+    images = Path(base).resolve().parent.parent / "images"
+    if images.is_dir() and not (images / value / "Dockerfile").is_file():
+        known = sorted(path.parent.name for path in images.glob("*/Dockerfile") if path.parent.name != "base")
+        raise _expected(f"an image of {images} ({', '.join(known)}), or ./folder for the exercise's own", "")
+    return value
+
+
 CheckName = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": CHECK_NAME})]
+ServerImage = Annotated[str, BeforeValidator(_server_image),
+                        WithJsonSchema({"type": "string", "pattern": SERVER_IMAGE})]
 Folder = Annotated[str, BeforeValidator(_folder), WithJsonSchema({"type": "string"})]
 DocRoot = Annotated[Union[Path, None], BeforeValidator(_docroot),
                     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]})]
@@ -118,8 +144,10 @@ DocRoot = Annotated[Union[Path, None], BeforeValidator(_docroot),
 class SubmissionSpec(_Spec):
     """How the student's server is built and run. The submission folder is copied to /submission."""
 
-    image: Literal["server", "server-c"] = Field("server", description="The server image: server (Python) or "
-                                                                       "server-c (with a C compiler).")
+    image: ServerImage = Field("server", description=(
+        "The server's image: a folder of the project's images/ by name (server: Python; server-c: with a C "
+        "compiler; any other there), or ./folder, the exercise's own (a Dockerfile whose `ARG BASE=labctl-server` "
+        "names its parent: it is built, content-hashed and reused like labctl's)."))
     language: str = Field("python", description="The language of the submission, shown to students.")
     build: str | None = Field(None, description="Shell command run once in /submission before the server "
                                                 "starts (like make); null: nothing to build.")
@@ -268,6 +296,14 @@ class Exercise(_Spec):
         if not checks:
             raise _expected("at least one check (a list of entries with name, check and params)")
         return checks
+
+    def server_image(self) -> tuple[str, dict[str, Path]]:
+        """(the server image's name, the exercise's own image to add to images/: name -> folder)."""
+        image = self.submission.image
+        if image.startswith("./"):
+            name = f"exercise-{self.id}"
+            return name, {name: self.dir / image}
+        return image, {}
 
     @property
     def public_checks(self) -> list[CheckSpec]:

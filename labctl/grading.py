@@ -76,8 +76,9 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
     sub = exercise.submission
     lab: Lab | None = None
     try:
-        images = project.ensure_images(say, names=sorted({sub.image, "tools"}))
-        lab = Lab.create(with_server_image(project.spec, sub.image), project.backend)
+        image, extra = exercise.server_image()
+        images = project.ensure_images(say, names=sorted({image, "tools"}), extra=extra)
+        lab = Lab.create(with_server_image(project.spec, image), project.backend)
         submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
                                 port=sub.port, sysctls=sysctl_values(sub.sysctls), env=dict(options.env))
         try:
@@ -212,7 +213,8 @@ class UsageMeter:
 
 
 def with_server_image(spec, image: str):
-    """The lab spec with the server node on `image` (an exercise in C uses server-c)."""
+    """The lab spec with the server node on `image` (an exercise in C uses server-c; one in another
+    language, an image of its own)."""
     if spec.server.image == image:
         return spec
     server = spec.server.model_copy(update={"image": image})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -50,21 +51,61 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ImageDef:
-    """One image of the tree: its folder under images/, its parent, its package group."""
+    """One image of the tree: its folder, its parent, its package group."""
 
     name: str
-    parent: str | None
-    packages: str | None = None
+    folder: Path
+    parent: str | None              # None: the base, made from Debian itself
+    packages: str | None = None     # the group of images/packages.txt it installs (its name, when one exists)
 
 
-#: The image tree, parents before children.
-IMAGES: tuple[ImageDef, ...] = (
-    ImageDef("base", parent=None, packages="base"),
-    ImageDef("server", parent="base"),
-    ImageDef("tools", parent="base"),
-    ImageDef("server-c", parent="server", packages="c"),
-)
-_BY_NAME = {image.name: image for image in IMAGES}
+#: An image's name: also its tag's repository, labctl-<name>.
+IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+#: A Dockerfile names its parent in the default of its BASE argument: `ARG BASE=labctl-server`.
+_PARENT = re.compile(r"^\s*ARG\s+BASE\s*=\s*labctl-([a-z0-9-]+)\s*$", re.MULTILINE)
+
+
+def discover(images_dir: Path, extra: dict[str, Path] | None = None) -> dict[str, ImageDef]:
+    """Every image: each images/<name>/ folder with a Dockerfile, and the `extra` ones (an exercise's own
+    image: name -> folder), parents before children.
+
+    An image's parent is the one its Dockerfile names in `ARG BASE=labctl-<parent>` (else the base); it
+    installs the packages.txt group of its own name, if there is one. A parent that does not exist, or a
+    cycle, is an ImageBuildError naming the Dockerfile.
+    """
+    folders = {path.parent.name: path.parent for path in sorted(images_dir.glob("*/Dockerfile"))}
+    folders.update(extra or {})
+    groups = read_packages(images_dir)
+    found: dict[str, ImageDef] = {}
+    for name, folder in folders.items():
+        if not IMAGE_NAME.fullmatch(name):
+            raise ImageBuildError(f"{folder}: an image's name is lowercase letters, digits and '-', found {name!r}")
+        if name == "base":
+            found[name] = ImageDef(name, folder, None, "base")
+            continue
+        match = _PARENT.search((folder / "Dockerfile").read_text())
+        found[name] = ImageDef(name, folder, match.group(1) if match else "base", name if name in groups else None)
+    ordered: dict[str, ImageDef] = {}
+
+    def place(name: str, path: tuple[str, ...]) -> None:
+        if name in ordered:
+            return
+        image = found[name]
+        if image.parent is not None:
+            if image.parent not in found:
+                raise ImageBuildError(f"{image.folder / 'Dockerfile'}: its parent labctl-{image.parent} (ARG BASE) is "
+                                      f"no image here (images: {', '.join(sorted(found))})")
+            if image.parent in path:
+                raise ImageBuildError(f"{image.folder / 'Dockerfile'}: images that are each other's parents: "
+                                      + " -> ".join((*path, name)))
+            place(image.parent, (*path, name))
+        ordered[name] = image
+
+    if "base" not in found:
+        raise ImageBuildError(f"{images_dir}/base/Dockerfile is missing: every image stands on labctl's base")
+    for name in found:
+        place(name, ())
+    return ordered
 
 
 def read_packages(images_dir: Path) -> dict[str, list[str]]:
@@ -88,17 +129,18 @@ def _hash_folder(folder: Path, digest: "hashlib._Hash") -> None:
         digest.update(path.read_bytes() + b"\0")
 
 
-def image_tags(images_dir: Path) -> dict[str, str]:
-    """The tag of every image, e.g. {"server": "labctl-server:3f2a9c01b7de"}, from content alone."""
+def image_tags(images_dir: Path, extra: dict[str, Path] | None = None) -> dict[str, str]:
+    """The tag of every image, e.g. {"server": "labctl-server:3f2a9c01b7de"}, from content alone: its
+    folder, its package group and its parent's tag."""
     packages = read_packages(images_dir)
     tags: dict[str, str] = {}
-    for image in IMAGES:
+    for image in discover(images_dir, extra).values():
         digest = hashlib.sha256()
         if image.parent:
             digest.update(tags[image.parent].encode())
         if image.packages:
             digest.update(" ".join(packages[image.packages]).encode())
-        _hash_folder(images_dir / image.name, digest)
+        _hash_folder(image.folder, digest)
         tags[image.name] = f"labctl-{image.name}:{digest.hexdigest()[:12]}"
     return tags
 
@@ -107,13 +149,15 @@ class ImageBuilder:
     """Finds or builds the images of one images/ folder on one engine."""
 
     def __init__(self, client: docker.DockerClient, images_dir: Path, progress: Progress | None = None,
-                 base_path: str = "auto"):
-        """base_path: "auto" (pull, else bootstrap), "pull" or "bootstrap" (LABCTL_BASE overrides)."""
+                 base_path: str = "auto", extra: dict[str, Path] | None = None):
+        """base_path: "auto" (pull, else bootstrap), "pull" or "bootstrap" (LABCTL_BASE overrides);
+        extra: images outside images/ (an exercise's own: name -> folder)."""
         self.client = client
         self.images_dir = images_dir
         self.progress = progress or (lambda message: None)
         self.base_path = os.environ.get("LABCTL_BASE", base_path)
-        self.tags = image_tags(images_dir)
+        self.images = discover(images_dir, extra)
+        self.tags = image_tags(images_dir, extra)
         self.packages = read_packages(images_dir)
 
     def exists(self, tag: str) -> bool:
@@ -129,16 +173,20 @@ class ImageBuilder:
         Returns {name: tag}. With force, rebuild them and their parents (a bootstrapped root
         is reused: it depends only on the package list).
         """
-        names = names or [image.name for image in IMAGES]
+        names = names or list(self.images)
+        unknown = sorted(set(names) - set(self.images))
+        if unknown:
+            raise ImageBuildError(f"no image {', '.join(unknown)}: there is no {self.images_dir}/{unknown[0]}/Dockerfile "
+                                  f"(images: {', '.join(self.images)})")
         if force:
             wanted = self._with_parents(names)
-            todo = [image.name for image in IMAGES if image.name in wanted]
+            todo = [name for name in self.images if name in wanted]
         else:
             todo = self.missing(names)
         while todo:  # in waves: every image whose parent is ready builds at once
-            wave = [name for name in todo if _BY_NAME[name].parent not in todo]
+            wave = [name for name in todo if self.images[name].parent not in todo]
             with ThreadPoolExecutor(max_workers=len(wave)) as pool:
-                list(pool.map(lambda name: self._build(_BY_NAME[name]), wave))
+                list(pool.map(lambda name: self._build(self.images[name]), wave))
             todo = [name for name in todo if name not in wave]
         return {name: self.tags[name] for name in names}
 
@@ -147,7 +195,7 @@ class ImageBuilder:
         for name in names:
             while name:
                 out.add(name)
-                name = _BY_NAME[name].parent
+                name = self.images[name].parent
         return out
 
     def base_source(self) -> tuple[str | None, str]:
@@ -177,9 +225,8 @@ class ImageBuilder:
 
     def missing(self, names: list[str] | None = None) -> list[str]:
         """The images (with their parents) that need a build before `names` can run, parents first."""
-        wanted = self._with_parents(names or [image.name for image in IMAGES])
-        return [image.name for image in IMAGES
-                if image.name in wanted and not self.exists(self.tags[image.name])]
+        wanted = self._with_parents(names or list(self.images))
+        return [name for name in self.images if name in wanted and not self.exists(self.tags[name])]
 
     # -- building ---------------------------------------------------------------------------
 
@@ -205,14 +252,14 @@ class ImageBuilder:
     def _docker_build(self, name: str, tag: str, buildargs: dict[str, str]) -> None:
         try:
             stream = self.client.api.build(
-                path=str(self.images_dir / name), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+                path=str(self.images[name].folder), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
                 labels={LABEL: name}, decode=True, pull=False,
             )
             for chunk in stream:
                 if "error" in chunk:
                     raise ImageBuildError(
                         f"building image {name!r} failed: {chunk['error'].strip()}\n"
-                        f"(Dockerfile: {self.images_dir / name / 'Dockerfile'})")
+                        f"(Dockerfile: {self.images[name].folder / 'Dockerfile'})")
                 line = (chunk.get("stream") or "").strip()
                 if line.startswith("Step "):
                     self.progress(f"{name}: {line}")

@@ -11,9 +11,10 @@ from functools import cached_property
 from pathlib import Path
 
 from labctl.backends.base import Backend
-from labctl.errors import LabctlError
-from labctl.images import ImageBuilder, Progress
+from labctl.errors import LabctlError, SpecError
+from labctl.images import ImageBuilder, Progress, discover
 from labctl.spec import LabSpec, load_lab
+from labctl.yamlsource import line_of, read_yaml
 
 LAB_FILE = "lab.yaml"
 
@@ -49,7 +50,17 @@ class Project:
             lab_file = lab_file.relative_to(Path.cwd())
         except ValueError:
             pass
-        return load_lab(lab_file)
+        spec = load_lab(lab_file)
+        known = discover(self.images_dir) if (self.images_dir / "base" / "Dockerfile").is_file() else None
+        if known is not None:
+            lines = read_yaml(lab_file).lines
+            problems = [f"{lab_file}:{line_of(lines, ('nodes', name, 'image'))}: nodes.{name}.image: expected an image "
+                        f"of {self.images_dir} ({', '.join(image for image in known if image != 'base')}), "
+                        f"found {node.image!r}"
+                        for name, node in spec.nodes.items() if node.image not in known]
+            if problems:
+                raise SpecError(problems)
+        return spec
 
     @property
     def backend(self) -> Backend:
@@ -63,10 +74,13 @@ class Project:
     def images_dir(self) -> Path:
         return self.root / "images"
 
-    def image_builder(self, progress: Progress | None = None) -> ImageBuilder:
-        return ImageBuilder(self.backend.stream_client, self.images_dir, progress)  # type: ignore[attr-defined]
+    def image_builder(self, progress: Progress | None = None, extra: dict[str, Path] | None = None) -> ImageBuilder:
+        """The images of images/, and `extra` ones (an exercise's own image: name -> folder)."""
+        return ImageBuilder(self.backend.stream_client, self.images_dir, progress,  # type: ignore[attr-defined]
+                            extra=extra)
 
-    def ensure_images(self, progress: Progress | None = None, names: list[str] | None = None) -> dict[str, str]:
+    def ensure_images(self, progress: Progress | None = None, names: list[str] | None = None,
+                      extra: dict[str, Path] | None = None) -> dict[str, str]:
         """The tags of the images the lab needs, building what is missing (first use)."""
         names = names or sorted({node.image for node in self.spec.nodes.values()})
-        return self.image_builder(progress).ensure(names)
+        return self.image_builder(progress, extra).ensure(names)

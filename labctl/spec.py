@@ -40,7 +40,8 @@ __all__ = ["CAPABILITIES", "LabSpec", "Limits", "NetworkSpec", "NodeSpec", "Sysc
            "lab_json_schema", "load_lab", "load_model", "sysctl_values"]
 
 Role = Literal["server", "client", "injector", "observer"]
-Image = Literal["server", "tools", "server-c"]  # built from images/<name>/
+#: An image built from images/<name>/ (Project checks that the folder exists).
+IMAGE = r"^[a-z0-9][a-z0-9-]{0,40}$"
 ROLES: tuple[str, ...] = get_args(Role)
 
 # The capabilities of linux/capability.h (0..40), the names Docker's cap_add takes.
@@ -73,6 +74,7 @@ _PATTERN_WORDS = {
     USER: "a numeric user like 1000:1000 (uid:gid) or 1000",
     SYSCTL: "a network sysctl like net.ipv4.tcp_syncookies (only those are per container)",
     ENV_NAME: "an environment variable name like WORKERS (upper case, digits, '_')",
+    IMAGE: "an image name: a folder of images/, like server or tools",
 }
 
 
@@ -250,7 +252,7 @@ class NodeSpec(_Spec):
     name: SkipJsonSchema[str] = ""  # filled from the key under nodes by LabSpec
     role: Role = Field(description="server: runs the student's code; client and injector: run checks "
                                    "(injector crafts raw packets); observer: reads the server's /proc.")
-    image: Image = Field("tools", json_schema_extra=_no_default,
+    image: Annotated[str, StringConstraints(pattern=IMAGE)] = Field("tools", json_schema_extra=_no_default,
                          description="Image built from images/<name>/. Default: server for the server, "
                                      "tools for the others.")
     capabilities: list[Capability] = Field(default_factory=list,

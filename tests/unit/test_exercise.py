@@ -368,3 +368,26 @@ def test_every_problem_is_one_plain_line(monkeypatch: pytest.MonkeyPatch) -> Non
         for problem in problems_of(Path("broken_exercises") / folder.name):
             assert re.match(r"^broken_exercises/[\w.]+/exercise\.yaml:\d+: \S", problem), problem
             assert "\n" not in problem and "Traceback" not in problem and "pydantic" not in problem
+
+
+def test_an_exercise_brings_its_own_image_or_names_one_of_the_projects(tmp_path: Path) -> None:
+    project = tmp_path / "course"
+    for image in ("base", "server", "server-node"):
+        (project / "images" / image).mkdir(parents=True)
+        (project / "images" / image / "Dockerfile").write_text("FROM scratch\n")
+    named = make_exercise(project / "exercises", "title: T\nmodel: event-loop\nsubmission: {image: server-node}\n"
+                          "checks:\n  - {name: a, check: http_get}\n", name="named")
+    assert load_exercise(named).server_image() == ("server-node", {})
+    own = make_exercise(project / "exercises", "title: T\nmodel: event-loop\nsubmission: {image: ./image}\n"
+                        "checks:\n  - {name: a, check: http_get}\n", folders=("image",), name="own")
+    (own / "image" / "Dockerfile").write_text("ARG BASE=labctl-server\nFROM ${BASE}\n")
+    assert load_exercise(own).server_image() == ("exercise-own", {"exercise-own": own / "image"})
+    missing = make_exercise(project / "exercises", "title: T\nmodel: event-loop\nsubmission: {image: server-go}\n"
+                            "checks:\n  - {name: a, check: http_get}\n", name="missing")
+    [problem] = problems_of(missing)
+    assert problem.endswith("submission.image: expected an image of "
+                            f"{(project / 'images').resolve()} (server, server-node), or ./folder for the exercise's "
+                            "own, found 'server-go'"), problem
+    no_dockerfile = make_exercise(project / "exercises", "title: T\nmodel: event-loop\nsubmission: {image: ./img}\n"
+                                  "checks:\n  - {name: a, check: http_get}\n", folders=("img",), name="nodockerfile")
+    assert "expected ./folder holding a Dockerfile, found './img' (no " in problems_of(no_dockerfile)[0]

@@ -81,3 +81,46 @@ def test_bootstrap_without_root_says_so(images_dir: Path, monkeypatch):
     builder = ImageBuilder(_NoImages(), images_dir, base_path="bootstrap")
     with pytest.raises(ImageBuildError, match=r"(?s)needs root.*sudo labctl images build"):
         builder._bootstrap_root()
+
+
+def test_images_are_discovered_with_their_parents(images_dir: Path):
+    found = images.discover(images_dir)
+    assert [(image.name, image.parent, image.packages) for image in found.values()] == [
+        ("base", None, "base"), ("server", "base", None), ("server-c", "server", "server-c"), ("tools", "base", None)]
+    (images_dir / "server-node").mkdir()
+    (images_dir / "server-node" / "Dockerfile").write_text("ARG BASE=labctl-server\nFROM ${BASE}\nRUN true\n")
+    own = images_dir.parent / "own"
+    own.mkdir()
+    (own / "Dockerfile").write_text("ARG BASE=labctl-server-node\nFROM ${BASE}\n")
+    found = images.discover(images_dir, {"exercise-x": own})
+    assert found["server-node"].parent == "server" and found["exercise-x"].parent == "server-node"
+    names = list(found)
+    assert names.index("server") < names.index("server-node") < names.index("exercise-x")
+    tags = image_tags(images_dir, {"exercise-x": own})
+    assert tags["exercise-x"].startswith("labctl-exercise-x:")
+
+
+def test_a_missing_parent_or_a_cycle_is_named(images_dir: Path):
+    (images_dir / "orphan").mkdir()
+    (images_dir / "orphan" / "Dockerfile").write_text("ARG BASE=labctl-nowhere\nFROM ${BASE}\n")
+    with pytest.raises(ImageBuildError, match=r"orphan/Dockerfile: its parent labctl-nowhere \(ARG BASE\) is no image"):
+        images.discover(images_dir)
+    (images_dir / "orphan" / "Dockerfile").write_text("ARG BASE=labctl-loop\nFROM ${BASE}\n")
+    (images_dir / "loop").mkdir()
+    (images_dir / "loop" / "Dockerfile").write_text("ARG BASE=labctl-orphan\nFROM ${BASE}\n")
+    with pytest.raises(ImageBuildError, match="each other's parents"):
+        images.discover(images_dir)
+
+
+def test_a_lab_yaml_node_on_an_image_that_does_not_exist_is_a_spec_error(tmp_path: Path):
+    from labctl.errors import SpecError
+    from labctl.project import Project
+
+    shutil.copytree(ROOT / "images", tmp_path / "images")
+    text = (ROOT / "lab.yaml").read_text().replace("    image: server\n", "    image: server-rust\n", 1)
+    (tmp_path / "lab.yaml").write_text(text)
+    line = text.splitlines().index("    image: server-rust") + 1
+    with pytest.raises(SpecError) as caught:
+        Project(tmp_path).spec
+    assert caught.value.problems == [f"{tmp_path / 'lab.yaml'}:{line}: nodes.server.image: expected an image of "
+                                     f"{tmp_path / 'images'} (server, server-c, tools), found 'server-rust'"]
