@@ -1,0 +1,52 @@
+// Mutant, WRONG on purpose: takes the first 'data' event for the whole request. A request that
+// arrives in pieces is answered 400 from its first piece: TCP is a stream, not messages.
+"use strict";
+const fs = require("fs");
+const net = require("net");
+const path = require("path");
+
+const PORT = Number(process.env.PORT || 8080);
+const DOCROOT = path.resolve(process.env.DOCROOT || "/srv/www");
+const MAX_REQUEST = 8192;
+const REASONS = { 200: "OK", 400: "Bad Request", 404: "Not Found" };
+const TYPES = { ".html": "text/html", ".txt": "text/plain", ".css": "text/css", ".js": "text/javascript" };
+
+function respond(socket, status, body, type = "text/plain") {
+  socket.end(Buffer.concat([
+    Buffer.from(`HTTP/1.0 ${status} ${REASONS[status]}\r\nContent-Type: ${type}\r\n` +
+                `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n`),
+    body]));  // end() queues what the socket cannot take now and writes it as it drains
+}
+
+function answer(socket, request) {
+  const line = request.toString("latin1").split("\r\n", 1)[0];
+  const parts = line.split(" ");
+  if (parts.length !== 3 || parts[0] !== "GET" || !parts[1].startsWith("/") || !parts[2].startsWith("HTTP/1.")) {
+    return respond(socket, 400, Buffer.from("bad request\n"));
+  }
+  let file = path.resolve(DOCROOT, "." + decodeURIComponent(parts[1]));
+  if (file !== DOCROOT && !file.startsWith(DOCROOT + path.sep)) {
+    return respond(socket, 404, Buffer.from("not found\n"));
+  }
+  fs.stat(file, (error, stats) => {
+    if (!error && stats.isDirectory()) file = path.join(file, "index.html");
+    fs.readFile(file, (readError, body) => {
+      if (readError) return respond(socket, 404, Buffer.from("not found\n"));
+      respond(socket, 200, body, TYPES[path.extname(file)] || "application/octet-stream");
+    });
+  });
+}
+
+const server = net.createServer((socket) => {
+  let request = Buffer.alloc(0);
+  let answered = false;
+  socket.on("data", (chunk) => {
+    if (answered) return;
+    answered = true;
+    answer(socket, chunk);  // the first chunk is taken for the whole request
+  });
+  socket.on("error", () => socket.destroy());  // a client that resets: forget it, serve the others
+});
+server.listen({ port: PORT, host: "0.0.0.0", backlog: 1024 }, () => {
+  console.log(`node event loop on port ${PORT}, serving ${DOCROOT}`);
+});
