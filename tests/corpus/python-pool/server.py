@@ -1,6 +1,7 @@
 """A pool of threads made up front (concurrent.futures): they exist before any client comes."""
 import os
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -16,8 +17,10 @@ def serve(conn: socket.socket) -> None:
 
 
 pool = ThreadPoolExecutor(max_workers=8)
-for _ in range(8):  # start every worker now (the executor would start them one by one, as work comes)
-    pool.submit(lambda: None)
+started = threading.Barrier(9)
+for _ in range(8):  # make every worker now: the executor makes them only as work comes, else
+    pool.submit(started.wait)
+started.wait()
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", int(os.environ.get("PORT", "8080"))))
