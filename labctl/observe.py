@@ -149,12 +149,17 @@ class Thread:
 
 
 def _wait_of_descriptors(on: dict) -> str:
+    """The wait word of a blocked syscall from what its descriptors are. Many sockets: two clients or
+    more, a client and a listener, or an epoll set holding a client beside anything else (an event
+    loop that has one client now: memcached's worker threads). One client: a single socket, even in
+    poll() (Python's settimeout), or a poll() of a client and a wake-up pipe (a thread per client)."""
     kinds: dict[str, int] = on.get("kinds") or {}
     if not on.get("count"):
         return "timed-sleep"  # select()/poll() with no descriptor: a sleep
     clients, listeners = kinds.get("client", 0), kinds.get("listen", 0)
     sockets = sum(kinds.get(kind, 0) for kind in _SOCKETS)
-    if clients >= 2 or (clients and listeners) or (sockets >= 2 and sockets > listeners):
+    loop_with_a_client = on.get("via") == "epoll" and clients and on.get("count", 0) >= 2
+    if clients >= 2 or (clients and listeners) or (sockets >= 2 and sockets > listeners) or loop_with_a_client:
         return "many-sockets"
     if clients or sockets > listeners:
         return "one-client"

@@ -154,8 +154,8 @@ def select_set(root: str, pid: int, count: int, *addresses: int) -> list[int] | 
 
 def watched(root: str, pid: int, rule: str | None, args: list[int], fds: dict[int, str]) -> dict | None:
     """What a thread blocked with `args` under `rule` waits on: {"fds": [[fd, kind], ...] (at most
-    MAX_WATCHED), "count": how many, "kinds": {kind: n}}, or None when the syscall names no
-    descriptor (a sleep, a lock) or they could not be read."""
+    MAX_WATCHED), "count": how many, "kinds": {kind: n}, "via": the rule}, or None when the syscall
+    names no descriptor (a sleep, a lock)."""
     if rule is None or len(args) < 3:
         return None
     if rule == "fd":
@@ -167,7 +167,7 @@ def watched(root: str, pid: int, rule: str | None, args: list[int], fds: dict[in
     else:  # select: nfds, readfds, writefds
         targets = [] if args[0] == 0 else select_set(root, pid, args[0], args[1], args[2])
     if targets is None:
-        return {"fds": [], "count": args[1] if rule == "poll" else args[0], "kinds": {}, "unread": True}
+        return {"fds": [], "count": args[1] if rule == "poll" else args[0], "kinds": {}, "via": rule, "unread": True}
     kinds: dict[str, int] = {}
     listed = []
     for fd in targets:
@@ -175,7 +175,7 @@ def watched(root: str, pid: int, rule: str | None, args: list[int], fds: dict[in
         kinds[kind] = kinds.get(kind, 0) + 1
         if len(listed) < MAX_WATCHED:
             listed.append([fd, kind])
-    return {"fds": listed, "count": len(targets), "kinds": kinds}
+    return {"fds": listed, "count": len(targets), "kinds": kinds, "via": rule}
 
 
 def held(fds: dict[int, str]) -> dict[str, int]:

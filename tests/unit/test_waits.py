@@ -64,13 +64,13 @@ def test_each_kind_of_wait_names_its_descriptors(tmp_path):
     assert watched(root, "epoll_wait", 8)["fds"] == [[3, "listen"], [4, "client"]]
     assert watched(root, "poll", MEMORY_POLL, 2)["fds"] == [[4, "client"]]  # the -1 entry is ignored, as poll does
     assert watched(root, "pselect6", 6, MEMORY_SELECT, 0)["fds"] == [[3, "listen"], [5, "client"]]
-    assert watched(root, "select", 0, 0, 0) == {"fds": [], "count": 0, "kinds": {}}  # a sleep
+    assert watched(root, "select", 0, 0, 0) == {"fds": [], "count": 0, "kinds": {}, "via": "select"}  # a sleep
     assert watched(root, "futex", 0) is None and watched(root, "nanosleep", 0) is None
 
 
 def test_memory_that_cannot_be_read_leaves_the_count(tmp_path):
     root = fake_process(tmp_path)
-    assert watched(root, "poll", 0xdead000, 3) == {"fds": [], "count": 3, "kinds": {}, "unread": True}
+    assert watched(root, "poll", 0xdead000, 3) == {"fds": [], "count": 3, "kinds": {}, "via": "poll", "unread": True}
 
 
 def thread(syscall: str | int, state: str = "S", **waits_on) -> observe.Thread:
@@ -87,6 +87,8 @@ def thread(syscall: str | int, state: str = "S", **waits_on) -> observe.Thread:
     (thread("epoll_wait", count=5, kinds={"listen": 1, "client": 4}), "many-sockets"),
     (thread("epoll_wait", count=2, kinds={"listen": 1, "eventfd": 1}), "new-connection"),  # an idle event loop
     (thread("read", count=1, kinds={"pipe": 1}), "pipe"),                       # a wake-up pipe is not a client
+    (thread("epoll_wait", count=2, kinds={"client": 1, "pipe": 1}, via="epoll"), "many-sockets"),  # a loop, 1 client
+    (thread("poll", count=2, kinds={"client": 1, "pipe": 1}, via="poll"), "one-client"),  # a thread, a client, a pipe
     (thread("pselect6", count=0, kinds={}), "timed-sleep"),                     # select() as a sleep
     (thread("futex"), "lock"),
     (thread("wait4"), "child"),
