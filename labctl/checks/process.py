@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from labctl import models, observe, syscalls
 from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.checks.protocol import decode_escapes
 from labctl.errors import LabctlError
 
 #: Seconds the client's hold starts before the observer looks (exec start + connects).
@@ -142,8 +143,13 @@ def sample(ctx: CheckContext, window: float) -> observe.Sample:
     return result
 
 
-def sample_while_holding(ctx: CheckContext, connections: int, window: float,
-                         probe: bool = False) -> tuple[observe.Sample, dict]:
+#: What each held connection sends: the start of a request, so the server waits for the rest.
+PARTIAL_REQUEST = "GET / HTTP/1.0\r\n"
+
+
+def sample_while_holding(ctx: CheckContext, connections: int, window: float, probe: bool = False,
+                         request: str = PARTIAL_REQUEST,
+                         probe_request: str | None = None) -> tuple[observe.Sample, dict]:
     """Sample the server while the client holds `connections` connections with partial requests.
 
     The client's hold runs in a host thread (one harness exec); HOLD_LEAD s after it starts,
@@ -155,7 +161,8 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float,
         raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to hold "
                           f"connections for {hold:.1f} s: give the check a longer timeout")
     params = {"host": ctx.server, "port": ctx.port, "connections": connections, "hold": hold,
-              "probe": probe, "probe_after": HOLD_LEAD * 0.6, "probe_timeout": 1.0}
+              "probe": probe, "probe_after": HOLD_LEAD * 0.6, "probe_timeout": 1.0, "request": request,
+              "probe_request": probe_request}
     outcome: dict[str, Any] = {}
 
     def hold_them() -> None:
@@ -406,6 +413,12 @@ class IoModelParams(CheckParams):
     window: float = Field(1.0, ge=0.2, le=10, description="Seconds watched idle, and again while loaded.")
     busy_percent: float = Field(20.0, gt=0, le=400, description="Idle CPU (% of one CPU) from which the "
                                                                 "server counts as busy-polling.")
+    request: str = Field(PARTIAL_REQUEST, description=(
+        "What each held connection sends, so the server waits for the rest: the start of an HTTP request; "
+        "'' sends nothing (a server of another protocol, which may close a connection that speaks HTTP)."))
+    probe_request: str | None = Field(None, description=(
+        "What the new client sends while the others are held, answered if any byte comes back: by default an "
+        "HTTP GET of /; for another protocol, one of its requests (like 'PING\\r\\n')."))
 
 
 @check("io_model", IoModelParams,
@@ -415,7 +428,9 @@ class IoModelParams(CheckParams):
 def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
     idle = sample(ctx, params.window)
-    loaded, hold = sample_while_holding(ctx, params.connections, params.window, probe=True)
+    loaded, hold = sample_while_holding(ctx, params.connections, params.window, probe=True, request=params.request,
+                                        probe_request=decode_escapes(params.probe_request).decode("latin-1")
+                                        if params.probe_request is not None else None)
     found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=params.connections, hold=hold,
                                            busy_fraction=params.busy_percent / 100))
     evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts}

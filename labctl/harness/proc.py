@@ -253,6 +253,7 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
 def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3.0,
                      request: str = "GET / HTTP/1.0\r\n", connect_timeout: float = 2.0,
                      probe: bool = False, probe_after: float = 0.5, probe_timeout: float = 1.0,
+                     probe_request: str | None = None,
                      path: str = "/") -> dict:
     """Open `connections` TCP connections, send each `request` (a PARTIAL request by default:
     the server is left waiting for the rest), hold them `hold` seconds from the start, close.
@@ -289,7 +290,7 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
     probe_result = None
     if probe:
         time.sleep(max(0.0, started + probe_after - time.monotonic()))
-        probe_result = _probe(host, port, path, probe_timeout)
+        probe_result = _probe(host, port, path, probe_timeout, probe_request)
     time.sleep(max(0.0, started + hold - time.monotonic()))
     open_, closed, answered = 0, 0, 0
     for sock in held:
@@ -311,12 +312,15 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
             "answered": answered, "held_for": round(time.monotonic() - started, 4), "probe": probe_result}
 
 
-def _probe(host: str, port: int, path: str, timeout: float) -> dict:
+def _probe(host: str, port: int, path: str, timeout: float, request: str | None = None) -> dict:
+    """A new client while the others are held: an HTTP GET of `path`, or `request` as it is (another
+    protocol: "PING\r\n"); answered when any byte comes back."""
     started = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(max(0.05, timeout - (time.monotonic() - started)))
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            sock.sendall(request.encode("latin-1", "replace") if request is not None
+                         else f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
             data = sock.recv(256)
         status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
         return {"answered": bool(data), "status_line": status_line, "seconds": round(time.monotonic() - started, 4)}

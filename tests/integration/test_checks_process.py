@@ -154,9 +154,9 @@ def test_threaded_fails_a_one_thread_expectation(lab_of):
 def test_threaded_idle_main_thread_in_accept4_and_io_model(lab_of):
     lab = lab_of("model_threaded")
     assert run(lab, "blocked_in", syscalls=["accept4"]).passed
-    outcome = run(lab, "io_model", expect="threaded")
+    outcome = run(lab, "io_model", expect="thread-per-connection")
     assert outcome.passed, outcome.message
-    assert outcome.evidence["extra_threads"] >= 4
+    assert outcome.evidence["rules"][-1] == "new-thread-per-client: thread-per-connection"
 
 
 # -- process per connection ---------------------------------------------------------------------
@@ -171,10 +171,12 @@ def test_forking_processes_grow_threads_stay_one(lab_of):
 
 def test_forking_io_model(lab_of):
     lab = lab_of("model_forking")
-    outcome = run(lab, "io_model", expect="forking")
+    outcome = run(lab, "io_model", expect="fork-per-connection")
     assert outcome.passed, outcome.message
+    assert run(lab, "io_model", expect="forking").passed  # the family
     wrong = run(lab, "io_model", expect=["threaded", "event-driven"])
-    assert not wrong.passed and "looks forking, expected threaded or event-driven" in wrong.message
+    assert not wrong.passed and "looks fork-per-connection (a new process for each client), expected threaded or " \
+                                "event-driven" in wrong.message
     assert run(lab, "blocked_in", syscalls=["accept4"]).passed  # the children are gone again
 
 
@@ -194,7 +196,7 @@ def test_event_loops(lab_of, server, syscall, number):
     assert outcome.passed, outcome.message
     wrong = run(lab, "blocked_in", syscalls=["accept4"])
     assert not wrong.passed and f"asleep in {syscall}" in wrong.message and "expected one of accept4" in wrong.message
-    model = run(lab, "io_model", expect="event-driven")
+    model = run(lab, "io_model", expect="event-loop")
     assert model.passed, model.message
     assert model.evidence["probe"]["answered"] is True
     assert run(lab, "threads", connections=4, threads=1, processes=1).passed

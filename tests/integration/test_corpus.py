@@ -23,6 +23,10 @@ from conftest import ROOT
 CORPUS = ROOT / "tests" / "corpus"
 IMAGE = "corpus"
 
+#: Servers of another protocol than HTTP: their held connections send nothing (memcached and redis
+#: close a connection that looks like HTTP), and the new client asks in their own protocol.
+OTHER_PROTOCOLS = {"memcached": {"request": "", "probe_request": "version\\r\\n"},
+                   "redis": {"request": "", "probe_request": "PING\\r\\n"}}
 #: name -> (how it runs, the model it really has)
 SERVERS: dict[str, tuple[str, str]] = {
     "nginx": ("nginx -c /submission/nginx.conf -p /tmp -g 'daemon off;'", "event-loop-workers"),
@@ -79,7 +83,8 @@ def test_a_real_server_is_classified_as_its_real_model_three_times(name, project
         for check, params in BEFORE:
             if check:
                 run(lab, check, **params)
-            outcome = run(lab, "io_model", expect=expected if expected != "busy-polling" else "blocking")
+            outcome = run(lab, "io_model", expect=expected if expected != "busy-polling" else "blocking",
+                          **OTHER_PROTOCOLS.get(name, {}))
             found.append(outcome.evidence["model"])
             print(f"{name} after {check or 'nothing'}: {outcome.evidence['model']}: {outcome.evidence['reason']}\n"
                   f"  rules: {outcome.evidence['rules']}")

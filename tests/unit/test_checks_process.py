@@ -124,7 +124,7 @@ def fake(monkeypatch):
             calls.append(("sample", window))
             return idle
 
-        def sample_while_holding(ctx, connections, window, probe=False):
+        def sample_while_holding(ctx, connections, window, probe=False, request=None, probe_request=None):
             calls.append(("hold", connections, window, probe))
             return held, {**HOLD, "connected": connections, **(hold or {})}
 
