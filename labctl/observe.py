@@ -466,7 +466,10 @@ def io_model(facts: Facts) -> Classification:
        fork-per-connection   in two or more processes, most of them new;
        prefork               in two or more processes that existed before any client came;
        blocking              only one: the other clients wait in the listen queue.
-    6. unknown             no thread waited on a client while they were held.
+    6. blocking            nobody waited on a client because the server answered or closed every held
+                           client at once (it does not read the whole request), and its one thread
+                           sleeps in accept(): one client at a time, just a quick one.
+    7. unknown             no thread waited on a client while they were held.
     """
     idle, loaded = facts.idle, facts.loaded if facts.loaded is not None else facts.idle
     held = (facts.hold or {}).get("connected", facts.connections if facts.loaded is not None else 0)
@@ -568,6 +571,16 @@ def io_model(facts: Facts) -> Classification:
         return result("blocking", "one-client-at-a-time",
                       f"{while_held} only {readers[0].label} served a client ({readers[0].seen[-1].waiting}){unanswered}: "
                       "one client at a time, the others wait in the listen queue")
+    hold = facts.hold or {}
+    finished = hold.get("answered", 0) + hold.get("closed_by_server", 0)
+    if held and finished >= held and not hold.get("still_open"):
+        accepting = [entry for entry in entries if entry.wait == "new-connection"]
+        if len(accepting) == 1 and accepting[0].seen[-1].syscall_name in syscalls.ACCEPTS:
+            return result("blocking", "answers-at-once",
+                          f"{while_held} the server answered or closed every one without waiting for the rest "
+                          f"of its request, and its one thread ({accepting[0].label}) sleeps in "
+                          f"{accepting[0].seen[-1].waiting}: one client at a time")
+        steps.append("every held client was answered or closed at once")
     return result("unknown", "nobody-serves", f"{while_held} no thread waited on a client (its threads: "
                                               f"{_summary(entries)})")
 

@@ -534,7 +534,12 @@ def http(ctx: CheckContext, params: HttpParams) -> Outcome:
     digest = file_digest(ctx.docroot, params.expect.file) if params.expect.file else None
     data = params.request_bytes(ctx.server)
     [step] = run_steps(ctx, [{"name": "request", "data": data, "timeout": params.timeout}])
-    return judge_http(step, params, ctx.port, digest)
+    outcome = judge_http(step, params, ctx.port, digest)
+    if not outcome.passed and not step.get("received"):
+        # No answer at all: a server that crashed on the request is seen as stopped (its state settles).
+        outcome.evidence.update(server_state(ctx))
+        outcome.message += server_exit_note(outcome.evidence)
+    return outcome
 
 
 def judge_http(step: dict, params: HttpParams, port: int, digest: FileDigest | None) -> Outcome:

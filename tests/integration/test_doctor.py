@@ -11,6 +11,8 @@ from integration.test_cli import labctl
 
 
 def test_this_machine_is_ready(project):
+    # Ready means every image of images/ built (the session's fixture builds only those most tests use).
+    project.ensure_images(names=sorted(project.image_builder().images))
     result = labctl("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     levels = {name: level for level, name in

@@ -412,6 +412,21 @@ def test_io_model_a_rare_wakeup_is_not_busy():
     assert classify(idle, same([(7, [(7, "S", POLL)])]), ANSWERED).model == "event-loop"
 
 
+def test_io_model_a_server_that_answers_before_reading_is_blocking():
+    """The blocking starter answers 501 at once: no thread ever waits on a client, yet every held
+    client got its answer and the one thread sleeps in accept()."""
+    accepting = same([(7, [(7, "S", ACCEPT4, LISTEN)])])
+    at_once = {"connected": 4, "still_open": 0, "answered": 3, "closed_by_server": 1, **ANSWERED}
+    found = classify(accepting, accepting, at_once)
+    assert found.model == "blocking" and found.facts["rules"][-1] == "answers-at-once: blocking"
+    assert "without waiting for the rest of its request" in found.reason
+    # The same threads while a held client is still open: nothing says how it serves them.
+    assert classify(accepting, accepting, {**at_once, "still_open": 1}).model == "unknown"
+    # A loop that answers at once sleeps in a multiplexer, not accept(): not called blocking.
+    polling = same([(7, [(7, "S", POLL, LISTEN)])])
+    assert classify(polling, polling, at_once).model == "unknown"
+
+
 def test_io_model_nobody_serving_is_unknown():
     found = classify(same([(7, [(7, "S", NANOSLEEP)])]), same([(7, [(7, "S", NANOSLEEP)])]), NOT_ANSWERED)
     assert found.model == "unknown" and "no thread waited on a client" in found.reason
