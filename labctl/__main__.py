@@ -8,8 +8,9 @@ labctl.untrusted.CommandGuard before anything is printed.
 
 from __future__ import annotations
 
-import signal
 import sys
+
+from labctl.interrupts import ignore_interrupts
 
 
 def run() -> None:
@@ -21,7 +22,7 @@ def run() -> None:
 
         main()
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
+        ignore_interrupts()  # a second Ctrl-C must not interrupt the goodbye
         sys.stderr.write("interrupted\n")
         sys.exit(130)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from rich.table import Table
 
 from labctl import __version__
 from labctl.errors import LabctlError
+from labctl.interrupts import stop_on_interrupts
 from labctl.project import Project, find_root
 from labctl.untrusted import printable
 
@@ -51,8 +51,7 @@ class LabctlGroup(click.Group):
     bugs into two lines and exit 2 (an infrastructure failure: "not gradable"), the traceback in a file."""
 
     def invoke(self, ctx: click.Context):
-        signal.signal(signal.SIGINT, _raise_interrupt)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        stop_on_interrupts()
         try:
             return super().invoke(ctx)
         except LabctlError as error:
@@ -78,14 +77,6 @@ def _save_traceback() -> str:
     with tempfile.NamedTemporaryFile("w", prefix="labctl-crash-", suffix=".txt", delete=False) as handle:
         handle.write(traceback.format_exc())
     return handle.name
-
-
-def _raise_interrupt(signum, frame):
-    """The first Ctrl-C (or SIGTERM) stops what runs; the ones after it are ignored, so that the
-    cleanup it starts (removing a lab) cannot itself be cut short by an impatient second one."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 def quiet() -> bool:

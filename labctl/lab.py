@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Callable, Iterator
 
 from labctl import archive, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
+from labctl.interrupts import uninterrupted
 from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
 from labctl.spec import LabSpec, NodeSpec, sysctl_values
 
@@ -372,27 +372,6 @@ class Lab:
         if node not in self.spec.nodes:
             raise LabctlError(f"lab {self.id} has no node {node!r}; its nodes: {', '.join(self.spec.nodes)}")
         return self.spec.nodes[node]
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back for the block; if one came, raise KeyboardInterrupt after it.
-
-    Signals reach only the main thread, so elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if received:
-            raise KeyboardInterrupt
 
 
 # -- finding labs by label ------------------------------------------------------------------------

@@ -320,8 +320,12 @@ class ThreadWatch:
 
     @property
     def wait(self) -> str:
-        """What it waited on most often, one word of WAIT_WORDS."""
-        return Counter(thread.wait for thread in self.seen).most_common(1)[0][0] if self.seen else "unknown"
+        """What it waited on most often, one word of WAIT_WORDS. Looks that could not tell ("unknown":
+        blocked outside a syscall, as in a page fault) do not vote while any other look can."""
+        waits = Counter(thread.wait for thread in self.seen)
+        if len(waits) > 1:
+            waits.pop("unknown", None)
+        return waits.most_common(1)[0][0] if waits else "unknown"
 
     @property
     def running_count(self) -> int:

@@ -30,6 +30,8 @@ from labctl.errors import LabctlError
 
 #: Seconds the client's hold starts before the observer looks (exec start + connects).
 HOLD_LEAD = 1.0
+#: Seconds io_model's warm-up request may take (its answer is evidence, not judged).
+WARM_UP = 2.0
 #: Seconds the hold lasts past the end of the observer's window.
 HOLD_TAIL = 0.8
 #: Seconds an exec may take beyond the work it does (engine round trip, python start).
@@ -183,6 +185,14 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
     if "error" in outcome:
         raise outcome["error"]
     return seen, outcome["answer"]
+
+
+def warm_up(ctx: CheckContext, request: str | None = None) -> dict:
+    """One request before watching: what a server does on its first request (a runtime paging in its
+    HTTP code, starting its I/O helpers) is over before it is watched, whichever checks ran before.
+    Its answer is evidence, never judged."""
+    return _harness(ctx, ctx.client, "probe", {"host": ctx.server, "port": ctx.port, "timeout": WARM_UP,
+                                               "request": request}, work=WARM_UP)
 
 
 def _hold_evidence(hold: dict) -> dict:
@@ -427,13 +437,16 @@ class IoModelParams(CheckParams):
        "held, and its CPU, and compares with the exercise.", default_timeout=30.0)
 def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
+    probe_request = (decode_escapes(params.probe_request).decode("latin-1")
+                     if params.probe_request is not None else None)
+    warmed = warm_up(ctx, probe_request)
     idle = sample(ctx, params.window)
     loaded, hold = sample_while_holding(ctx, params.connections, params.window, probe=True, request=params.request,
-                                        probe_request=decode_escapes(params.probe_request).decode("latin-1")
-                                        if params.probe_request is not None else None)
+                                        probe_request=probe_request)
     found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=params.connections, hold=hold,
                                            busy_fraction=params.busy_percent / 100))
-    evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts}
+    evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts,
+                "warm_up": warmed}
     if models.matches(found.model, expected):
         return Outcome(True, f"the server is {found.model} ({models.words(found.model)}): {found.reason}.", evidence)
     wanted = " or ".join(expected)

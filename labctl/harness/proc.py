@@ -290,7 +290,7 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
     probe_result = None
     if probe:
         time.sleep(max(0.0, started + probe_after - time.monotonic()))
-        probe_result = _probe(host, port, path, probe_timeout, probe_request)
+        probe_result = send_probe(host, port, path, probe_timeout, probe_request)
     time.sleep(max(0.0, started + hold - time.monotonic()))
     open_, closed, answered = 0, 0, 0
     for sock in held:
@@ -312,9 +312,9 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
             "answered": answered, "held_for": round(time.monotonic() - started, 4), "probe": probe_result}
 
 
-def _probe(host: str, port: int, path: str, timeout: float, request: str | None = None) -> dict:
-    """A new client while the others are held: an HTTP GET of `path`, or `request` as it is (another
-    protocol: "PING\r\n"); answered when any byte comes back."""
+def send_probe(host: str, port: int, path: str = "/", timeout: float = 1.0, request: str | None = None) -> dict:
+    """One new client: an HTTP GET of `path`, or `request` as it is (another protocol: "PING\r\n");
+    answered when any byte comes back. hold_connections' probe, and io_model's warm-up."""
     started = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -329,4 +329,4 @@ def _probe(host: str, port: int, path: str, timeout: float, request: str | None 
                 "seconds": round(time.monotonic() - started, 4)}
 
 
-COMMANDS = {"proc_snapshot": proc_snapshot, "hold_connections": hold_connections}
+COMMANDS = {"proc_snapshot": proc_snapshot, "hold_connections": hold_connections, "probe": send_probe}

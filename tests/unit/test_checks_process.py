@@ -129,6 +129,7 @@ def fake(monkeypatch):
             return held, {**HOLD, "connected": connections, **(hold or {})}
 
         monkeypatch.setattr(checks, "sample", sample)
+        monkeypatch.setattr(checks, "warm_up", lambda ctx, request=None: {"answered": True, "seconds": 0.01})
         monkeypatch.setattr(checks, "sample_while_holding", sample_while_holding)
         return calls
 

@@ -180,7 +180,7 @@ def test_the_sampler_looks_at_moments_that_vary_and_a_window_picks_its_looks(tmp
 
 
 def test_harness_command_table_has_the_proc_commands():
-    assert set(proc.COMMANDS) == {"proc_snapshot", "hold_connections"}
+    assert set(proc.COMMANDS) == {"proc_snapshot", "hold_connections", "probe"}
     assert set(agent.COMMANDS) == {"proc_agent"}
 
 
@@ -425,6 +425,16 @@ def test_io_model_a_server_that_answers_before_reading_is_blocking():
     # A loop that answers at once sleeps in a multiplexer, not accept(): not called blocking.
     polling = same([(7, [(7, "S", POLL, LISTEN)])])
     assert classify(polling, polling, at_once).model == "unknown"
+
+
+def test_io_model_looks_that_cannot_tell_do_not_vote():
+    """Node's loop, caught mostly in page faults (blocked outside a syscall: -1) while its first requests
+    page its HTTP code in from a slow disk: the one look that saw epoll_wait decides."""
+    loop = (7, "S", EPOLL_WAIT, LOOP_BUSY)
+    faulting = [[(7, [(7, "S", -1)], 4)]] * 3
+    found = classify(same([(7, [(7, "S", EPOLL_WAIT, LOOP_IDLE)])]), sample_of(*faulting, [(7, [loop], 4)]),
+                     ANSWERED)
+    assert found.model == "event-loop", found
 
 
 def test_io_model_nobody_serving_is_unknown():
