@@ -53,8 +53,10 @@ WAIT_WORDS = {
 }
 #: Waits that serve clients: a thread in one of them holds a client while the check holds clients.
 SERVING = frozenset({"one-client", "many-sockets"})
-_SOCKETS = ("listen", "client", "tcp", "udp", "unix")
-_EVENTS = ("pipe", "eventfd", "signalfd", "timerfd", "epoll", "inotify", "io_uring")
+#: Kinds of descriptors that reach the network. A unix socket is local, like a pipe: a socketpair to
+#: a child (socat's relay to its shell) or a log socket, never one of the lab's clients.
+_SOCKETS = ("listen", "client", "tcp", "udp")
+_EVENTS = ("pipe", "unix", "eventfd", "signalfd", "timerfd", "epoll", "inotify", "io_uring")
 
 
 # -- typed views of the harness's facts -------------------------------------------------------------
@@ -280,6 +282,11 @@ class Sample:
         """The most threads one server process had in any snapshot."""
         return max((snapshot.max_threads for snapshot in self.snapshots), default=0)
 
+    def threads_of(self, pid: int) -> int:
+        """The most threads process `pid` had in any snapshot (0: not seen)."""
+        return max((len(process.threads) for snapshot in self.snapshots for process in snapshot.processes
+                    if process.pid == pid), default=0)
+
     @property
     def peak_thread_total(self) -> int:
         return max((snapshot.thread_count for snapshot in self.snapshots), default=0)
@@ -465,8 +472,13 @@ def io_model(facts: Facts) -> Classification:
                              threads on one client each);
        event-loop            one loop; but if a new client got no answer meanwhile: blocking.
     5. one client each     threads wait on one client each:
-       thread-per-connection two or more in one process, most of them threads that did not exist idle;
-       thread-pool           two or more in one process that existed before any client came;
+       thread-per-connection two or more in one process, more of them than the process had threads
+                             when idle (it made threads for the clients: a runtime that keeps finished
+                             threads for reuse, like Ruby's, still shows this, as the check holds more
+                             clients than the server had threads), or most of them new;
+       thread-pool           two or more in one process that existed before any client came, no more
+                             than it had threads when idle (a pool made as clients come looks like a
+                             thread per client until it is full);
        fork-per-connection   in two or more processes, most of them new;
        prefork               in two or more processes that existed before any client came;
        blocking              only one: the other clients wait in the listen queue.
@@ -554,6 +566,11 @@ def io_model(facts: Facts) -> Classification:
         if most >= 2:
             group = [entry for entry in readers if entry.pid == pid]
             new = [entry for entry in group if entry.tid not in idle_tids]
+            had = idle.threads_of(pid)
+            if len(group) > had:
+                return result("thread-per-connection", "more-threads-than-idle",
+                              f"{while_held} {len(group)} threads of one process waited on one client each, more "
+                              f"than the {had} it had in all when idle: a thread per client")
             if 2 * len(new) >= len(group):
                 return result("thread-per-connection", "new-thread-per-client",
                               f"{while_held} {len(group)} threads of one process waited on one client each, "

@@ -419,7 +419,9 @@ class IoModelParams(CheckParams):
         "The I/O model (or models) the exercise asks for: blocking, thread-per-connection, thread-pool, "
         "fork-per-connection, prefork, event-loop, event-loop-workers, event-loop-threads; or a family of them: "
         "threaded, forking, event-driven."))
-    connections: int = Field(4, ge=1, le=200, description="Connections held (partial requests) while watching.")
+    connections: int = Field(4, ge=1, le=200, description=(
+        "Connections held (partial requests) while watching; more when the server has more threads idle (two "
+        "more than its biggest process, up to 64), so that a pool is seen full."))
     window: float = Field(1.0, ge=0.2, le=10, description="Seconds watched idle, and again while loaded.")
     busy_percent: float = Field(20.0, gt=0, le=400, description="Idle CPU (% of one CPU) from which the "
                                                                 "server counts as busy-polling.")
@@ -429,6 +431,17 @@ class IoModelParams(CheckParams):
     probe_request: str | None = Field(None, description=(
         "What the new client sends while the others are held, answered if any byte comes back: by default an "
         "HTTP GET of /; for another protocol, one of its requests (like 'PING\\r\\n')."))
+
+
+#: The most connections io_model holds to outnumber a server's idle threads.
+MOST_HELD = 64
+
+
+def connections_to_hold(idle: observe.Sample, asked: int) -> int:
+    """`asked`, or more: two more than the most threads one server process had idle (at most
+    MOST_HELD). A pool can serve no more clients at once than it has threads; a server that makes
+    a thread per client serves them all, however many threads it kept from earlier clients."""
+    return max(asked, min(MOST_HELD, idle.peak_threads + 2))
 
 
 @check("io_model", IoModelParams,
@@ -441,9 +454,10 @@ def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
                      if params.probe_request is not None else None)
     warmed = warm_up(ctx, probe_request)
     idle = sample(ctx, params.window)
-    loaded, hold = sample_while_holding(ctx, params.connections, params.window, probe=True, request=params.request,
+    connections = connections_to_hold(idle, params.connections)
+    loaded, hold = sample_while_holding(ctx, connections, params.window, probe=True, request=params.request,
                                         probe_request=probe_request)
-    found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=params.connections, hold=hold,
+    found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=connections, hold=hold,
                                            busy_fraction=params.busy_percent / 100))
     evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts,
                 "warm_up": warmed}

@@ -31,6 +31,7 @@ import os
 import socket
 import time
 
+from .protocol import resolve
 from . import waits  # relative: the package is `harness` in a container, `labctl.harness` in tests
 
 #: What a PID 1 that only starts the real server and forwards signals is called.
@@ -250,6 +251,10 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
 
 # -- in the client: hold connections open while the observer looks ------------------------------
 
+#: The most bytes of an answer a probe reads.
+READ_MOST = 1 << 20
+
+
 def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3.0,
                      request: str = "GET / HTTP/1.0\r\n", connect_timeout: float = 2.0,
                      probe: bool = False, probe_after: float = 0.5, probe_timeout: float = 1.0,
@@ -268,13 +273,18 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
     connect_by = started + max(0.1, hold / 2)  # a full backlog drops SYNs: never spend the hold connecting
     held: list[socket.socket] = []
     errors: list[str] = []
+    address, problem = resolve(host, max(0.1, hold / 2))
+    if address is None:
+        return {"requested": int(connections), "connected": 0, "connect_errors": [f"cannot resolve {host!r}: {problem}"],
+                "still_open": 0, "closed_by_server": 0, "answered": 0, "held_for": round(time.monotonic() - started, 4),
+                "probe": None}
     for _ in range(int(connections)):
         left = connect_by - time.monotonic()
         if left <= 0:
             errors.append(f"stopped connecting after {hold / 2:g} s")
             break
         try:
-            sock = socket.create_connection((host, port), timeout=min(connect_timeout, left))
+            sock = socket.create_connection((address, port), timeout=min(connect_timeout, left))
         except OSError as error:
             if len(errors) < 5:
                 errors.append(f"{type(error).__name__}: {error}")
@@ -290,7 +300,7 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
     probe_result = None
     if probe:
         time.sleep(max(0.0, started + probe_after - time.monotonic()))
-        probe_result = send_probe(host, port, path, probe_timeout, probe_request)
+        probe_result = send_probe(address, port, path, probe_timeout, probe_request)
     time.sleep(max(0.0, started + hold - time.monotonic()))
     open_, closed, answered = 0, 0, 0
     for sock in held:
@@ -312,18 +322,41 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
             "answered": answered, "held_for": round(time.monotonic() - started, 4), "probe": probe_result}
 
 
+#: After the first bytes of an answer, a probe reads on until the server is this long silent (a
+#: server of another protocol keeps the connection open) or closes: never close on a server that is
+#: still writing (one that does not ignore SIGPIPE would die of it).
+PROBE_QUIET = 0.25
+
+
 def send_probe(host: str, port: int, path: str = "/", timeout: float = 1.0, request: str | None = None) -> dict:
     """One new client: an HTTP GET of `path`, or `request` as it is (another protocol: "PING\r\n");
-    answered when any byte comes back. hold_connections' probe, and io_model's warm-up."""
+    answered when any byte comes back (`seconds`: until the first), then read to its end within
+    `timeout`. hold_connections' probe, and io_model's warm-up."""
     started = time.monotonic()
+    deadline = started + timeout
+    address, problem = resolve(host, timeout)
+    if address is None:
+        return {"answered": False, "error": f"cannot resolve {host!r}: {problem}",
+                "seconds": round(time.monotonic() - started, 4)}
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(max(0.05, timeout - (time.monotonic() - started)))
+        with socket.create_connection((address, port), timeout=max(0.05, deadline - time.monotonic())) as sock:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
             sock.sendall(request.encode("latin-1", "replace") if request is not None
                          else f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
             data = sock.recv(256)
+            answered_after = round(time.monotonic() - started, 4)
+            received = len(data)
+            try:
+                while data and received < READ_MOST and time.monotonic() < deadline:
+                    sock.settimeout(max(0.01, min(PROBE_QUIET, deadline - time.monotonic())))
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+            except OSError:
+                pass  # a quiet server, or one that reset after answering: the answer came
         status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
-        return {"answered": bool(data), "status_line": status_line, "seconds": round(time.monotonic() - started, 4)}
+        return {"answered": bool(data), "status_line": status_line, "seconds": answered_after, "bytes": received}
     except OSError as error:
         return {"answered": False, "error": f"{type(error).__name__}: {error}",
                 "seconds": round(time.monotonic() - started, 4)}

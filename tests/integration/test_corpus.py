@@ -1,5 +1,5 @@
 """The classifier on servers the project did not write: well-known servers from Debian's packages and
-standard-library servers, in C, JavaScript and Python, one for each I/O model, plus ordinary student
+standard-library servers, in C, JavaScript, Python, Ruby and Perl, one for each I/O model, plus ordinary student
 patterns (socket timeouts, a wake-up pipe, a pool made up front).
 
 Each server runs in a lab on the corpus image (tests/corpus/image: labctl's server image and the
@@ -46,6 +46,11 @@ SERVERS: dict[str, tuple[str, str]] = {
     "python-pool": ("python3 server.py", "thread-pool"),
     "python-prefork": ("python3 server.py", "prefork"),
     "python-busy": ("python3 server.py", "busy-polling"),
+    # socat forks a relay per client, its shell behind a socketpair: a unix socket is not a client.
+    "socat": ("socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:\"sed -u '/^\\r\\$/q' >/dev/null; "
+              "printf 'HTTP/1.0 200 OK\\r\\n\\r\\nhello\\n'\"", "fork-per-connection"),
+    "ruby-webrick": ("ruby server.rb", "thread-per-connection"),
+    "perl-daemon": ("perl server.pl", "blocking"),
 }
 #: What runs before each of the three classifications.
 BEFORE: list[tuple[str, dict]] = [

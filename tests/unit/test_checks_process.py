@@ -16,7 +16,7 @@ from labctl.checks.process import BlockedInParams, Expectation, IdleCpuParams, I
 from labctl.backends.base import Usage
 from labctl.errors import LabctlError
 
-ACCEPT4, RECVFROM, EPOLL_WAIT = 288, 45, 232
+ACCEPT4, RECVFROM, EPOLL_WAIT, FUTEX = 288, 45, 232, 202
 
 
 # -- expectations ---------------------------------------------------------------------------------
@@ -241,6 +241,19 @@ def test_io_model_pass_and_fail(fake):
     assert not failed.passed
     assert failed.message.startswith("the server looks thread-per-connection (a new thread for each client), expected "
                                      "blocking or event-driven: ")
+
+
+def test_io_model_holds_more_clients_than_the_server_has_threads_idle(fake):
+    """A pool of 8 workers and its main thread: 11 clients held, so the pool is seen full."""
+    pool_idle = sample_of([[(7, [(7, "S", ACCEPT4, 3)] + [(t, "S", FUTEX, 0) for t in range(20, 28)])]] * 4)
+    pool_busy = sample_of([[(7, [(7, "S", ACCEPT4, 3)] + [(t, "S", RECVFROM, 0) for t in range(20, 28)])]] * 4)
+    calls = fake(pool_idle, pool_busy, hold={"still_open": 11, "probe": {"answered": True, "seconds": 0.002}})
+    outcome = run("io_model", expect="thread-pool")
+    assert ("hold", 11, 1.0, True) in calls and outcome.evidence["connections_held"] == 11
+    assert outcome.passed, outcome.message
+    calls.clear()
+    run("io_model", expect="blocking", connections=20)
+    assert ("hold", 20, 1.0, True) in calls  # asked for more than that: as asked
 
 
 def test_io_model_busy_is_never_right(fake):
