@@ -172,8 +172,8 @@ def _server_gone(lab: Lab, after: str) -> str | None:
     engine and the server's cgroup, not from inside the lab.
     """
     server = lab.spec.server
-    info = lab.backend.inspect(lab.container_name(server.name))
-    if info.status != "running":
+    info = lab.server_info()
+    if not info.running:
         cause = (f"it was killed for using more memory than allowed ({server.limits.memory})" if info.oom_killed
                  else f"it exited with code {info.exit_code}")
         return f"the server stopped during check {after}: {cause}"

@@ -276,7 +276,7 @@ class Lab:
 
     def _raise_if_server_exited(self, port: int) -> None:
         server = self.spec.server.name
-        info = self.backend.inspect(self.container_name(server))
+        info = self.server_info()
         if not info.running:
             # Exit 0 before listening is nearly always a server that put itself in the background
             # (a daemon that forks and exits): the container lives only as long as its first process.

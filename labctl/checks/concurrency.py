@@ -17,18 +17,17 @@ from typing import Any, Iterable
 from pydantic import Field, model_validator
 
 from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.checks.common import (counts_text, explain_failure, harness_budget, plural, request_failure, request_ok,
+                                  run_harness, seconds_text, server_evidence, size_text)
 from labctl.errors import LabctlError
+from labctl.harness.wire import (ConcurrentClients, IdleConnections, SlowClient, SlowReader, TimedRequest)
 
-#: Seconds of a check's budget kept back for `docker exec` around the harness command.
-EXEC_MARGIN = 1.5
 #: How much longer than the limit the timed request waits, so a late answer is measured, not just missed.
 LATE_MARGIN = 1.0
 
 SERVE_MANY_HINT = ("Serve each client in its own thread, or watch every socket with poll/epoll "
                    "(Python: selectors.DefaultSelector) and only call recv()/send() on the ready ones.")
 
-
-# -- shared helpers ---------------------------------------------------------------------------------
 
 def percentile(values: Iterable[float], q: float) -> float | None:
     """The q-th percentile (0 < q <= 100) by the nearest-rank method; None for no values.
@@ -45,122 +44,20 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     return ordered[max(0, rank - 1)]
 
 
-def seconds_text(seconds: float | None) -> str:
-    """A duration for a student: 0.8 ms, 35 ms, 1.25 s."""
-    if seconds is None:
-        return "-"
-    if seconds < 0.0001:
-        return f"{seconds * 1000:.3f} ms"
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
+def silent(request: TimedRequest) -> bool:
+    """It connected (the listen backlog takes connections whatever the server does) and nothing came."""
+    return bool(request.get("connected")) and not request.get("received") and request.get("end") == "timeout"
 
 
-def size_text(size: int | None) -> str:
-    if size is None:
-        return "?"
-    if size >= 1 << 20:
-        return f"{size / (1 << 20):.1f} MiB"
-    if size >= 1 << 10:
-        return f"{size / (1 << 10):.1f} KiB"
-    return f"{size} bytes"
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    return f"{count} {word if count == 1 else (words or word + 's')}"
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    """{'connection refused': 3, 'timeout': 1} -> '3 connection refused, 1 timeout' (largest first)."""
-    return ", ".join(f"{number} {kind}" for kind, number in sorted(counts.items(), key=lambda item: -item[1]))
-
-
-def probe_ok(probe: dict) -> bool:
-    """The timed request got a whole 200 response."""
-    return probe.get("error") is None and probe.get("status") == 200 and bool(probe.get("complete")) \
-        and probe.get("seconds") is not None
-
-
-def describe_probe_failure(probe: dict) -> str:
-    """Why the timed request did not get a good answer, as the end of 'a second client ...'."""
-    error = probe.get("error")
-    waited = probe.get("elapsed") or probe.get("timeout")
-    if error == "timeout":
-        if probe.get("connect_seconds") is None:
-            return (f"could not even connect within {seconds_text(waited)} (no answer to its SYN: the "
-                    f"listen backlog is full, or the server is gone)")
-        got = probe.get("bytes") or 0
-        if got:
-            return (f"got only {size_text(got)} of its response within {seconds_text(waited)}")
-        return (f"waited {seconds_text(waited)} and got no response (its connect succeeded: the kernel "
-                f"completes connections in the listen backlog, but nobody read the request)")
-    if error == "connection refused":
-        return "could not connect: connection refused (is the server still running?)"
-    if error in ("connection reset", "closed without a response", "broken pipe"):
-        return f"got no answer: the server closed the connection ({error})"
-    if error in ("incomplete body", "incomplete headers"):
-        return (f"got a cut-off response ({size_text(probe.get('body_bytes'))} of "
-                f"{size_text(probe.get('content_length'))}) before the server closed the connection")
-    if error:
-        return f"failed: {error}"
-    if probe.get("status") != 200:
-        line = probe.get("status_line") or "no status line"
-        return f"got \"{line}\" instead of a 200 response for {probe.get('path')}"
-    return "got no complete response"
-
-
-def probe_evidence(probe: dict) -> dict[str, Any]:
-    keys = ("path", "status", "seconds", "connect_seconds", "first_byte_seconds", "elapsed", "error", "bytes")
+def probe_evidence(probe: TimedRequest) -> dict[str, Any]:
+    keys = ("path", "status", "seconds", "connect_seconds", "first_byte_seconds", "elapsed", "error", "end", "received")
     return {key: probe.get(key) for key in keys}
 
 
-def run_harness(ctx: CheckContext, command: str, params: dict[str, Any]) -> dict:
-    """Run a harness command in the client within the check's budget; its own failure is an error."""
-    budget = max(1.0, ctx.remaining - EXEC_MARGIN)
-    facts = ctx.harness(ctx.client, command, {"host": ctx.server, "port": ctx.port, **params, "budget": budget})
-    if "error" in facts:
-        raise LabctlError(f"the {command} measurement could not run in the client: {facts['error']}")
-    return facts
-
-
-def server_log_tail(ctx: CheckContext, lines: int = 25) -> str | None:
-    """The server's last log lines (evidence of a failure); None if they cannot be read."""
-    try:
-        return ctx.lab.log_tail(ctx.server, lines)
-    except Exception:  # evidence only: never let reading it change the verdict
-        return None
-
-
-def server_exit(ctx: CheckContext) -> int | None | bool:
-    """The server's exit code if its container is no longer running; False while it runs (or unknown)."""
-    try:
-        info = ctx.lab.backend.inspect(ctx.lab.container_name(ctx.server))
-    except Exception:  # evidence only
-        return False
-    return False if info.status in ("running", "created", "restarting") else info.exit_code
-
-
-def exit_note(code: int | None | bool) -> str:
-    if code is False:
-        return ""
-    how = f"with code {code}" if code is not None else ""
-    return f" The server is no longer running: it exited {how} (its log is in the evidence; `labctl logs server`)."
-
-
-def explain_failure(ctx: CheckContext, outcome: Outcome) -> Outcome:
-    """On a failure, add what the server says (its log tail) and whether it is still running."""
-    if outcome.passed:
-        return outcome
-    tail = server_log_tail(ctx)
-    if tail is not None:
-        outcome.evidence["server_log_tail"] = tail
-    code = server_exit(ctx)
-    if code is not False:
-        outcome.evidence["server_exit_code"] = code
-        outcome.message = outcome.message.rstrip() + exit_note(code)
-    return outcome
+def measure(ctx: CheckContext, command: str, params: dict[str, Any]) -> dict:
+    """A concurrency harness command in the client, at the server, within the check's budget."""
+    return run_harness(ctx, ctx.client, command, {"host": ctx.server, "port": ctx.port, **params,
+                                                  "budget": max(1.0, harness_budget(ctx))})
 
 
 # -- slow_client ------------------------------------------------------------------------------------
@@ -178,8 +75,8 @@ class SlowClientParams(CheckParams):
         "picked the slow clients up."))
 
 
-def judge_slow_client(facts: dict, params: SlowClientParams) -> Outcome:
-    probe = facts.get("probe") or {}
+def judge_slow_client(facts: SlowClient, params: SlowClientParams, port: int | None = None) -> Outcome:
+    probe: TimedRequest = facts.get("probe") or {}
     slow = facts.get("slow_connected", 0)
     closed = sum((facts.get("slow_closed_before_probe") or {}).values())
     evidence = {"slow_clients": params.slow_clients, "slow_connected": slow, "limit": params.limit,
@@ -196,34 +93,36 @@ def judge_slow_client(facts: dict, params: SlowClientParams) -> Outcome:
         connect = counts_text(facts.get("slow_connect_errors") or {}) or "no connection"
         return Outcome(False, f"could not open the slow connections ({connect}): is the server running?",
                        evidence)
-    if probe_ok(probe) and probe["seconds"] <= params.limit:
-        message = (f"a second client was answered in {seconds_text(probe['seconds'])} while {who} "
+    seconds = probe.get("seconds") or 0.0
+    if request_ok(probe) and seconds <= params.limit:
+        message = (f"a second client was answered in {seconds_text(seconds)} while {who} "
                    f"with an unfinished request (limit {params.limit:g} s)")
         if closed:
             message += (f"; note: the server had closed {closed} of the {plural(slow, 'slow connection')} "
                         f"before their requests were finished")
         return Outcome(True, message, evidence)
-    if probe_ok(probe):
+    if request_ok(probe):
         return Outcome(False, (
-            f"a second client waited {seconds_text(probe['seconds'])} for its response while {who} "
+            f"a second client waited {seconds_text(seconds)} for its response while {who} "
             f"(limit {params.limit:g} s): {serves}. While it waits in recv() "
             f"for a slow client's request to end, nobody else is served. {SERVE_MANY_HINT}"), evidence)
-    if probe.get("error") == "timeout" and probe.get("connect_seconds") is not None and not probe.get("bytes"):
+    if silent(probe):
         return Outcome(False, (
             f"a second client waited {seconds_text(probe.get('elapsed'))} and got no response while {who}: "
             f"{serves} (its connect succeeded only because the kernel queues "
             f"connections in the listen backlog). While the server waits in recv() for a slow client's "
             f"request to end, nobody else is served. {SERVE_MANY_HINT}"), evidence)
-    return Outcome(False, f"while {who}, a second client {describe_probe_failure(probe)}", evidence)
+    return Outcome(False, f"while {who}, a second client got no good answer: "
+                          f"{request_failure(probe, f'GET {params.path}', port)}", evidence)
 
 
 @check("slow_client", SlowClientParams, default_timeout=20.0,
        summary="A client that sends half a request must not stop the server from answering another one.")
 def slow_client(ctx: CheckContext, params: SlowClientParams) -> Outcome:
-    facts = run_harness(ctx, "slow_client", {
+    facts = measure(ctx, "slow_client", {
         "slow_clients": params.slow_clients, "path": params.path, "settle": params.settle,
         "timeout": params.limit + LATE_MARGIN})
-    return explain_failure(ctx, judge_slow_client(facts, params))
+    return explain_failure(ctx, judge_slow_client(facts, params, ctx.port))
 
 
 # -- concurrent_clients -----------------------------------------------------------------------------
@@ -268,7 +167,7 @@ def latency_summary(latencies: list[float], wall_seconds: float | None) -> dict[
             "requests_per_second": round(ok / wall_seconds, 1) if ok and wall_seconds else None}
 
 
-def judge_concurrent_clients(facts: dict, params: ConcurrentClientsParams) -> Outcome:
+def judge_concurrent_clients(facts: ConcurrentClients, params: ConcurrentClientsParams) -> Outcome:
     latencies = [float(value) for value in facts.get("latencies") or []]
     errors: dict[str, int] = facts.get("errors") or {}
     failed = sum(errors.values())
@@ -314,7 +213,7 @@ def judge_concurrent_clients(facts: dict, params: ConcurrentClientsParams) -> Ou
 @check("concurrent_clients", ConcurrentClientsParams, default_timeout=60.0,
        summary="Many clients at once, a fresh connection per request: no errors, latency percentiles.")
 def concurrent_clients(ctx: CheckContext, params: ConcurrentClientsParams) -> Outcome:
-    facts = run_harness(ctx, "concurrent_clients", {
+    facts = measure(ctx, "concurrent_clients", {
         "clients": params.clients, "requests": params.requests, "path": params.path,
         "request_timeout": params.request_timeout, "connect_timeout": params.connect_timeout, "ramp": params.ramp})
     return explain_failure(ctx, judge_concurrent_clients(facts, params))
@@ -349,8 +248,9 @@ THREAD_SIGNS = ("can't start new thread", "can not start new thread", "resource 
                 "pthread_create")
 
 
-def judge_idle_connections(facts: dict, params: IdleConnectionsParams, log_tail: str | None = None) -> Outcome:
-    probe = facts.get("probe") or {}
+def judge_idle_connections(facts: IdleConnections, params: IdleConnectionsParams, log_tail: str | None = None,
+                           port: int | None = None) -> Outcome:
+    probe: TimedRequest = facts.get("probe") or {}
     target = facts.get("target", params.connections)
     connected = facts.get("connected", 0)
     failures: dict[str, int] = facts.get("connect_failures") or {}
@@ -375,15 +275,16 @@ def judge_idle_connections(facts: dict, params: IdleConnectionsParams, log_tail:
     if closed > params.max_closed:
         problems.append(f"the server closed {closed} of the {connected} idle connections it had "
                         f"({counts_text(closed_counts)})")
-    probe_good = probe_ok(probe) and probe["seconds"] <= params.limit
-    if not probe_good:
-        if probe_ok(probe):
-            problems.append(f"a new request then took {seconds_text(probe['seconds'])} (limit {params.limit:g} s)")
+    seconds = probe.get("seconds") or 0.0
+    if not (request_ok(probe) and seconds <= params.limit):
+        if request_ok(probe):
+            problems.append(f"a new request then took {seconds_text(seconds)} (limit {params.limit:g} s)")
         else:
-            problems.append(f"a new request then {describe_probe_failure(probe)}")
+            problems.append(f"a new request then got no good answer: "
+                            f"{request_failure(probe, f'GET {params.path}', port)}")
     if not problems:
         message = (f"the server held {connected} idle connections and still answered a new request in "
-                   f"{seconds_text(probe['seconds'])} (limit {params.limit:g} s)")
+                   f"{seconds_text(seconds)} (limit {params.limit:g} s)")
         return Outcome(True, message + clamp_note, evidence)
     log = (log_tail or "").lower()
     if any(sign in log for sign in SELECT_SIGNS):
@@ -405,13 +306,14 @@ def judge_idle_connections(facts: dict, params: IdleConnectionsParams, log_tail:
 @check("idle_connections", IdleConnectionsParams, default_timeout=60.0,
        summary="Thousands of idle connections (more than select() can watch) and a new request is still served.")
 def idle_connections(ctx: CheckContext, params: IdleConnectionsParams) -> Outcome:
-    facts = run_harness(ctx, "idle_connections", {
+    facts = measure(ctx, "idle_connections", {
         "connections": params.connections, "batch": params.batch, "pause": params.pause,
         "connect_timeout": params.connect_timeout, "hold": params.hold, "path": params.path,
         "timeout": params.limit + LATE_MARGIN})
-    outcome = judge_idle_connections(facts, params)
+    outcome = judge_idle_connections(facts, params, port=ctx.port)
     if not outcome.passed:  # judge again knowing what the server's log says (select, threads)
-        outcome = judge_idle_connections(facts, params, log_tail=server_log_tail(ctx))
+        tail = server_evidence(ctx, settle=0.0, lines=25).get("server_log_tail")
+        outcome = judge_idle_connections(facts, params, log_tail=tail, port=ctx.port)
     return explain_failure(ctx, outcome)
 
 
@@ -454,9 +356,10 @@ def expected_file(docroot: Path | None, path: str) -> tuple[int, str] | None:
     return file.stat().st_size, digest.hexdigest()
 
 
-def judge_slow_reader(facts: dict, params: SlowReaderParams, expected: tuple[int, str] | None = None) -> Outcome:
-    slow = facts.get("slow") or {}
-    probe = facts.get("probe") or {}
+def judge_slow_reader(facts: SlowReader, params: SlowReaderParams, expected: tuple[int, str] | None = None,
+                      port: int | None = None) -> Outcome:
+    slow: TimedRequest = facts.get("slow") or {}
+    probe: TimedRequest = facts.get("probe") or {}
     size = expected[0] if expected else slow.get("content_length")
     evidence: dict[str, Any] = {
         "path": params.path, "file_bytes": size, "limit": params.limit, "response_seconds": probe.get("seconds"),
@@ -473,13 +376,15 @@ def judge_slow_reader(facts: dict, params: SlowReaderParams, expected: tuple[int
                           f"{size_text(params.min_size)}: the server's send() would never have to wait; "
                           "give the exercise a larger file")
     reader = f"while a client read {params.path} ({size_text(size)}) slowly"
-    if not (probe_ok(probe) and probe["seconds"] <= params.limit):
-        if probe_ok(probe):
-            what = f"waited {seconds_text(probe['seconds'])} for its response (limit {params.limit:g} s)"
-        elif probe.get("error") == "timeout" and probe.get("connect_seconds") is not None and not probe.get("bytes"):
+    seconds = probe.get("seconds") or 0.0
+    if not (request_ok(probe) and seconds <= params.limit):
+        if request_ok(probe):
+            what = f"waited {seconds_text(seconds)} for its response (limit {params.limit:g} s)"
+        elif silent(probe):
             what = f"waited {seconds_text(probe.get('elapsed'))} and got no response"
         else:
-            return Outcome(False, f"{reader}, a second client {describe_probe_failure(probe)}", evidence)
+            return Outcome(False, f"{reader}, a second client got no good answer: "
+                                  f"{request_failure(probe, f'GET {params.probe_path}', port)}", evidence)
         return Outcome(False, (
             f"{reader}, a second client {what}: the server is stuck in send()/sendall() to the slow reader. "
             "A blocking send waits until the reader has taken the data, and meanwhile nobody else is served. "
@@ -487,19 +392,19 @@ def judge_slow_reader(facts: dict, params: SlowReaderParams, expected: tuple[int
             "send() did not take and send it when poll/epoll says the socket is writable again."), evidence)
     received = slow.get("body_bytes") or 0
     if not slow.get("complete") or (size is not None and received < size):
-        how = "before the server closed the connection" if slow.get("closed_by_server") else \
+        how = "before the server closed the connection" if slow.get("end") == "closed" else \
             f"(the rest did not come within {params.drain_timeout:g} s)"
         return Outcome(False, (
-            f"{reader}, a second client was answered in {seconds_text(probe['seconds'])}, but the slow reader "
+            f"{reader}, a second client was answered in {seconds_text(seconds)}, but the slow reader "
             f"received only {size_text(received)} of {size_text(size)} {how}: send() on a non-blocking socket "
             "may take only part of the data; keep the rest and send it when the socket is writable again."),
             evidence)
-    if expected and slow.get("sha256") and slow["sha256"] != expected[1]:
+    if expected and slow.get("body_sha256") and slow.get("body_sha256") != expected[1]:
         return Outcome(False, (
             f"{reader}, the slow reader received {size_text(received)} but they differ from the file: parts "
             "were sent twice, skipped or out of order. After a partial send(), continue exactly where it "
             "stopped."), evidence)
-    return Outcome(True, (f"{reader}, a second client was answered in {seconds_text(probe['seconds'])} "
+    return Outcome(True, (f"{reader}, a second client was answered in {seconds_text(seconds)} "
                           f"(limit {params.limit:g} s), and the slow reader then got the whole file"), evidence)
 
 
@@ -511,8 +416,8 @@ def slow_reader(ctx: CheckContext, params: SlowReaderParams) -> Outcome:
         raise LabctlError(f"slow_reader: {params.path} in the exercise's docroot has {size_text(expected[0])}, "
                           f"less than min_size {size_text(params.min_size)}: the server's send() would never "
                           "have to wait; give the exercise a larger file")
-    facts = run_harness(ctx, "slow_reader", {
+    facts = measure(ctx, "slow_reader", {
         "path": params.path, "probe_path": params.probe_path, "timeout": params.limit + LATE_MARGIN,
         "rcvbuf": params.rcvbuf, "read_size": params.read_size, "read_pause": params.read_pause,
         "settle": params.settle, "drain_timeout": params.drain_timeout})
-    return explain_failure(ctx, judge_slow_reader(facts, params, expected))
+    return explain_failure(ctx, judge_slow_reader(facts, params, expected, ctx.port))

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from labctl import models, observe, syscalls
 from labctl.checks import CheckContext, CheckParams, Outcome, check
-from labctl.checks.protocol import decode_escapes
+from labctl.checks.common import decode_escapes, plural, run_harness
 from labctl.errors import LabctlError
 
 #: Seconds the client's hold starts before the observer looks (exec start + connects).
@@ -34,8 +34,6 @@ HOLD_LEAD = 1.0
 WARM_UP = 2.0
 #: Seconds the hold lasts past the end of the observer's window.
 HOLD_TAIL = 0.8
-#: Seconds an exec may take beyond the work it does (engine round trip, python start).
-EXEC_SLACK = 5.0
 #: Seconds the idle server is watched to count its threads before the client comes (~5 looks).
 IDLE_COUNT_WINDOW = 0.5
 #: Seconds a window needs beyond its length: two cgroup readings and one read of the observer's log.
@@ -100,25 +98,6 @@ def _expectation_field(value: Any) -> Any:
     return str(value).strip()
 
 
-def _plural(count: int, word: str) -> str:
-    if count == 1:
-        return f"{count} {word}"
-    return f"{count} {word}es" if word.endswith("s") else f"{count} {word}s"
-
-
-# -- gathering facts (bounded by the budget) -----------------------------------------------------
-
-def _harness(ctx: CheckContext, node: str, command: str, params: dict, work: float) -> dict:
-    """One harness command expected to take `work` seconds; its errors become LabctlError."""
-    if ctx.remaining < work + 0.5:
-        raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short for {command} "
-                          f"({work:.1f} s of work): give the check a longer timeout")
-    answer = ctx.harness(node, command, params, timeout=work + EXEC_SLACK)
-    if "error" in answer:
-        raise LabctlError(f"harness {command} on {node} failed: {answer['error']}")
-    return answer
-
-
 def _observer_errors(sample: observe.Sample) -> None:
     if sample.errors:
         raise LabctlError("the observer could not read the server's /proc (does it have SYS_PTRACE and "
@@ -169,7 +148,7 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
 
     def hold_them() -> None:
         try:
-            outcome["answer"] = _harness(ctx, ctx.client, "hold_connections", params, work=hold)
+            outcome["answer"] = run_harness(ctx, ctx.client, "hold_connections", params, work=hold)
         except BaseException as error:  # re-raised in the check's thread
             outcome["error"] = error
 
@@ -191,7 +170,7 @@ def warm_up(ctx: CheckContext, request: str | None = None) -> dict:
     """One request before watching: what a server does on its first request (a runtime paging in its
     HTTP code, starting its I/O helpers) is over before it is watched, whichever checks ran before.
     Its answer is evidence, never judged."""
-    return _harness(ctx, ctx.client, "probe", {"host": ctx.server, "port": ctx.port, "timeout": WARM_UP,
+    return run_harness(ctx, ctx.client, "probe", {"host": ctx.server, "port": ctx.port, "timeout": WARM_UP,
                                                "request": request}, work=WARM_UP)
 
 
@@ -267,7 +246,7 @@ def threads_check(ctx: CheckContext, params: ThreadsParams) -> Outcome:
             found.append(f"{growth:+d} threads from idle ({idle.peak_threads} -> {seen.peak_threads}; expected "
                          f"a growth of {expectation.describe(n)})")
         else:
-            found.append(f"{_plural(count, word)} (expected {expectation.describe(n)}; idle: "
+            found.append(f"{plural(count, word)} (expected {expectation.describe(n)}; idle: "
                          f"{idle.peak_threads if what == 'threads' else idle.peak_processes})")
         if expectation.holds(count, n):
             continue
@@ -279,7 +258,7 @@ def threads_check(ctx: CheckContext, params: ThreadsParams) -> Outcome:
             failures.append(failure)
             continue
         idle_count = idle.peak_threads if what == "threads" else idle.peak_processes
-        failure = (f"{while_} the server had {_plural(count, word)} (idle: {idle_count}); "
+        failure = (f"{while_} the server had {plural(count, word)} (idle: {idle_count}); "
                    f"expected {what} {expectation.describe(n)}")
         if expectation.op in (">", ">=") and count <= idle_count:
             failure += f": it does not start a {word} per client"

@@ -28,31 +28,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.checks.common import (Response, decode_escapes, exit_note, explain_transport, harness_budget,
+                                  parse_head, run_harness, server_evidence, show)
 from labctl.errors import LabctlError
+from labctl.harness.wire import words
 
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-STATUS_LINE = re.compile(r"^HTTP/(\d+\.\d+) (\d{3})(?: (.*))?$")
-HARNESS_MARGIN = 1.5     # seconds kept for `docker exec` and the harness's own start
-SETTLE = 1.5             # seconds a server that stopped answering is given to show as stopped
 
 
 # -- bytes and text ---------------------------------------------------------------------------------
-
-def decode_escapes(text: str | bytes) -> bytes:
-    r"""Request bytes from a parameter: bytes as they are; text with backslash escapes decoded
-    (\r \n \t \\ \xNN), so 'GET / HTTP/1.0\r\n\r\n' works in single quotes too; other characters UTF-8."""
-    if isinstance(text, bytes):
-        return text
-    return codecs.escape_decode(text.encode("utf-8"))[0]
-
-
-def show(data: bytes | str, limit: int = 60) -> str:
-    """Bytes as a student can read them in a message: 'GET / HTTP/1.0\\r\\n\\r\\n', cut at `limit`."""
-    if isinstance(data, str):
-        data = data.encode("latin-1", errors="replace")
-    text = repr(data[:limit])[2:-1]
-    return f"'{text}…'" if len(data) > limit else f"'{text}'"
-
 
 def status_text(code: int) -> str:
     try:
@@ -294,88 +278,8 @@ class SynFloodParams(CheckParams):
 
 # -- responses --------------------------------------------------------------------------------------
 
-@dataclass
-class Response:
-    version: str
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-
-    def values(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name.lower()]
-
-
-def parse_head(head: str) -> Response | None:
-    """The status line and headers of a response head (latin-1 text); None if the status line is bad."""
-    lines = head.split("\r\n")
-    match = STATUS_LINE.match(lines[0])
-    if not match:
-        return None
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon and name and name == name.strip():
-            headers.append((name, value.strip()))
-    return Response(match.group(1), int(match.group(2)), match.group(3) or "", headers)
-
-
 def step_body(step: dict) -> bytes:
     return base64.b64decode(step.get("body") or "")
-
-
-def connect_error_words(error: str | None) -> str:
-    """A connect failure as a student reads it."""
-    text = (error or "").lower()
-    if "refused" in text:
-        return "connection refused"
-    if "timeout" in text or "timed out" in text:
-        return "connecting timed out"
-    return error or "unknown error"
-
-
-def transport_problem(step: dict, label: str, port: int) -> str | None:
-    """Why no well-formed response came back to this exchange, in words; None when one did."""
-    timeout_note = f"{step.get('seconds', 0):.1f} s"
-    if step.get("skipped"):
-        return f"{label} was not sent: {step.get('skip_reason', 'the time budget ran out')}"
-    if not step.get("connected"):
-        error = step.get("connect_error", "")
-        if "refused" in error.lower():
-            return (f"could not connect to the server on port {port} for {label}: connection refused "
-                    "(the server is not listening: did it exit?)")
-        if "timeout" in error.lower() or "timed out" in error.lower():
-            return f"connecting to the server on port {port} for {label} timed out after {timeout_note}"
-        return f"could not connect to the server on port {port} for {label}: {error}"
-    head = step.get("head", "")
-    if step.get("received", 0) == 0:
-        early = ""
-        if step.get("sent", 0) < step.get("request_bytes", 0):
-            early = f" (after only {step.get('sent', 0)} of its {step.get('request_bytes')} bytes had been sent)"
-        end = step.get("end")
-        if end == "closed":
-            return f"the server closed the connection without answering {label}{early}"
-        if end == "reset":
-            return f"the server reset the connection without answering {label}{early} (did it crash?)"
-        if end == "timeout":
-            return f"the server accepted the connection but sent nothing within {timeout_note} after {label}"
-        return f"no answer to {label}: {step.get('read_error', end)}"
-    if not step.get("head_complete"):
-        hint = ""
-        if "\n\n" in head:
-            hint = " (its lines end with \\n alone: HTTP lines end with \\r\\n)"
-        how = "within " + timeout_note if step.get("end") == "timeout" else "before the connection ended"
-        return (f"the answer to {label} never ended its headers with a blank line (\\r\\n\\r\\n) {how}{hint}; "
-                f"it starts with {show(head)}")
-    if parse_head(head) is None:
-        return (f"the answer to {label} does not start with a status line like 'HTTP/1.0 200 OK'; "
-                f"it starts with {show(head)}")
-    if step.get("end") == "timeout":
-        return (f"the server sent its answer to {label} but did not close the connection within {timeout_note}; "
-                "without a Content-Length header an HTTP/1.0 client knows the body is complete only when the "
-                "server closes the connection")
-    if step.get("end") in ("reset", "error"):
-        return f"the connection was reset while the server was sending its answer to {label}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -442,7 +346,7 @@ def expectation_problems(response: Response, step: dict, expect: Expect, label: 
 def judge_exchange(step: dict, expect: Expect | None, label: str, port: int,
                    digest: FileDigest | None = None) -> list[str]:
     """All problems of one exchange: a transport problem alone, or the unmet expectations."""
-    problem = transport_problem(step, label, port)
+    problem = explain_transport(step, label, port)
     if problem:
         return [problem]
     if expect is None:
@@ -472,48 +376,12 @@ def exchange_evidence(step: dict) -> dict:
 
 # -- running harness commands -----------------------------------------------------------------------
 
-def _budget(ctx: CheckContext, cap: float | None = None) -> float:
-    budget = max(0.3, ctx.remaining - HARNESS_MARGIN)
-    return min(budget, cap) if cap else budget
-
-
-def run_harness(ctx: CheckContext, node: str, command: str, params: dict) -> dict:
-    """A harness command's facts; an error (not a verdict on the server) when the harness failed."""
-    result = ctx.harness(node, command, params)
-    if "error" in result:
-        raise LabctlError(f"harness {command} in {node} failed: {result['error']}")
-    return result
-
-
 def run_steps(ctx: CheckContext, steps: list[dict], cap: float | None = None) -> list[dict]:
     """Run request steps from the client (one harness call); the data is given as bytes."""
     wire = [{**step, "data": base64.b64encode(step["data"]).decode()} for step in steps]
     result = run_harness(ctx, ctx.client, "http_sequence",
-                         {"host": ctx.server, "port": ctx.port, "steps": wire, "budget": _budget(ctx, cap)})
+                         {"host": ctx.server, "port": ctx.port, "steps": wire, "budget": harness_budget(ctx, cap)})
     return result["steps"]
-
-
-def server_state(ctx: CheckContext) -> dict:
-    """Whether the server container still runs, its exit code and log tail: evidence when it stops answering.
-
-    Asked when the server stopped answering: its container's state may lag its death by a moment.
-    """
-    state: dict[str, Any] = {}
-    try:
-        info = ctx.lab.server_info(settle=SETTLE)
-        state["server_status"] = info.status
-        if info.status != "running":
-            state["server_exit_code"] = info.exit_code
-        state["server_log_tail"] = ctx.lab.log_tail(ctx.server, lines=15)
-    except Exception as error:  # evidence only: never let it hide the verdict
-        state["server_state_error"] = f"{type(error).__name__}: {error}"
-    return state
-
-
-def server_exit_note(state: dict) -> str:
-    if state.get("server_status") and state["server_status"] != "running":
-        return f" The server process has exited (code {state.get('server_exit_code')}); see its log."
-    return ""
 
 
 def _get(path: str, host: str) -> bytes:
@@ -537,8 +405,8 @@ def http(ctx: CheckContext, params: HttpParams) -> Outcome:
     outcome = judge_http(step, params, ctx.port, digest)
     if not outcome.passed and not step.get("received"):
         # No answer at all: a server that crashed on the request is seen as stopped (its state settles).
-        outcome.evidence.update(server_state(ctx))
-        outcome.message += server_exit_note(outcome.evidence)
+        outcome.evidence.update(server_evidence(ctx))
+        outcome.message += exit_note(outcome.evidence)
     return outcome
 
 
@@ -572,9 +440,9 @@ def malformed_request(ctx: CheckContext, params: MalformedParams) -> Outcome:
                   "always": True})
     results = run_steps(ctx, steps)
     outcome = judge_malformed(results, requests, params, ctx.port)
-    if not outcome.passed and transport_problem(results[-1], "", ctx.port):
-        outcome.evidence.update(server_state(ctx))
-        outcome.message += server_exit_note(outcome.evidence)
+    if not outcome.passed and explain_transport(results[-1], "", ctx.port):
+        outcome.evidence.update(server_evidence(ctx))
+        outcome.message += exit_note(outcome.evidence)
     return outcome
 
 
@@ -601,7 +469,7 @@ def judge_malformed(results: list[dict], requests: dict[str, tuple[bytes, str]],
                                            "seconds": step.get("seconds")}
         if problems and not step.get("skipped"):
             wrong.append(problems[0])
-        if first_dead is None and transport_problem(step, label, port) and not step.get("skipped"):
+        if first_dead is None and explain_transport(step, label, port) and not step.get("skipped"):
             first_dead = step["name"]
     alive_label = f"the good request GET {params.alive_path}"
     alive_problems = judge_exchange(alive, Expect(status=params.alive_status, content_length=False),
@@ -609,7 +477,7 @@ def judge_malformed(results: list[dict], requests: dict[str, tuple[bytes, str]],
     evidence: dict[str, Any] = {"requests": evidence_requests, "alive": exchange_evidence(alive),
                                 "expected_status": params.expect_status}
     names = list(requests)
-    if alive_problems and transport_problem(alive, alive_label, port):
+    if alive_problems and explain_transport(alive, alive_label, port):
         dead_step = next((step for step in variant_steps if step["name"] == first_dead), None)
         if dead_step is not None and dead_step.get("connected"):
             # No answer on an accepted connection: it went down while handling this one.
@@ -649,8 +517,8 @@ def client_reset(ctx: CheckContext, params: ResetParams) -> Outcome:
     results = run_steps(ctx, steps)
     outcome = judge_reset(results, params, ctx.port)
     if not outcome.passed:
-        outcome.evidence.update(server_state(ctx))
-        outcome.message += server_exit_note(outcome.evidence)
+        outcome.evidence.update(server_evidence(ctx))
+        outcome.message += exit_note(outcome.evidence)
     return outcome
 
 
@@ -671,7 +539,7 @@ def judge_reset(results: list[dict], params: ResetParams, port: int) -> Outcome:
     if first_refused is not None:
         after = (f"after the {_ordinal(first_refused)} reset" if first_refused else "from the first reset on")
         return Outcome(False, f"the server stopped accepting connections {after} "
-                              f"({connect_error_words(resets[first_refused].get('connect_error'))}). A reset makes recv() raise "
+                              f"({words(resets[first_refused].get('end') or 'error')}). A reset makes recv() raise "
                               "ConnectionResetError (ECONNRESET): catch it, close that connection and keep serving.",
                        evidence)
     if problems:
@@ -761,14 +629,14 @@ def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     try:
         flood = run_harness(ctx, ctx.injector, "syn_flood", {
             "host": ctx.server, "port": ctx.port, "count": params.syns, "listen": params.listen,
-            "seed": params.seed, "budget": _budget(ctx, 5.0 + params.syns * 0.02 + params.listen)})
+            "seed": params.seed, "budget": harness_budget(ctx, 5.0 + params.syns * 0.02 + params.listen)})
         snapshot("during")
         [probe] = run_steps(ctx, [{"name": "probe", "data": _get(params.probe_path, ctx.server),
                                    "timeout": params.probe_timeout}], cap=params.probe_timeout + 0.5)
     finally:
         try:
             cleanup = run_harness(ctx, ctx.injector, "syn_flood_cleanup",
-                                  {"host": ctx.server, "port": ctx.port, "budget": min(5.0, _budget(ctx))})
+                                  {"host": ctx.server, "port": ctx.port, "budget": min(5.0, harness_budget(ctx))})
         except LabctlError as error:
             cleanup = {"error": str(error)}
     return judge_syn_flood(flood, probe, stats, cleanup, params, ctx.port, syncookies, syncookies_source)
@@ -789,7 +657,7 @@ def server_syncookies(ctx: CheckContext) -> tuple[int | None, str]:
         configured = ctx.lab.sysctls(ctx.server).get(SYNCOOKIES)
         if configured is not None:
             return int(configured), "set by the lab for the server"
-        result = ctx.lab.exec(ctx.server, ["cat", "/proc/sys/net/ipv4/tcp_syncookies"], timeout=min(5.0, _budget(ctx)))
+        result = ctx.lab.exec(ctx.server, ["cat", "/proc/sys/net/ipv4/tcp_syncookies"], timeout=min(5.0, harness_budget(ctx)))
         if result.exit_code == 0:
             return int(result.text.strip()), "read in the server"
     except (LabctlError, ValueError):

@@ -11,7 +11,7 @@ what it saw so far.
 from __future__ import annotations
 
 import errno
-import hashlib
+import os
 import resource
 import select
 import socket
@@ -19,14 +19,11 @@ import threading
 import time
 from typing import Callable
 
-#: Never wait less than this on one socket operation (a deadline in the past is not a reason to hang).
-MIN_WAIT = 0.05
+from . import client
+from .client import MIN_WAIT, timed_request
+from .wire import ConcurrentClients, IdleConnections, Nofile, SlowClient, SlowReader, TimedRequest
 #: A connect that took this long waited for the kernel to send its SYN again (first retry after 1 s).
 SYN_RETRY = 0.9
-
-
-def _request_bytes(path: str, host: str) -> bytes:
-    return f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
 
 
 def _partial_request_bytes(path: str) -> bytes:
@@ -34,132 +31,15 @@ def _partial_request_bytes(path: str) -> bytes:
     return f"GET {path} HTTP/1.0\r\n".encode()
 
 
-def _error_name(error: BaseException) -> str:
-    """A short, stable name of a socket error (its kind, for counting)."""
-    if isinstance(error, (socket.timeout, TimeoutError)):
-        return "timeout"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, ConnectionResetError):
-        return "connection reset"
-    if isinstance(error, BrokenPipeError):
-        return "broken pipe"
-    if isinstance(error, socket.gaierror):
-        return "name not resolved"
-    if isinstance(error, OSError) and error.errno:
-        return errno.errorcode.get(error.errno, str(error.errno)).lower()
-    return type(error).__name__
+def _address(host: str, deadline: float) -> str:
+    """The server's address, resolved within the time left (OSError when it does not resolve)."""
+    address, problem = client.resolve(host, min(5.0, max(MIN_WAIT, deadline - time.monotonic())))
+    if address is None:
+        raise OSError(f"cannot resolve {host!r}: {problem}")
+    return address
 
 
-class _Response:
-    """An HTTP/1.0 response read from a socket: status, headers, body length and digest."""
-
-    def __init__(self) -> None:
-        self.head = b""
-        self.headers_done = False
-        self.status: int | None = None
-        self.content_length: int | None = None
-        self.body_bytes = 0
-        self.total_bytes = 0
-        self.eof = False
-        self.digest = hashlib.sha256()
-
-    def feed(self, data: bytes) -> None:
-        self.total_bytes += len(data)
-        if self.headers_done:
-            self.body_bytes += len(data)
-            self.digest.update(data)
-            return
-        self.head += data
-        end = self.head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.head) > 65536:  # no end of headers in 64 KiB: treat the rest as body
-                self.headers_done = True
-            return
-        head, body = self.head[:end], self.head[end + 4:]
-        self.head = head
-        self.headers_done = True
-        lines = head.split(b"\r\n")
-        parts = lines[0].split()
-        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
-            self.status = int(parts[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                self.content_length = int(value.strip())
-        self.body_bytes = len(body)
-        self.digest.update(body)
-
-    @property
-    def complete(self) -> bool:
-        if not self.headers_done:
-            return False
-        if self.content_length is not None:
-            return self.body_bytes >= self.content_length
-        return self.eof
-
-    def facts(self) -> dict:
-        return {"status": self.status, "content_length": self.content_length, "body_bytes": self.body_bytes,
-                "bytes": self.total_bytes, "complete": self.complete, "closed_by_server": self.eof,
-                "sha256": self.digest.hexdigest() if self.complete else None,
-                "status_line": self.head.split(b"\r\n", 1)[0][:200].decode(errors="replace") or None}
-
-
-def timed_request(host: str, port: int, path: str = "/index.html", timeout: float = 5.0,
-                  connect_timeout: float | None = None) -> dict:
-    """One full HTTP/1.0 request on a fresh connection, timed.
-
-    `seconds` is the time from the start of connect until the whole response arrived
-    (None when it did not in time); `connect_seconds` and `first_byte_seconds` tell where
-    the time went. A connect succeeds through the listen backlog even when the server is
-    busy, so the response time is what shows a server that is not serving.
-
-    Without `connect_timeout` the whole request has `timeout` seconds. With it, the whole
-    request has `connect_timeout + timeout` seconds, however they are spent: when a listen
-    queue overflows, the kernel sends a SYN again after 1, 3, 7 s, and a connect that the
-    client saw complete may still wait on the server's side for its SYN-ACK to be sent again
-    (1, 3, 7 s too) before the request is read. Slow, not wrong.
-    """
-    started = time.monotonic()
-    deadline = started + timeout + (connect_timeout or 0)
-    facts: dict = {"path": path, "timeout": timeout, "seconds": None, "connect_seconds": None,
-                   "first_byte_seconds": None, "error": None}
-    response = _Response()
-    sock = None
-    try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout or timeout)
-        facts["connect_seconds"] = round(time.monotonic() - started, 6)
-        sock.settimeout(max(MIN_WAIT, deadline - time.monotonic()))
-        sock.sendall(_request_bytes(path, host))
-        while not response.complete:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("timed out")
-            sock.settimeout(max(MIN_WAIT, left))
-            data = sock.recv(65536)
-            if facts["first_byte_seconds"] is None and data:
-                facts["first_byte_seconds"] = round(time.monotonic() - started, 6)
-            if not data:
-                response.eof = True
-                break
-            response.feed(data)
-        if response.complete:
-            facts["seconds"] = round(time.monotonic() - started, 6)
-        elif not response.headers_done:
-            facts["error"] = "closed without a response" if response.total_bytes == 0 else "incomplete headers"
-        else:
-            facts["error"] = "incomplete body"
-    except (OSError, ValueError) as error:
-        facts["error"] = _error_name(error)
-    finally:
-        if sock is not None:
-            sock.close()
-    facts["elapsed"] = round(time.monotonic() - started, 6)
-    facts.update(response.facts())
-    return facts
-
-
-def _raise_nofile() -> dict:
+def _raise_nofile() -> Nofile:
     """Raise the soft limit of open files to the hard one; say what the limits are."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     raised = soft
@@ -190,7 +70,7 @@ def _count_closed(socks: list[socket.socket]) -> dict[str, int]:
         except (BlockingIOError, InterruptedError):
             state = None
         except OSError as error:
-            state = _error_name(error)
+            state = client.ending_of(error)
         finally:
             sock.settimeout(timeout)
         if state is not None:
@@ -201,7 +81,7 @@ def _count_closed(socks: list[socket.socket]) -> dict[str, int]:
 # -- slow_client ----------------------------------------------------------------------------------
 
 def slow_client(host: str, port: int, slow_clients: int = 1, path: str = "/index.html", timeout: float = 3.0,
-                settle: float = 0.3, budget: float = 20.0) -> dict:
+                settle: float = 0.3, budget: float = 20.0) -> SlowClient:
     """Hold `slow_clients` connections with an unfinished request, then time a full request.
 
     The slow connections send the first line of a request and no blank line, so a server
@@ -210,10 +90,10 @@ def slow_client(host: str, port: int, slow_clients: int = 1, path: str = "/index
     server is left as it was found), which also shows whether the server kept them.
     """
     deadline = time.monotonic() + budget
-    address = socket.gethostbyname(host)
+    address = _address(host, deadline)
     slow: list[socket.socket] = []
     connect_errors: dict[str, int] = {}
-    facts: dict = {"slow_clients": slow_clients}
+    facts: SlowClient = {"slow_clients": slow_clients}
     try:
         for _ in range(slow_clients):
             if time.monotonic() >= deadline:
@@ -224,7 +104,7 @@ def slow_client(host: str, port: int, slow_clients: int = 1, path: str = "/index
                 sock.sendall(_partial_request_bytes(path))
                 slow.append(sock)
             except OSError as error:
-                name = _error_name(error)
+                name = client.ending_of(error, connecting=True)
                 connect_errors[name] = connect_errors.get(name, 0) + 1
         facts["slow_connected"] = len(slow)
         facts["slow_connect_errors"] = connect_errors
@@ -242,15 +122,13 @@ def slow_client(host: str, port: int, slow_clients: int = 1, path: str = "/index
             except OSError:
                 pass
         for sock in slow:
-            left = finish_deadline - time.monotonic()
-            if left <= 0:
+            if finish_deadline - time.monotonic() <= 0:
                 break
-            try:
-                sock.settimeout(max(MIN_WAIT, left))
-                if sock.recv(64).startswith(b"HTTP/"):
-                    answered += 1
-            except OSError:
-                pass
+            # Read each answer to its end (closing on a server still writing could kill it: SIGPIPE).
+            answer = client.Response()
+            client.read_answer(sock, answer, finish_deadline, time.monotonic(), {}, quiet=client.QUIET)
+            if (answer.status()[1] or "").startswith("HTTP/"):
+                answered += 1
         facts["slow_answered_after_finishing"] = answered
     finally:
         for sock in slow:
@@ -262,7 +140,7 @@ def slow_client(host: str, port: int, slow_clients: int = 1, path: str = "/index
 
 def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 10, path: str = "/index.html",
                        request_timeout: float = 5.0, connect_timeout: float = 10.0, ramp: float = 0.0,
-                       budget: float = 50.0, max_examples: int = 5) -> dict:
+                       budget: float = 50.0, max_examples: int = 5) -> ConcurrentClients:
     """`clients` threads at once, each making `requests` requests (a fresh connection each).
 
     The clients start one after the other over `ramp` seconds, so they run at once without
@@ -274,7 +152,7 @@ def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 
     """
     _raise_nofile()
     deadline = time.monotonic() + budget
-    address = socket.gethostbyname(host)
+    address = _address(host, deadline)
     lock = threading.Lock()
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -296,17 +174,18 @@ def concurrent_clients(host: str, port: int, clients: int = 20, requests: int = 
                     not_run[0] += requests - done
                 return
             result = timed_request(address, port, path, min(request_timeout, left), min(connect_timeout, left))
-            ok = result["error"] is None and result["status"] == 200 and result["complete"]
             with lock:
-                if result["connect_seconds"] is not None and result["connect_seconds"] >= SYN_RETRY:
+                if result.get("connected") and result.get("connect_seconds", 0) >= SYN_RETRY:
                     retried[0] += 1
-                if ok:
-                    latencies.append(result["seconds"])
+                problem = result.get("error")
+                if problem is None:
+                    latencies.append(result.get("seconds") or 0.0)
                 else:
-                    kind = result["error"] or f"status {result['status']}"
+                    kind = f"status {result.get('status')}" if problem == "bad-status" else problem
                     errors[kind] = errors.get(kind, 0) + 1
                     if len(examples) < max_examples:
-                        examples.append({key: result[key] for key in ("error", "status_line", "elapsed", "bytes")})
+                        examples.append({"error": problem, "status_line": result.get("status_line"),
+                                         "elapsed": result.get("elapsed"), "bytes": result.get("received")})
 
     threads = [threading.Thread(target=worker, args=(index,), daemon=True) for index in range(clients)]
     started_threads = 0
@@ -351,7 +230,7 @@ def _open_batch(address: str, port: int, count: int, timeout: float) -> tuple[li
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError as error:  # out of descriptors on our side
-            fail("client: " + _error_name(error))
+            fail("client: " + errno.errorcode.get(error.errno or 0, "error").lower())
             break
         sock.setblocking(False)
         code = sock.connect_ex((address, port))
@@ -375,18 +254,17 @@ def _open_batch(address: str, port: int, count: int, timeout: float) -> tuple[li
             if code == 0:
                 opened.append(sock)
             else:
-                fail({errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset",
-                      errno.ETIMEDOUT: "timeout"}.get(code, errno.errorcode.get(code, str(code)).lower()))
+                fail(client.ending_of(OSError(code, os.strerror(code)), connecting=True))
                 sock.close()
     for sock in pending.values():
-        fail("connect timed out")
+        fail("connect-timeout")
         sock.close()
     return opened, failed
 
 
 def idle_connections(host: str, port: int, connections: int = 2000, batch: int = 100, pause: float = 0.05,
                      connect_timeout: float = 3.0, hold: float = 1.0, path: str = "/index.html",
-                     timeout: float = 3.0, budget: float = 50.0, reserve: int = 64) -> dict:
+                     timeout: float = 3.0, budget: float = 50.0, reserve: int = 64) -> IdleConnections:
     """Open `connections` idle connections in paced batches, keep them, then time a request.
 
     The client's soft nofile limit is raised to its hard limit first; the number asked is
@@ -396,13 +274,13 @@ def idle_connections(host: str, port: int, connections: int = 2000, batch: int =
     """
     deadline = time.monotonic() + budget
     limits = _raise_nofile()
-    facts: dict = {"asked": connections, "nofile": limits}
+    facts: IdleConnections = {"asked": connections, "nofile": limits}
     target = connections
     if limits["hard"] != -1 and limits["soft"] - reserve < connections:
         target = max(0, limits["soft"] - reserve)
     facts["target"] = target
     facts["clamped"] = target < connections
-    address = socket.gethostbyname(host)
+    address = _address(host, deadline)
     held: list[socket.socket] = []
     failed: dict[str, int] = {}
     first_failure_after: int | None = None
@@ -448,7 +326,7 @@ def idle_connections(host: str, port: int, connections: int = 2000, batch: int =
 
 def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str = "/index.html",
                 timeout: float = 3.0, rcvbuf: int = 4096, read_size: int = 1024, read_pause: float = 0.05,
-                settle: float = 0.5, drain_timeout: float = 10.0, budget: float = 25.0) -> dict:
+                settle: float = 0.5, drain_timeout: float = 10.0, budget: float = 25.0) -> SlowReader:
     """A client asks for a large file and reads it slowly; meanwhile time another request.
 
     The slow reader's tiny receive buffer and small, paced reads fill the server's send
@@ -458,13 +336,13 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
     did not take delivers a short or corrupt file.
     """
     deadline = time.monotonic() + budget
-    address = socket.gethostbyname(host)
-    facts: dict = {"path": path, "rcvbuf_asked": rcvbuf}
-    response = _Response()
+    address = _address(host, deadline)
+    facts: SlowReader = {"path": path, "rcvbuf_asked": rcvbuf}
+    response = client.Response()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     started = time.monotonic()
     first_byte_at: float | None = None
-    probe_result: dict = {}
+    probe_result: TimedRequest = {}
 
     def read(size: int, wait: float) -> bool:
         """One recv; False when the stream ended (EOF, error) or nothing came within `wait`."""
@@ -475,7 +353,7 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
         except socket.timeout:
             return True
         except OSError as error:
-            facts["slow_error"] = _error_name(error)
+            facts["slow_error"] = client.ending_of(error)
             return False
         if not data:
             response.eof = True
@@ -491,9 +369,9 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
         sock.settimeout(max(MIN_WAIT, min(5.0, deadline - time.monotonic())))
         try:
             sock.connect((address, port))
-            sock.sendall(_request_bytes(path, host))
+            sock.sendall(client.get_request(path, host))
         except OSError as error:
-            facts["slow_error"] = _error_name(error)
+            facts["slow_error"] = client.ending_of(error, connecting=True)
             facts["slow"] = response.facts()
             return facts
         # Phase 1: read slowly until the file has started to come, then `settle` more.
@@ -506,7 +384,7 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
         while going and time.monotonic() < settle_end:
             time.sleep(read_pause)
             going = read(read_size, read_pause)
-        facts["slow_bytes_before_probe"] = response.total_bytes
+        facts["slow_bytes_before_probe"] = response.received
         # Phase 2: the other client's request, while the slow reader keeps reading slowly.
         probe_timeout = max(MIN_WAIT, min(timeout, deadline - time.monotonic() - 1.0))
 
@@ -523,7 +401,7 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
             else:
                 prober.join(timeout=read_pause)
         prober.join(timeout=max(MIN_WAIT, probe_end - time.monotonic()))
-        facts["slow_bytes_during_probe"] = response.total_bytes - facts["slow_bytes_before_probe"]
+        facts["slow_bytes_during_probe"] = response.received - facts["slow_bytes_before_probe"]
         # Phase 3: drain the rest fast, so the server finishes what it started.
         drain_end = min(deadline, time.monotonic() + drain_timeout)
         drained_at = time.monotonic()
@@ -533,7 +411,7 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
     finally:
         sock.close()
     facts["slow"] = response.facts()
-    facts["probe"] = probe_result or {"error": "not run", "seconds": None}
+    facts["probe"] = probe_result or {"error": "error", "connect_error": "not run", "seconds": None}
     return facts
 
 

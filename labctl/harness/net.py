@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 import time
 
+from .wire import WaitListening
 
-def wait_listening(host: str, port: int, timeout: float = 1.0, interval: float = 0.02) -> dict:
+
+def wait_listening(host: str, port: int, timeout: float = 1.0, interval: float = 0.02) -> WaitListening:
     """Try to connect until one succeeds or `timeout` passes.
 
     Used by `labctl up` to know when the server is ready: a refused connection is

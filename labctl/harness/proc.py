@@ -31,8 +31,8 @@ import os
 import socket
 import time
 
-from .protocol import resolve
-from . import waits  # relative: the package is `harness` in a container, `labctl.harness` in tests
+from . import client, waits  # relative: the package is `harness` in a container, `labctl.harness` in tests
+from .wire import Hold, Probe, ProcSnapshot, ServerProcess, Task
 
 #: What a PID 1 that only starts the real server and forwards signals is called.
 INIT_SHIMS = frozenset({"docker-init", "tini", "dumb-init", "catatonit"})
@@ -145,7 +145,7 @@ def _pids(root: str) -> list[int]:
 
 
 def _task(root: str, pid: int, tid: int, errors: list[str], rules: dict[str, str] | None = None,
-          fds: dict[int, str] | None = None) -> dict | None:
+          fds: dict[int, str] | None = None) -> Task | None:
     base = f"{root}/{pid}/task/{tid}"
     stat_text = _read(f"{base}/stat")
     if stat_text is None:
@@ -155,7 +155,7 @@ def _task(root: str, pid: int, tid: int, errors: list[str], rules: dict[str, str
     syscall_text = _read(f"{base}/syscall", errors)
     syscall = parse_syscall(syscall_text) if syscall_text is not None else {"syscall": None, "arg0": None, "args": []}
     wchan = (_read(f"{base}/wchan") or "").strip()
-    task = {
+    task: Task = {
         "tid": tid, "comm": stat["comm"], "state": stat["state"],
         "syscall": syscall["syscall"], "arg0": syscall["arg0"], "args": syscall["args"],
         "wchan": "" if wchan == "0" else wchan,
@@ -179,7 +179,7 @@ def _machine() -> str:
     return os.uname().machine
 
 
-def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] | None = None) -> dict:
+def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] | None = None) -> ProcSnapshot:
     """The server's processes and threads, now.
 
     Per process: pid, ppid, comm, uid, cmdline, its own CPU ticks (utime+stime of all its
@@ -209,7 +209,7 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
     shim, pids = server_pids(parents, {pid: stat["comm"] for pid, stat in stats.items()})
     rules = (fd_rules or {}).get(_machine()) if fd_rules else None
     sockets = waits.socket_kinds(proc_root, pids[0]) if rules is not None and pids else {}
-    processes = []
+    processes: list[ServerProcess] = []
     for pid in pids:
         stat = stats[pid]
         status = parse_status(_read(f"{proc_root}/{pid}/status") or "")
@@ -226,7 +226,7 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
         if not threads:
             continue
         own, children = stat["utime"] + stat["stime"], stat["cutime"] + stat["cstime"]
-        process = {"pid": pid, "ppid": stat["ppid"], "comm": stat["comm"], "uid": status.get("uid"),
+        process: ServerProcess = {"pid": pid, "ppid": stat["ppid"], "comm": stat["comm"], "uid": status.get("uid"),
                    "state": stat["state"], "cmdline": _cmdline(proc_root, pid),
                    "ticks": own, "child_ticks": children, "threads": threads}
         if fds is not None:
@@ -251,15 +251,11 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
 
 # -- in the client: hold connections open while the observer looks ------------------------------
 
-#: The most bytes of an answer a probe reads.
-READ_MOST = 1 << 20
-
-
 def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3.0,
                      request: str = "GET / HTTP/1.0\r\n", connect_timeout: float = 2.0,
                      probe: bool = False, probe_after: float = 0.5, probe_timeout: float = 1.0,
                      probe_request: str | None = None,
-                     path: str = "/") -> dict:
+                     path: str = "/") -> Hold:
     """Open `connections` TCP connections, send each `request` (a PARTIAL request by default:
     the server is left waiting for the rest), hold them `hold` seconds from the start, close.
     Connecting stops after hold/2 s (a server whose backlog is full lets SYNs go unanswered).
@@ -273,7 +269,7 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
     connect_by = started + max(0.1, hold / 2)  # a full backlog drops SYNs: never spend the hold connecting
     held: list[socket.socket] = []
     errors: list[str] = []
-    address, problem = resolve(host, max(0.1, hold / 2))
+    address, problem = client.resolve(host, max(0.1, hold / 2))
     if address is None:
         return {"requested": int(connections), "connected": 0, "connect_errors": [f"cannot resolve {host!r}: {problem}"],
                 "still_open": 0, "closed_by_server": 0, "answered": 0, "held_for": round(time.monotonic() - started, 4),
@@ -297,7 +293,7 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
             if len(errors) < 5:
                 errors.append(f"sending: {type(error).__name__}: {error}")
     connected_at = time.monotonic() - started
-    probe_result = None
+    probe_result: Probe | None = None
     if probe:
         time.sleep(max(0.0, started + probe_after - time.monotonic()))
         probe_result = send_probe(address, port, path, probe_timeout, probe_request)
@@ -322,44 +318,24 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
             "answered": answered, "held_for": round(time.monotonic() - started, 4), "probe": probe_result}
 
 
-#: After the first bytes of an answer, a probe reads on until the server is this long silent (a
-#: server of another protocol keeps the connection open) or closes: never close on a server that is
-#: still writing (one that does not ignore SIGPIPE would die of it).
-PROBE_QUIET = 0.25
-
-
-def send_probe(host: str, port: int, path: str = "/", timeout: float = 1.0, request: str | None = None) -> dict:
+def send_probe(host: str, port: int, path: str = "/", timeout: float = 1.0, request: str | None = None) -> Probe:
     """One new client: an HTTP GET of `path`, or `request` as it is (another protocol: "PING\r\n");
     answered when any byte comes back (`seconds`: until the first), then read to its end within
     `timeout`. hold_connections' probe, and io_model's warm-up."""
     started = time.monotonic()
-    deadline = started + timeout
-    address, problem = resolve(host, timeout)
+    address, problem = client.resolve(host, timeout)
     if address is None:
         return {"answered": False, "error": f"cannot resolve {host!r}: {problem}",
                 "seconds": round(time.monotonic() - started, 4)}
-    try:
-        with socket.create_connection((address, port), timeout=max(0.05, deadline - time.monotonic())) as sock:
-            sock.settimeout(max(0.05, deadline - time.monotonic()))
-            sock.sendall(request.encode("latin-1", "replace") if request is not None
-                         else f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-            data = sock.recv(256)
-            answered_after = round(time.monotonic() - started, 4)
-            received = len(data)
-            try:
-                while data and received < READ_MOST and time.monotonic() < deadline:
-                    sock.settimeout(max(0.01, min(PROBE_QUIET, deadline - time.monotonic())))
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    received += len(chunk)
-            except OSError:
-                pass  # a quiet server, or one that reset after answering: the answer came
-        status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
-        return {"answered": bool(data), "status_line": status_line, "seconds": answered_after, "bytes": received}
-    except OSError as error:
-        return {"answered": False, "error": f"{type(error).__name__}: {error}",
-                "seconds": round(time.monotonic() - started, 4)}
+    data = request.encode("latin-1", "replace") if request is not None else client.get_request(path, host)
+    facts = client.exchange(address, port, data, max(0.05, started + timeout - time.monotonic()),
+                            max_body=0, quiet=client.QUIET)
+    if not facts.get("received"):
+        why = facts.get("connect_error") or facts.get("read_error") or (
+            f"no answer within {timeout:g} s" if facts.get("end") == "timeout" else facts.get("end", "no answer"))
+        return {"answered": False, "error": why, "seconds": round(time.monotonic() - started, 4)}
+    return {"answered": True, "status_line": facts.get("status_line") or "",
+            "seconds": round(facts.get("first_byte_seconds") or 0.0, 4), "bytes": facts.get("received", 0)}
 
 
 COMMANDS = {"proc_snapshot": proc_snapshot, "hold_connections": hold_connections, "probe": send_probe}

@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 
-from harness.protocol import resolve
+from .client import resolve
 
 MAX_SYNS = 20000
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import struct
 
+from .wire import WaitsOn
+
 #: Descriptor kinds, as reported: the host words them.
 LISTEN, CLIENT, TCP, UDP, UNIX, PIPE, FILE, OTHER = "listen", "client", "tcp", "udp", "unix", "pipe", "file", "other"
 #: anon_inode:[name] -> kind
@@ -152,7 +154,7 @@ def select_set(root: str, pid: int, count: int, *addresses: int) -> list[int] | 
     return sorted(found) if readable else None
 
 
-def watched(root: str, pid: int, rule: str | None, args: list[int], fds: dict[int, str]) -> dict | None:
+def watched(root: str, pid: int, rule: str | None, args: list[int], fds: dict[int, str]) -> WaitsOn | None:
     """What a thread blocked with `args` under `rule` waits on: {"fds": [[fd, kind], ...] (at most
     MAX_WATCHED), "count": how many, "kinds": {kind: n}, "via": the rule}, or None when the syscall
     names no descriptor (a sleep, a lock)."""

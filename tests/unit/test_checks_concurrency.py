@@ -31,22 +31,37 @@ from labctl.checks.concurrency import (
     percentile,
     seconds_text,
 )
+from labctl.backends.base import ContainerInfo
 from labctl.errors import LabctlError
 from labctl.harness import concurrency as harness
+from unit.loopback import LocalServer
 
 
 def good_probe(seconds: float = 0.004, path: str = "/index.html") -> dict:
-    return {"path": path, "timeout": 3.0, "seconds": seconds, "connect_seconds": 0.0003,
-            "first_byte_seconds": seconds - 0.0001, "error": None, "elapsed": seconds, "status": 200,
-            "content_length": 94, "body_bytes": 94, "bytes": 133, "complete": True, "closed_by_server": False,
-            "sha256": "x", "status_line": "HTTP/1.0 200 OK"}
+    """A timed request's facts (harness client.timed_request): a whole 200 answer."""
+    return {"path": path, "timeout": 3.0, "seconds": seconds, "connected": True, "connect_seconds": 0.0003,
+            "first_byte_seconds": seconds - 0.0001, "error": None, "elapsed": seconds, "end": "content-length",
+            "head": "HTTP/1.0 200 OK\r\nContent-Length: 94\r\n\r\n", "head_complete": True, "status": 200,
+            "status_line": "HTTP/1.0 200 OK", "content_length": 94, "body_bytes": 94, "received": 133,
+            "complete": True, "body_sha256": "x"}
 
 
 def timed_out_probe(waited: float = 3.0, connected: bool = True) -> dict:
-    return {"path": "/index.html", "timeout": waited, "seconds": None,
-            "connect_seconds": 0.0004 if connected else None, "first_byte_seconds": None, "error": "timeout",
-            "elapsed": waited, "status": None, "content_length": None, "body_bytes": 0, "bytes": 0,
-            "complete": False, "closed_by_server": False, "sha256": None, "status_line": None}
+    """Connected and nothing came (a server busy with another client), or no SYN-ACK at all."""
+    facts = {"path": "/index.html", "timeout": waited, "seconds": None, "connected": connected,
+             "first_byte_seconds": None, "elapsed": waited, "status": None, "status_line": None,
+             "content_length": None, "body_bytes": 0, "received": 0, "complete": False, "head": "",
+             "head_complete": False, "body_sha256": None}
+    if connected:
+        return {**facts, "connect_seconds": 0.0004, "end": "timeout", "error": "timeout"}
+    return {**facts, "connect_seconds": waited, "end": "connect-timeout", "error": "connect-timeout",
+            "connect_error": "TimeoutError: timed out"}
+
+
+def refused_probe() -> dict:
+    return {"path": "/index.html", "timeout": 3.0, "seconds": None, "connected": False, "connect_seconds": 0.001,
+            "end": "refused", "error": "refused", "elapsed": 0.001,
+            "connect_error": "ConnectionRefusedError: [Errno 111] Connection refused"}
 
 
 # -- percentiles and words ---------------------------------------------------------------------------
@@ -154,13 +169,14 @@ def test_slow_client_fails_a_late_answer_and_says_how_late():
 
 
 def test_slow_client_other_failures_are_described():
-    refused = dict(timed_out_probe(), error="connection refused", connect_seconds=None, elapsed=0.001)
+    refused = refused_probe()
     outcome = judge_slow_client(slow_facts(refused), SlowClientParams())
     assert not outcome.passed and "connection refused" in outcome.message
-    not_found = dict(good_probe(), status=404, status_line="HTTP/1.0 404 Not Found")
+    not_found = dict(good_probe(), status=404, status_line="HTTP/1.0 404 Not Found", error="bad-status", seconds=None,
+                     head="HTTP/1.0 404 Not Found\r\nContent-Length: 94\r\n\r\n")
     outcome = judge_slow_client(slow_facts(not_found), SlowClientParams())
     assert not outcome.passed and '"HTTP/1.0 404 Not Found" instead of a 200' in outcome.message
-    outcome = judge_slow_client({"slow_connected": 0, "slow_connect_errors": {"connection refused": 1},
+    outcome = judge_slow_client({"slow_connected": 0, "slow_connect_errors": {"refused": 1},
                                  "probe": refused}, SlowClientParams())
     assert not outcome.passed and outcome.message.startswith("could not open the slow connections")
 
@@ -192,7 +208,7 @@ def test_concurrent_clients_passes_and_gives_the_numbers():
 
 
 def test_concurrent_clients_fails_on_errors_and_names_them():
-    facts = concurrent_facts([0.02] * 21, {"connection reset": 138, "closed without a response": 41})
+    facts = concurrent_facts([0.02] * 21, {"reset": 138, "no-answer": 41})
     outcome = judge_concurrent_clients(facts, ConcurrentClientsParams())
     assert not outcome.passed
     assert "179 of 200 requests failed (138 connection reset, 41 closed without a response); none may fail" \
@@ -237,7 +253,7 @@ def test_idle_connections_passes_a_server_that_holds_them_all():
 
 
 def test_idle_connections_names_select_when_the_log_does():
-    facts = idle_facts(1100, timed_out_probe(connected=False), {"connection refused": 100}, {"closed": 1100})
+    facts = idle_facts(1100, timed_out_probe(connected=False), {"refused": 100}, {"closed": 1100})
     log = "Traceback ...\nValueError: filedescriptor out of range in select()"
     outcome = judge_idle_connections(facts, IdleConnectionsParams(), log_tail=log)
     assert not outcome.passed
@@ -254,11 +270,12 @@ def test_idle_connections_names_threads_when_the_log_does():
 
 
 def test_idle_connections_generic_hint_without_a_log():
-    facts = idle_facts(130, timed_out_probe(connected=False), {"connect timed out": 70})
-    outcome = judge_idle_connections(facts, IdleConnectionsParams())
+    facts = idle_facts(130, timed_out_probe(connected=False), {"connect-timeout": 70})
+    outcome = judge_idle_connections(facts, IdleConnectionsParams(), port=8080)
     assert not outcome.passed
     assert "only 130 of 2000 connected; 70 connect timed out" in outcome.message
-    assert "could not even connect within 3.00 s" in outcome.message
+    assert ("connecting to the server on port 8080 for GET /index.html timed out after 3.00 s (no answer to its SYN"
+            in outcome.message)
     assert "poll/epoll" in outcome.message
 
 
@@ -284,8 +301,8 @@ def reader_facts(probe: dict, body_bytes: int = SIZE, complete: bool = True, clo
                  sha: str | None = "abc", status: int = 200) -> dict:
     return {"path": "/large.bin", "rcvbuf": 8192, "slow_first_byte_seconds": 0.02,
             "slow_bytes_before_probe": 11264, "slow_bytes_during_probe": 1024, "drain_seconds": 0.2,
-            "slow": {"status": status, "content_length": SIZE, "body_bytes": body_bytes, "bytes": body_bytes + 44,
-                     "complete": complete, "closed_by_server": closed, "sha256": sha,
+            "slow": {"status": status, "content_length": SIZE, "body_bytes": body_bytes, "received": body_bytes + 44,
+                     "complete": complete, "end": "closed" if closed else "content-length", "body_sha256": sha,
                      "status_line": f"HTTP/1.0 {status} X"},
             "probe": probe}
 
@@ -335,19 +352,14 @@ def test_expected_file_reads_size_and_digest_inside_the_docroot_only(tmp_path):
 
 # -- the check functions against a stub lab ----------------------------------------------------------
 
-@dataclass
-class Info:
-    status: str
-    exit_code: int | None
-
-
 class StubLab:
     """Records harness calls and answers with canned facts; a server that is running or has exited."""
 
     def __init__(self, facts: dict, running: bool = True, log: str = "server log line"):
         self.facts, self.calls, self.log = facts, [], log
         self.backend = self
-        self.state = Info("running", None) if running else Info("exited", 1)
+        self.state = ContainerInfo("labctl-x-server", "server", "server", "running" if running else "exited",
+                                   None if running else 1, None, {})
 
     def harness(self, node, command, params, timeout=60):
         self.calls.append((node, command, params, timeout))
@@ -360,6 +372,9 @@ class StubLab:
         return f"labctl-x-{node}"
 
     def inspect(self, name):
+        return self.state
+
+    def server_info(self, settle=0.0):
         return self.state
 
 
@@ -390,7 +405,7 @@ def test_a_failure_carries_the_log_and_says_the_server_exited():
 
 
 def test_idle_connections_check_reads_the_log_for_its_hint():
-    facts = idle_facts(1100, timed_out_probe(connected=False), {"connection refused": 100})
+    facts = idle_facts(1100, timed_out_probe(connected=False), {"refused": 100})
     lab = StubLab(facts, log="ValueError: filedescriptor out of range in select()")
     outcome = conc.idle_connections(context(lab, budget=60), IdleConnectionsParams())
     assert not outcome.passed and "select() failed" in outcome.message
@@ -398,7 +413,7 @@ def test_idle_connections_check_reads_the_log_for_its_hint():
 
 def test_a_harness_that_could_not_run_is_an_error_not_a_failure():
     lab = StubLab({"error": "OSError: [Errno 24] Too many open files", "traceback": "..."})
-    with pytest.raises(LabctlError, match="could not run in the client: OSError"):
+    with pytest.raises(LabctlError, match="harness concurrent_clients in client failed: OSError"):
         conc.concurrent_clients(context(lab), ConcurrentClientsParams())
 
 
@@ -411,80 +426,6 @@ def test_slow_reader_refuses_an_exercise_whose_file_is_too_small(tmp_path):
 
 
 # -- harness pieces on 127.0.0.1 ----------------------------------------------------------------------
-
-def test_response_reader_handles_split_headers_and_content_length():
-    response = harness._Response()
-    for piece in (b"HTTP/1.0 200 OK\r\nContent-Le", b"ngth: 5\r\n\r", b"\nhel", b"lo"):
-        assert not response.complete
-        response.feed(piece)
-    facts = response.facts()
-    assert facts["status"] == 200 and facts["content_length"] == 5 and facts["body_bytes"] == 5
-    assert facts["complete"] and facts["sha256"] == hashlib.sha256(b"hello").hexdigest()
-
-
-def test_response_without_length_is_complete_at_eof_only():
-    response = harness._Response()
-    response.feed(b"HTTP/1.0 200 OK\r\n\r\nabc")
-    assert not response.complete
-    response.eof = True
-    assert response.complete
-
-
-class LocalServer:
-    """A one-at-a-time server on 127.0.0.1 that answers `body` to every whole request."""
-
-    def __init__(self, body: bytes = b"hello"):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.body = body
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                conn.settimeout(10)
-                try:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(1024)
-                        if not chunk:
-                            break
-                        data += chunk
-                    if data:
-                        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
-                except OSError:
-                    pass
-
-    def close(self):
-        self.listener.close()
-
-
-def test_timed_request_measures_a_whole_response():
-    server = LocalServer(b"x" * 100_000)
-    try:
-        facts = harness.timed_request("127.0.0.1", server.port, "/", timeout=5)
-    finally:
-        server.close()
-    assert facts["error"] is None and facts["status"] == 200 and facts["body_bytes"] == 100_000
-    assert 0 < facts["connect_seconds"] <= facts["first_byte_seconds"] <= facts["seconds"] < 5
-
-
-def test_timed_request_refused_and_timeout():
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    assert harness.timed_request("127.0.0.1", port, "/", timeout=1)["error"] == "connection refused"
-    with socket.create_server(("127.0.0.1", 0)) as mute:      # listens (backlog), never accepts
-        started = time.monotonic()
-        facts = harness.timed_request("127.0.0.1", mute.getsockname()[1], "/", timeout=0.3)
-        assert facts["error"] == "timeout" and facts["connect_seconds"] is not None
-        assert time.monotonic() - started < 1.0
-
 
 def test_harness_slow_client_on_a_one_at_a_time_server():
     server = LocalServer()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from labctl.checks import CheckContext, load_catalog
 from labctl.checks import protocol as P
+from labctl.checks.common import EXEC_MARGIN, explain_transport
 from labctl.backends.base import ExecResult
 from labctl.errors import LabctlError
 
@@ -52,8 +53,8 @@ def ok(body: bytes = b"hello\n", status: str = "200 OK", headers: str = "Content
     return step(f"HTTP/1.0 {status}\r\n{headers}Content-Length: {len(body)}\r\n\r\n", body)
 
 
-REFUSED = {"action": "exchange", "connected": False, "connect_error": "ConnectionRefusedError: [Errno 111] "
-                                                                      "Connection refused", "seconds": 0.001}
+REFUSED = {"action": "exchange", "connected": False, "end": "refused",
+           "connect_error": "ConnectionRefusedError: [Errno 111] Connection refused", "seconds": 0.001}
 
 
 # -- the catalog ------------------------------------------------------------------------------------
@@ -141,28 +142,28 @@ def test_parse_head_reads_the_status_line_and_headers():
 
 @pytest.mark.parametrize("facts, words", [
     (REFUSED, "could not connect to the server on port 8080 for GET /: connection refused"),
-    ({"connected": False, "connect_error": "timeout: timed out", "seconds": 3.0},
-     "connecting to the server on port 8080 for GET / timed out after 3.0 s"),
+    ({"connected": False, "end": "connect-timeout", "connect_error": "TimeoutError: timed out", "seconds": 3.0},
+     "connecting to the server on port 8080 for GET / timed out after 3.00 s (no answer to its SYN"),
     ({"skipped": True, "skip_reason": "an earlier connection to the server failed"},
      "GET / was not sent: an earlier connection to the server failed"),
     (step(end="closed"), "the server closed the connection without answering GET /"),
     (step(end="reset"), "the server reset the connection without answering GET / (did it crash?)"),
-    (step(end="timeout", seconds=5.0), "the server accepted the connection but sent nothing within 5.0 s after GET /"),
+    (step(end="timeout", seconds=5.0), "the server accepted the connection but sent nothing within 5.00 s after GET /"),
     (step(end="closed", sent=3), "(after only 3 of its 20 bytes had been sent)"),
     (step("HTTP/1.0 200 OK\nContent-Length: 2\n\nhi"),
      "never ended its headers with a blank line (\\r\\n\\r\\n) before the connection ended (its lines end with \\n "
      "alone: HTTP lines end with \\r\\n)"),
     (step("hello\r\n\r\n"), "does not start with a status line like 'HTTP/1.0 200 OK'; it starts with 'hello\\r\\n\\r\\n'"),
     (step("HTTP/1.0 200 OK\r\n\r\n", b"partial", end="timeout", seconds=5.0),
-     "did not close the connection within 5.0 s; without a Content-Length header"),
+     "did not close the connection within 5.00 s; without a Content-Length header"),
 ])
 def test_transport_problems_are_told_in_words(facts, words):
-    assert words in P.transport_problem(facts, "GET /", 8080)
+    assert words in explain_transport(facts, "GET /", 8080)
 
 
 def test_a_complete_answer_has_no_transport_problem():
-    assert P.transport_problem(ok(), "GET /", 8080) is None
-    assert P.transport_problem({**ok(), "end": "content-length"}, "GET /", 8080) is None
+    assert explain_transport(ok(), "GET /", 8080) is None
+    assert explain_transport({**ok(), "end": "content-length"}, "GET /", 8080) is None
 
 
 def judge(facts: dict, digest=None, **expect) -> list[str]:
@@ -290,7 +291,7 @@ def test_client_reset_fails_when_the_server_stops_accepting_or_answering():
     assert "ConnectionResetError" in outcome.message
     outcome = P.judge_reset(resets(3) + [step(end="timeout", seconds=3.0)], P.ResetParams(times=3), 8080)
     assert not outcome.passed
-    assert "the server accepted the connection but sent nothing within 3.0 s" in outcome.message
+    assert "the server accepted the connection but sent nothing within 3.00 s" in outcome.message
 
 
 # -- trickled_request -------------------------------------------------------------------------------
@@ -361,7 +362,7 @@ def test_syn_flood_passing_says_the_servers_syncookies_setting():
 
 
 def test_syn_flood_fails_with_syncookies_off_and_points_at_the_backlog():
-    probe = {"connected": False, "connect_error": "timeout: timed out", "seconds": 3.0}
+    probe = {"connected": False, "end": "connect-timeout", "connect_error": "TimeoutError: timed out", "seconds": 3.0}
     outcome = P.judge_syn_flood(flood_facts(synacks_seen=2), probe, stats(0, 62, 2), {}, P.SynFloodParams(), 8080,
                                 0, "set by the lab for the server")
     assert not outcome.passed
@@ -373,7 +374,7 @@ def test_syn_flood_fails_with_syncookies_off_and_points_at_the_backlog():
 
 
 def test_syn_flood_fails_with_syncookies_on_and_does_not_blame_the_backlog():
-    probe = {"connected": False, "connect_error": "timeout: timed out", "seconds": 3.0}
+    probe = {"connected": False, "end": "connect-timeout", "connect_error": "TimeoutError: timed out", "seconds": 3.0}
     outcome = P.judge_syn_flood(flood_facts(), probe, stats(62, 0, 2), {}, P.SynFloodParams(), 8080, 1, "read in the server")
     assert not outcome.passed
     assert "The server's kernel uses SYN cookies (net.ipv4.tcp_syncookies=1)" in outcome.message
@@ -382,7 +383,7 @@ def test_syn_flood_fails_with_syncookies_on_and_does_not_blame_the_backlog():
 
 
 def test_syn_flood_fails_and_explains_the_full_syn_queue():
-    probe = {"connected": False, "connect_error": "timeout: timed out", "seconds": 3.0}
+    probe = {"connected": False, "end": "connect-timeout", "connect_error": "TimeoutError: timed out", "seconds": 3.0}
     outcome = P.judge_syn_flood(flood_facts(synacks_seen=2), probe, stats(0, 62, 2), {}, P.SynFloodParams(), 8080)
     assert not outcome.passed
     assert "connecting to the server on port 8080 for a normal request (GET /) from the client timed out" \
@@ -440,7 +441,7 @@ def test_http_check_sends_the_request_within_the_budget():
     [(node, command, params)] = lab.calls
     assert (node, command, params["host"], params["port"]) == ("client", "http_sequence", "server", 8080)
     assert base64.b64decode(params["steps"][0]["data"]) == b"GET /hello.txt HTTP/1.0\r\nHost: server\r\n\r\n"
-    assert params["budget"] <= 10 - P.HARNESS_MARGIN + 0.01
+    assert params["budget"] <= 10 - EXEC_MARGIN + 0.01
 
 
 def test_a_failing_harness_is_an_error_not_a_verdict():
