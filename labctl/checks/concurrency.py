@@ -276,31 +276,42 @@ def judge_idle_connections(facts: IdleConnections, params: IdleConnectionsParams
         problems.append(f"the server closed {closed} of the {connected} idle connections it had "
                         f"({counts_text(closed_counts)})")
     seconds = probe.get("seconds") or 0.0
-    if not (request_ok(probe) and seconds <= params.limit):
-        if request_ok(probe):
-            problems.append(f"a new request then took {seconds_text(seconds)} (limit {params.limit:g} s)")
-        else:
-            problems.append(f"a new request then got no good answer: "
-                            f"{request_failure(probe, f'GET {params.path}', port)}")
+    late = _late_or_failed(probe, params.limit, f"GET {params.path}", port)
+    if late:
+        problems.append(f"a new request then {late}")
     if not problems:
         message = (f"the server held {connected} idle connections and still answered a new request in "
                    f"{seconds_text(seconds)} (limit {params.limit:g} s)")
         return Outcome(True, message + clamp_note, evidence)
+    return Outcome(False, f"with {plural(target, 'idle connection')} opened: " + "; ".join(problems)
+                   + clamp_note + ". " + _idle_hint(log_tail), evidence)
+
+
+def _late_or_failed(request: TimedRequest, limit: float, label: str, port: int | None) -> str | None:
+    """None when the timed request got a whole answer within `limit`; else what happened, as the end of
+    'a new request then ...'."""
+    seconds = request.get("seconds") or 0.0
+    if request_ok(request) and seconds <= limit:
+        return None
+    if request_ok(request):
+        return f"took {seconds_text(seconds)} (limit {limit:g} s)"
+    return f"got no good answer: {request_failure(request, label, port)}"
+
+
+def _idle_hint(log_tail: str | None) -> str:
+    """What to do about idle connections a server could not hold, from what its log says."""
     log = (log_tail or "").lower()
     if any(sign in log for sign in SELECT_SIGNS):
-        hint = ("The server's log says select() failed: select() cannot watch a descriptor numbered 1024 or "
+        return ("The server's log says select() failed: select() cannot watch a descriptor numbered 1024 or "
                 "more (FD_SETSIZE), so a select() server breaks past about 1020 connections. Use poll() or "
                 "epoll (Python: selectors.DefaultSelector) instead.")
-    elif any(sign in log for sign in THREAD_SIGNS):
-        hint = ("The server's log says it could not start a new thread: a thread per connection needs a thread "
+    if any(sign in log for sign in THREAD_SIGNS):
+        return ("The server's log says it could not start a new thread: a thread per connection needs a thread "
                 "for every idle client, and this lab allows a few hundred. Watch the sockets with poll/epoll "
                 "(Python: selectors.DefaultSelector) instead.")
-    else:
-        hint = ("Idle connections cost nothing to a server that waits with poll/epoll; a server that serves one "
-                "client at a time never takes more than its listen backlog, a thread per connection runs out of "
-                "threads (this lab allows a few hundred), and select() breaks past descriptor 1023 (FD_SETSIZE).")
-    return Outcome(False, f"with {plural(target, 'idle connection')} opened: " + "; ".join(problems)
-                   + clamp_note + ". " + hint, evidence)
+    return ("Idle connections cost nothing to a server that waits with poll/epoll; a server that serves one "
+            "client at a time never takes more than its listen backlog, a thread per connection runs out of "
+            "threads (this lab allows a few hundred), and select() breaks past descriptor 1023 (FD_SETSIZE).")
 
 
 @check("idle_connections", IdleConnectionsParams, default_timeout=60.0,
@@ -378,18 +389,7 @@ def judge_slow_reader(facts: SlowReader, params: SlowReaderParams, expected: tup
     reader = f"while a client read {params.path} ({size_text(size)}) slowly"
     seconds = probe.get("seconds") or 0.0
     if not (request_ok(probe) and seconds <= params.limit):
-        if request_ok(probe):
-            what = f"waited {seconds_text(seconds)} for its response (limit {params.limit:g} s)"
-        elif silent(probe):
-            what = f"waited {seconds_text(probe.get('elapsed'))} and got no response"
-        else:
-            return Outcome(False, f"{reader}, a second client got no good answer: "
-                                  f"{request_failure(probe, f'GET {params.probe_path}', port)}", evidence)
-        return Outcome(False, (
-            f"{reader}, a second client {what}: the server is stuck in send()/sendall() to the slow reader. "
-            "A blocking send waits until the reader has taken the data, and meanwhile nobody else is served. "
-            "Serve each client in its own thread, or in an event loop use non-blocking sockets: keep what "
-            "send() did not take and send it when poll/epoll says the socket is writable again."), evidence)
+        return Outcome(False, _stuck_behind_the_reader(reader, probe, params, port), evidence)
     received = slow.get("body_bytes") or 0
     if not slow.get("complete") or (size is not None and received < size):
         how = "before the server closed the connection" if slow.get("end") == "closed" else \
@@ -406,6 +406,20 @@ def judge_slow_reader(facts: SlowReader, params: SlowReaderParams, expected: tup
             "stopped."), evidence)
     return Outcome(True, (f"{reader}, a second client was answered in {seconds_text(seconds)} "
                           f"(limit {params.limit:g} s), and the slow reader then got the whole file"), evidence)
+
+
+def _stuck_behind_the_reader(reader: str, probe: TimedRequest, params: SlowReaderParams, port: int | None) -> str:
+    """Why the second client was not answered in time while the slow reader read."""
+    if request_ok(probe):
+        what = f"waited {seconds_text(probe.get('seconds'))} for its response (limit {params.limit:g} s)"
+    elif silent(probe):
+        what = f"waited {seconds_text(probe.get('elapsed'))} and got no response"
+    else:
+        return f"{reader}, a second client got no good answer: {request_failure(probe, f'GET {params.probe_path}', port)}"
+    return (f"{reader}, a second client {what}: the server is stuck in send()/sendall() to the slow reader. "
+            "A blocking send waits until the reader has taken the data, and meanwhile nobody else is served. "
+            "Serve each client in its own thread, or in an event loop use non-blocking sockets: keep what "
+            "send() did not take and send it when poll/epoll says the socket is writable again.")
 
 
 @check("slow_reader", SlowReaderParams, default_timeout=30.0,

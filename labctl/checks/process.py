@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from labctl import models, observe, syscalls
+from labctl.classify import Facts, classify
 from labctl.checks import CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import decode_escapes, plural, run_harness
 from labctl.errors import LabctlError
@@ -327,19 +328,28 @@ def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
         return Outcome(False, "no server thread was seen: did the server exit?", evidence)
     percent = 100 * seen.cpu_fraction
     evidence["cpu_percent"] = round(percent, 1)
+    return judge_blocked_in(verdicts, aside, percent, seen.elapsed, params, evidence)
+
+
+def judge_blocked_in(verdicts: list[observe.Verdict], aside: list[observe.ThreadWatch], percent: float,
+                     elapsed: float, params: BlockedInParams, evidence: dict[str, Any]) -> Outcome:
+    """Every judged thread asleep where expected, and the server's CPU low: pass; else the first bad thread."""
     bad = [v for v in verdicts if not v.ok]
     if not bad and percent >= params.busy_percent:
         return Outcome(False, f"every look found the server's threads asleep where expected, yet the server used "
-                              f"{percent:.0f}% of a CPU over {seen.elapsed:.1f} s (limit {params.busy_percent:g}%): "
+                              f"{percent:.0f}% of a CPU over {elapsed:.1f} s (limit {params.busy_percent:g}%): "
                               f"something runs between the looks (short-lived child processes, or a thread that "
                               f"sleeps only while watched).", evidence)
     if bad:
-        more = f" (and {len(bad) - 1} more thread{'s' if len(bad) > 2 else ''} like it)" if len(bad) > 1 else ""
+        more = f" (and {len(bad) - 1} more {'threads' if len(bad) > 2 else 'thread'} like it)" if len(bad) > 1 else ""
         why = bad[0].why
         return Outcome(False, why + more + ("" if why.endswith("?") and not more else "."), evidence)
     shown = "; ".join(v.why for v in verdicts[:3]) + (f"; and {len(verdicts) - 3} more" if len(verdicts) > 3 else "")
-    aside_text = (f" ({len(aside)} other thread{'s' if len(aside) > 1 else ''} that do not serve the network, "
-                  f"not judged: {observe.WAIT_WORDS[aside[0].wait]}{', ...' if len(aside) > 1 else ''})" if aside else "")
+    aside_text = ""
+    if aside:
+        others = "other threads" if len(aside) > 1 else "other thread"
+        aside_text = (f" ({len(aside)} {others} that do not serve the network, not judged: "
+                      f"{observe.WAIT_WORDS[aside[0].wait]}{', ...' if len(aside) > 1 else ''})")
     return Outcome(True, f"idle, every server thread sleeps where expected: {shown}.{aside_text}", evidence)
 
 
@@ -436,8 +446,8 @@ def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     connections = connections_to_hold(idle, params.connections)
     loaded, hold = sample_while_holding(ctx, connections, params.window, probe=True, request=params.request,
                                         probe_request=probe_request)
-    found = observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=connections, hold=hold,
-                                           busy_fraction=params.busy_percent / 100))
+    found = classify(Facts(idle=idle, loaded=loaded, connections=connections, hold=hold,
+                           busy_fraction=params.busy_percent / 100))
     evidence = {"model": found.model, "expected": expected, "reason": found.reason, **found.facts,
                 "warm_up": warmed}
     if models.matches(found.model, expected):

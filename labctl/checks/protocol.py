@@ -303,12 +303,24 @@ def file_digest(docroot: Path | None, name: str) -> FileDigest:
 def expectation_problems(response: Response, step: dict, expect: Expect, label: str,
                          digest: FileDigest | None = None) -> list[str]:
     """What in a well-formed response differs from `expect`, one sentence each."""
+    body = step_body(step)
+    size = step.get("body_bytes", len(body))
+    return (_status_problems(response, expect, label) + _header_problems(response, expect, label)
+            + _length_problems(response, expect, label, size) + _body_problems(body, size, step, expect, label, digest))
+
+
+def _status_problems(response: Response, expect: Expect, label: str) -> list[str]:
+    if expect.status is None:
+        return []
+    wanted = expect.status if isinstance(expect.status, list) else [expect.status]
+    if response.status in wanted:
+        return []
+    got = f"{response.status} {response.reason}".strip()
+    return [f"the server answered {got} to {label}; expected {expected_status_text(expect.status)}"]
+
+
+def _header_problems(response: Response, expect: Expect, label: str) -> list[str]:
     problems = []
-    if expect.status is not None:
-        wanted = expect.status if isinstance(expect.status, list) else [expect.status]
-        if response.status not in wanted:
-            got = f"{response.status} {response.reason}".strip()
-            problems.append(f"the server answered {got} to {label}; expected {expected_status_text(expect.status)}")
     for name, value in expect.headers.items():
         found = response.values(name)
         if not found:
@@ -316,15 +328,24 @@ def expectation_problems(response: Response, step: dict, expect: Expect, label: 
                             + ("" if value.strip() == "*" else f"; expected '{value}'"))
         elif value.strip() != "*" and not any(v.strip().lower() == value.strip().lower() for v in found):
             problems.append(f"the {name} header of the answer to {label} is '{found[0]}'; expected '{value}'")
-    body = step_body(step)
-    size = step.get("body_bytes", len(body))
-    if expect.content_length:
-        lengths = response.values("Content-Length")
-        if len(set(lengths)) > 1:
-            problems.append(f"the answer to {label} has conflicting Content-Length headers: {', '.join(lengths)}")
-        elif lengths and (not (lengths[0].isascii() and lengths[0].isdigit()) or int(lengths[0]) != size):
-            problems.append(f"the Content-Length header of the answer to {label} says {lengths[0]} bytes, "
-                            f"but the body has {size} bytes")
+    return problems
+
+
+def _length_problems(response: Response, expect: Expect, label: str, size: int) -> list[str]:
+    if not expect.content_length:
+        return []
+    lengths = response.values("Content-Length")
+    if len(set(lengths)) > 1:
+        return [f"the answer to {label} has conflicting Content-Length headers: {', '.join(lengths)}"]
+    if lengths and (not (lengths[0].isascii() and lengths[0].isdigit()) or int(lengths[0]) != size):
+        return [f"the Content-Length header of the answer to {label} says {lengths[0]} bytes, "
+                f"but the body has {size} bytes"]
+    return []
+
+
+def _body_problems(body: bytes, size: int, step: dict, expect: Expect, label: str,
+                   digest: FileDigest | None) -> list[str]:
+    problems = []
     if expect.body is not None:
         wanted_body = expect.body.encode("utf-8")
         if body != wanted_body or size != len(wanted_body):
@@ -453,6 +474,22 @@ def malformed_requests(params: MalformedParams) -> dict[str, tuple[bytes, str]]:
     return requests
 
 
+def _where_it_stopped(steps: list[dict], requests: dict[str, tuple[bytes, str]], first_dead: str | None) -> str:
+    """Which bad request a server that stopped answering stopped at, in a sentence."""
+    names = list(requests)
+    dead_step = next((step for step in steps if step["name"] == first_dead), None)
+    if dead_step is None or first_dead is None:
+        return "It answered the bad requests but not the good one after them"
+    if dead_step.get("connected"):
+        # No answer on an accepted connection: it went down while handling this one.
+        data, what = requests[first_dead]
+        return f"It stopped at {what} ({show(data, 40)})"
+    if names.index(first_dead) > 0:
+        data, what = requests[names[names.index(first_dead) - 1]]
+        return f"It stopped after {what} ({show(data, 40)})"
+    return "It did not accept connections from the first bad request on"
+
+
 def judge_malformed(results: list[dict], requests: dict[str, tuple[bytes, str]], params: MalformedParams,
                     port: int) -> Outcome:
     *variant_steps, alive = results
@@ -476,20 +513,8 @@ def judge_malformed(results: list[dict], requests: dict[str, tuple[bytes, str]],
                                     alive_label, port)
     evidence: dict[str, Any] = {"requests": evidence_requests, "alive": exchange_evidence(alive),
                                 "expected_status": params.expect_status}
-    names = list(requests)
     if alive_problems and explain_transport(alive, alive_label, port):
-        dead_step = next((step for step in variant_steps if step["name"] == first_dead), None)
-        if dead_step is not None and dead_step.get("connected"):
-            # No answer on an accepted connection: it went down while handling this one.
-            data, what = requests[first_dead]
-            where = f"It stopped at {what} ({show(data, 40)})"
-        elif dead_step is not None and names.index(first_dead) > 0:
-            data, what = requests[names[names.index(first_dead) - 1]]
-            where = f"It stopped after {what} ({show(data, 40)})"
-        elif dead_step is not None:
-            where = "It did not accept connections from the first bad request on"
-        else:
-            where = "It answered the bad requests but not the good one after them"
+        where = _where_it_stopped(variant_steps, requests, first_dead)
         message = (f"after the bad requests the server stopped answering: {alive_problems[0]}. {where}; "
                    "a server must survive bad input: catch the error for that one request, answer "
                    "400 Bad Request, close that connection and keep serving.")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl import classify as classifier
 from labctl import models, observe, syscalls
 from labctl.harness import agent, proc
 
@@ -284,7 +285,7 @@ LOOP_IDLE, LOOP_BUSY = {"listen": 1, "eventfd": 1}, {"listen": 1, "client": 4}
 
 
 def classify(idle, loaded, hold=None, connections=4):
-    return observe.io_model(observe.Facts(idle=idle, loaded=loaded, connections=connections, hold=hold))
+    return classifier.classify(classifier.Facts(idle=idle, loaded=loaded, connections=connections, hold=hold))
 
 
 def test_io_model_blocking():
