@@ -1,6 +1,6 @@
 """The one vocabulary of I/O models: how a server serves many clients while it waits.
 
-exercise.yaml's `model`, the io_model check's `expect`, the classifier's answer (observe.io_model)
+exercise.yaml's `model`, the io_model check's `expect`, the classifier's answer (labctl/classify.py)
 and `labctl observe` all use these words. A model is what the classifier finds; a family names
 several models, for an exercise that accepts any of them ("threaded": a thread per connection or a
 pool). "busy-polling", "stopped" and "unknown" can be found but never expected.

@@ -1,5 +1,6 @@
-"""A server's threads, seen from the observer: what each waits in, how much CPU it uses, and
-what that says about how the server serves clients. Host side; pure interpretation.
+"""A server's threads, seen from the observer: what each waits in, what on, how much CPU it uses.
+Host side; pure interpretation (what that says about how the server serves clients is
+labctl/classify.py's).
 
 Two sources, neither visible to the server: the observer's sampler (labctl/harness/agent.py)
 looks at /proc all the time, at moments that vary, and writes its looks to its log; the host
@@ -12,8 +13,6 @@ in between from the log. `Window` is that pair. This module turns them into:
 - `Thread.waiting`: "asleep in accept4 (288)", "running", ... in words;
 - `watch(sample)`: per thread, what it was seen doing across a sample (`ThreadWatch`);
 - `blocked_in(sample, names)`: per thread, whether it sleeps in one of the named syscalls;
-- `io_model(Facts(...))`: blocking / threaded / forking / event-driven / busy-polling
-  (or unknown), with the one piece of evidence that decided it (`Classification`);
 - `render(snapshot)`: a `ps`-like table for people; `snapshot(lab)`: take one (for `labctl observe`).
 
 wchan (the kernel function a thread sleeps in) is carried and shown, never graded: its
