@@ -23,6 +23,7 @@ from labctl import __version__
 from labctl.errors import LabctlError
 from labctl.interrupts import stop_on_interrupts
 from labctl.project import Project, find_root
+from labctl.spec import DEFAULT_PORT
 from labctl.untrusted import printable
 
 #: When output goes to a file or a CI log, a line is as long as its content: a table wrapped at 80 columns
@@ -260,7 +261,7 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
         sub = dataclasses.replace(sub, port=port or sub.port, docroot=docroot or sub.docroot)
     elif submission:
         sub = Submission(path=submission, run=run_command, build=build_command, docroot=docroot,
-                         port=port or spec.server.port or 8080)
+                         port=port or spec.server_port)
     with progress_display("up") as say:
         tags = proj.ensure_images(say, names=sorted({node.image for node in spec.nodes.values()}), extra=extra)
         lab = Lab.create(spec, proj.backend, lab_name)
@@ -403,7 +404,7 @@ def observe(ctx, lab_id, interval) -> None:
 @click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
 @click.option("--node", default="client", show_default=True, help="Where to listen (client or injector).")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to capture.")
-@click.option("--filter", "packet_filter", default="tcp port 8080", show_default=True,
+@click.option("--filter", "packet_filter", default=f"tcp port {DEFAULT_PORT}", show_default=True,
               help="A tcpdump filter ('' for every packet).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("capture.pcap"),
               show_default=True, help="Where to write the pcap file (open it with Wireshark or tcpdump -r).")

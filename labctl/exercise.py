@@ -53,7 +53,7 @@ from pydantic_core import InitErrorDetails
 from labctl import models
 from labctl.checks import REGISTRY, CheckDef, CheckParams, load_catalog, load_exercise_checks
 from labctl.errors import SpecError
-from labctl.spec import ENV_NAME, Port, Sysctls
+from labctl.spec import DEFAULT_PORT, ENV_NAME, Port, Sysctls
 from labctl.spec_errors import (
     SpecModel,
     broken_rule,
@@ -161,7 +161,7 @@ class SubmissionSpec(SpecModel):
     build: str | None = Field(None, description="Shell command run once in /submission before the server "
                                                 "starts (like make); null: nothing to build.")
     run: str = Field("python3 server.py", description="Shell command that starts the server, in /submission.")
-    port: Port = Field(8080, description="The port the server must listen on (also given as $PORT).")
+    port: Port = Field(DEFAULT_PORT, description="The port the server must listen on (also given as $PORT).")
     sysctls: Sysctls = Field(default_factory=dict,
                              description="The server's kernel settings for this exercise (its own network "
                                          "namespace), over those of lab.yaml's server node: like "

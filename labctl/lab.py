@@ -28,7 +28,7 @@ from labctl import archive, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
 from labctl.interrupts import uninterrupted
 from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
-from labctl.spec import LabSpec, NodeSpec, sysctl_values
+from labctl.spec import DEFAULT_PORT, LabSpec, NodeSpec, sysctl_values
 
 if TYPE_CHECKING:
     from labctl.exercise import Exercise
@@ -86,7 +86,7 @@ class Submission:
     run: str = "python3 server.py"
     build: str | None = None
     docroot: Path | None = None
-    port: int = 8080
+    port: int = DEFAULT_PORT
     env: dict[str, str] = field(default_factory=dict)
     #: The server's kernel settings (net.* sysctls of its network namespace), over lab.yaml's.
     sysctls: dict[str, str] = field(default_factory=dict)
@@ -195,7 +195,7 @@ class Lab:
     def _plan(self, node: NodeSpec, images: dict[str, str], submission: Submission | None) -> ContainerPlan:
         if node.role == "server":
             workdir = SUBMISSION_DIR
-            port = submission.port if submission else (node.port or 8080)
+            port = submission.port if submission else self.spec.server_port
             env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "LANG": "C.UTF-8"}
             if submission:
                 env.update(submission.env)

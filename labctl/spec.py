@@ -39,8 +39,8 @@ from labctl.spec_errors import (
     with_rules,
 )
 
-__all__ = ["CAPABILITIES", "LabSpec", "Limits", "NetworkSpec", "NodeSpec", "Sysctls", "Timeouts",
-           "lab_json_schema", "load_lab", "sysctl_values"]
+__all__ = ["CAPABILITIES", "DEFAULT_PORT", "LabSpec", "Limits", "NetworkSpec", "NodeSpec", "Sysctls",
+           "Timeouts", "lab_json_schema", "load_lab", "sysctl_values"]
 
 Role = Literal["server", "client", "injector", "observer"]
 #: An image built from images/<name>/ (Project checks that the folder exists).
@@ -69,6 +69,8 @@ _SYSCTL = re.compile(SYSCTL)
 _SIZE = re.compile(r"^([0-9]+)([bkmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 MIN_MEMORY = 6 * 2**20  # Docker refuses a memory limit under 6 MB
+#: The port a student's server listens on when lab.yaml and the exercise say nothing (also in $PORT).
+DEFAULT_PORT = 8080
 
 # What a pattern means, in words (pydantic would only show the regex).
 _PATTERN_WORDS = {
@@ -240,7 +242,7 @@ class NodeSpec(SpecModel):
                                             "server, root (null) for the others.")
     port: Port | None = Field(None, json_schema_extra=_no_default,
                               description="Server only: the port the student's server listens on "
-                                          "(default 8080, also given as $PORT).")
+                                          f"(default {DEFAULT_PORT}, also given as $PORT).")
     watches: NodeName | None = Field(None, validate_default=True,
                                      description="Observer only (required there): the server node whose "
                                                  "PID namespace it shares to read /proc.")
@@ -254,7 +256,7 @@ class NodeSpec(SpecModel):
     @classmethod
     def _server_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("role") == "server":
-            return {"image": "server", "user": "1000:1000", "port": 8080, **data}
+            return {"image": "server", "user": "1000:1000", "port": DEFAULT_PORT, **data}
         return data
 
     @field_validator("capabilities")
@@ -314,6 +316,11 @@ class LabSpec(SpecModel):
     def server(self) -> NodeSpec:
         """The one server node (validation guarantees there is exactly one)."""
         return self.nodes_by_role("server")[0]
+
+    @property
+    def server_port(self) -> int:
+        """The port the server listens on unless a submission says otherwise: lab.yaml's, else DEFAULT_PORT."""
+        return self.server.port or DEFAULT_PORT
 
     def nodes_by_role(self, role: Role) -> list[NodeSpec]:
         return [node for node in self.nodes.values() if node.role == role]

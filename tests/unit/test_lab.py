@@ -9,7 +9,7 @@ import pytest
 from labctl.backends.base import ContainerInfo, NetworkInfo
 from labctl.errors import LabctlError, LabNotFound
 from labctl.lab import LABEL_LAB, LABEL_OWNER, Lab, Submission, find_lab, labs_to_remove
-from labctl.spec import LabSpec
+from labctl.spec import DEFAULT_PORT, LabSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = LabSpec(nodes={"server": {"role": "server"}, "client": {"role": "client"}})
@@ -123,3 +123,15 @@ def test_the_blocking_exercises_submission():
     assert (sub.run, sub.build, sub.port, sub.docroot, sub.sysctls) == (
         "python3 server.py", None, 8080, exercise.docroot, {})
 
+
+# -- the default port --------------------------------------------------------------------------------
+
+def test_the_server_listens_on_the_default_port_unless_lab_yaml_says_otherwise():
+    images = {"server": "labctl-server", "tools": "labctl-tools"}
+    assert DEFAULT_PORT == 8080 == Submission(path=ROOT).port
+    assert SPEC.server_port == DEFAULT_PORT
+    idle = Lab(SPEC, backend=None, lab_id="t")._plan(SPEC.server, images, None)  # type: ignore[arg-type]
+    assert idle.env["PORT"] == str(DEFAULT_PORT)
+    other = LabSpec(nodes={"server": {"role": "server", "port": 9000}, "client": {"role": "client"}})
+    assert other.server_port == 9000
+    assert Lab(other, backend=None, lab_id="t")._plan(other.server, images, None).env["PORT"] == "9000"  # type: ignore[arg-type]
