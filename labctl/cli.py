@@ -251,14 +251,16 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
     from labctl.lab import Lab, Submission
 
     proj = project(ctx)
-    spec, extra, sub = proj.spec, {}, None
+    spec = proj.spec
+    extra: dict[str, Path] = {}
+    sub: Submission | None = None
     if exercise:
         loaded = proj.exercise(exercise)
         image, extra = loaded.server_image()
         spec = with_server_image(spec, image)
-    if submission and exercise:  # the exercise's --run and --build; --port and --docroot when given
-        sub = Submission.for_exercise(loaded, submission)
-        sub = dataclasses.replace(sub, port=port or sub.port, docroot=docroot or sub.docroot)
+        if submission:  # the exercise's run and build; --port and --docroot when given
+            sub = Submission.for_exercise(loaded, submission)
+            sub = dataclasses.replace(sub, port=port or sub.port, docroot=docroot or sub.docroot)
     elif submission:
         sub = Submission(path=submission, run=run_command, build=build_command, docroot=docroot,
                          port=port or spec.server_port)
