@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ from labctl import __version__
 from labctl.errors import LabctlError
 from labctl.interrupts import stop_on_interrupts
 from labctl.project import Project, find_root
+from labctl.spec import DEFAULT_PORT
 from labctl.untrusted import printable
 
 #: When output goes to a file or a CI log, a line is as long as its content: a table wrapped at 80 columns
@@ -247,26 +249,24 @@ def up(ctx, submission, run_command, build_command, port, docroot, exercise, lab
     """
     from labctl.grading import with_server_image
     from labctl.lab import Lab, Submission
-    from labctl.spec import sysctl_values
 
     proj = project(ctx)
     spec = proj.spec
+    extra: dict[str, Path] = {}
+    sub: Submission | None = None
     if exercise:
-        loaded = _exercise(ctx, exercise)
-        run_command, build_command = loaded.submission.run, loaded.submission.build
-        port, docroot = port or loaded.submission.port, docroot or loaded.docroot
+        loaded = proj.exercise(exercise)
         image, extra = loaded.server_image()
         spec = with_server_image(spec, image)
-    else:
-        extra = {}
+        if submission:  # the exercise's run and build; --port and --docroot when given
+            sub = Submission.for_exercise(loaded, submission)
+            sub = dataclasses.replace(sub, port=port or sub.port, docroot=docroot or sub.docroot)
+    elif submission:
+        sub = Submission(path=submission, run=run_command, build=build_command, docroot=docroot,
+                         port=port or spec.server_port)
     with progress_display("up") as say:
         tags = proj.ensure_images(say, names=sorted({node.image for node in spec.nodes.values()}), extra=extra)
         lab = Lab.create(spec, proj.backend, lab_name)
-        sub = None
-        if submission:
-            sub = Submission(path=submission, run=run_command, build=build_command, docroot=docroot,
-                             port=port or spec.server.port or 8080,
-                             sysctls=sysctl_values(loaded.submission.sysctls) if exercise else {})
         lab.up(tags, sub, progress=say, wait=not no_wait)
     out.print(f"lab [bold]{e(lab.id)}[/] is up", highlight=False)
     _print_lab(lab.containers())
@@ -406,7 +406,7 @@ def observe(ctx, lab_id, interval) -> None:
 @click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
 @click.option("--node", default="client", show_default=True, help="Where to listen (client or injector).")
 @click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to capture.")
-@click.option("--filter", "packet_filter", default="tcp port 8080", show_default=True,
+@click.option("--filter", "packet_filter", default=f"tcp port {DEFAULT_PORT}", show_default=True,
               help="A tcpdump filter ('' for every packet).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("capture.pcap"),
               show_default=True, help="Where to write the pcap file (open it with Wireshark or tcpdump -r).")
@@ -428,20 +428,10 @@ def capture(ctx, lab_id, node, seconds, packet_filter, output) -> None:
 @click.pass_context
 def down(ctx, lab_id, all_labs, any_owner) -> None:
     """Remove a lab (containers and network). Safe to repeat."""
-    from labctl.lab import Lab, current_owner, list_labs
+    from labctl.lab import Lab, labs_to_remove
 
     proj = project(ctx)
-    if all_labs:
-        labs = list_labs(proj.backend, None if any_owner else current_owner())
-        ids = [summary.id for summary in labs]
-    elif lab_id:
-        ids = [lab_id]
-    else:
-        mine = list_labs(proj.backend, current_owner())
-        if len(mine) > 1:
-            raise LabctlError(f"{len(mine)} labs are running ({', '.join(s.id for s in mine)}): "
-                              "name one, or use --all")
-        ids = [s.id for s in mine]
+    ids = labs_to_remove(proj.backend, lab_id, every=all_labs, any_owner=any_owner)
     if not ids:
         out.print("nothing to remove")
         return
@@ -456,30 +446,10 @@ def down(ctx, lab_id, all_labs, any_owner) -> None:
 
 def _exercise_ids(incomplete: str) -> list[str]:
     """The project's exercise ids that start with what was typed (shell completion)."""
-    from labctl.exercise import find_exercises
-
     try:
-        return [folder.name for folder in find_exercises(find_root(None)) if folder.name.startswith(incomplete)]
+        return [name for name in Project(find_root(None)).exercise_ids() if name.startswith(incomplete)]
     except LabctlError:
         return []
-
-
-def _exercise(ctx: click.Context, name: str):
-    """An exercise by id (a folder under exercises/) or by path, with its checks registered."""
-    from labctl.checks import load_catalog
-    from labctl.exercise import load_exercise
-
-    load_catalog()
-    proj = project(ctx)
-    folder = Path(name)
-    if not (folder / "exercise.yaml").is_file():
-        folder = proj.root / "exercises" / name
-    if not (folder / "exercise.yaml").is_file():
-        from labctl.exercise import find_exercises
-
-        known = ", ".join(path.name for path in find_exercises(proj.root)) or "none"
-        raise LabctlError(f"no exercise {name!r}: looked for {folder}/exercise.yaml (exercises here: {known})")
-    return load_exercise(folder)
 
 
 def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, include_hidden: bool,
@@ -488,7 +458,7 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
     from labctl.report import parse_specs, write_reports
 
     proj = project(ctx)
-    exercise = _exercise(ctx, exercise_name)
+    exercise = proj.exercise(exercise_name)
     if only:
         # `labctl test` offers the public checks only: a hidden check's name is as unknown as a typo,
         # so a student cannot probe which hidden checks exist.
@@ -561,17 +531,6 @@ def grade(ctx, exercise, submission, only, reports) -> None:
 
 # -- authoring ----------------------------------------------------------------------------------------
 
-def _exercise_names(ctx: click.Context, names: tuple[str, ...]) -> list:
-    from labctl.exercise import find_exercises
-
-    if names:
-        return [_exercise(ctx, name) for name in names]
-    folders = find_exercises(project(ctx).root)
-    if not folders:
-        raise LabctlError(f"no exercises under {project(ctx).root / 'exercises'}")
-    return [_exercise(ctx, str(folder)) for folder in folders]
-
-
 @main.command(name="list")
 @click.pass_context
 def list_(ctx) -> None:
@@ -579,7 +538,7 @@ def list_(ctx) -> None:
     table = Table(box=None, padding=(0, 2))
     for column in ("exercise", "title", "model", "checks", "points"):
         table.add_column(column)
-    for exercise in _exercise_names(ctx, ()):
+    for exercise in project(ctx).exercises():
         public = sum(check.points for check in exercise.public_checks)
         hidden = sum(check.points for check in exercise.hidden_checks)
         table.add_row(e(exercise.id), e(exercise.title), exercise.model, str(len(exercise.checks)),
@@ -601,7 +560,7 @@ def validate(ctx, exercises, repeat, parallel) -> None:
     from labctl.validate import validate_exercise
 
     proj = project(ctx)
-    loaded = _exercise_names(ctx, exercises)  # every YAML is checked before anything runs
+    loaded = proj.exercises(exercises)  # every YAML is checked before anything runs
     failed = []
     flip_counts: dict[str, int] = {}
     for exercise in loaded:
@@ -633,54 +592,27 @@ def validate(ctx, exercises, repeat, parallel) -> None:
 
 
 def _print_matrix(outcome) -> None:
-    """Checks down, submissions across (mutants as m1, m2, ... with a legend); a cell that
-    differs from its expectation is marked '!'; with repeats, a cell whose verdict changed
-    shows how often it passed ('2/3~')."""
-    columns = []
-    legend = []
-    for subject in outcome.subjects:
-        if subject.label.startswith("mutant:"):
-            short = f"m{len(legend) + 1}"
-            legend.append(f"  {short} = {subject.label[len('mutant:'):]}" + (f"  ({subject.why})" if subject.why else ""))
-            columns.append(short)
-        else:
-            columns.append(subject.label)
-    table = Table(title=f"{outcome.exercise.id}: checks x submissions ('!' = differs from expected, "
-                        f"'~' = not the same every time)", title_justify="left", box=None, padding=(0, 1))
-    table.add_column("check", no_wrap=True)
-    for column in columns:
+    """validate's matrix (labctl.validate.matrix), what differs in words, and the flips."""
+    from labctl.validate import matrix
+
+    shown = matrix(outcome)
+    table = Table(title=shown.title, title_justify="left", box=None, padding=(0, 1))
+    table.add_column(shown.columns[0], no_wrap=True)
+    for column in shown.columns[1:]:
         table.add_column(column, justify="center", no_wrap=True)
-    gradable = ["gradable"]
-    for subject in outcome.subjects:
-        rows = outcome.rows_of(subject)
-        seen = {row.report.gradable for row in rows}
-        text = "yes" if seen == {True} else "no" if seen == {False} else f"{sum(row.report.gradable for row in rows)}/{len(rows)}~"
-        gradable.append(f"[red]{text}![/]" if any(row.expect_gradable != row.report.gradable for row in rows) else text)
-    table.add_row(*gradable)
-    for check in outcome.exercise.checks:
-        cells = [e(check.name) + (" (0 pts)" if check.points == 0 else "")]
-        for subject in outcome.subjects:
-            rows = outcome.rows_of(subject)
-            results = [r for row in rows for r in row.report.results if r.name == check.name]
-            if not results:
-                cells.append("-")
-                continue
-            passed = sum(r.passed for r in results)
-            text = "pass" if passed == len(results) else "FAIL" if passed == 0 else f"{passed}/{len(results)}~"
-            differs = any(row.cell_differs(check.name) for row in rows) and check.points > 0
-            cells.append(f"[red]{text}![/]" if differs or "~" in text else (f"[dim]{text}[/]" if check.points == 0 else text))
-        table.add_row(*cells)
+    for row in shown.rows:
+        table.add_row(*(_cell(cell) for cell in row))
     out.print(table)
-    for line in legend:
+    for line in shown.legend:
         out.print(line, highlight=False, markup=False)
-    shown = set()
-    for row in outcome.rows:
-        for problem in row.problems:
-            if (row.label, problem) not in shown:
-                shown.add((row.label, problem))
-                out.print(f"  [red]{e(row.label)}[/]: {e(problem)}", highlight=False)
+    for label, problem in shown.problems:
+        out.print(f"  [red]{e(label)}[/]: {e(problem)}", highlight=False)
     for flip in outcome.flips:
         out.print(f"  [red]flip[/] {e(str(flip))}", highlight=False)
+
+
+def _cell(cell) -> str:
+    return f"[red]{e(cell.text)}[/]" if cell.differs else f"[dim]{e(cell.text)}[/]" if cell.demonstration else e(cell.text)
 
 
 @main.command()

@@ -24,7 +24,7 @@ Each check names a catalog check (`labctl.checks.REGISTRY`) and gives that check
 validated by the check's own model. `exercise_model()` builds the model from the registry as it is
 now: `checks` is a union discriminated by `check`, so a mistake in parameters is reported against
 that check's fields, and the JSON Schema lets an editor complete the parameters of each check.
-Errors are `file:line: field.path: expected X, found Y` lines, like lab.yaml's (`load_model`).
+Errors are `file:line: field.path: expected X, found Y` lines, like lab.yaml's (`labctl.spec_errors`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     create_model,
@@ -54,7 +53,17 @@ from pydantic_core import InitErrorDetails
 from labctl import models
 from labctl.checks import REGISTRY, CheckDef, CheckParams, load_catalog, load_exercise_checks
 from labctl.errors import SpecError
-from labctl.spec import ENV_NAME, Port, Sysctls, _did_you_mean, _expected, _merge, _one_of, _rule, _Spec, load_model
+from labctl.spec import DEFAULT_PORT, ENV_NAME, Port, Sysctls
+from labctl.spec_errors import (
+    SpecModel,
+    broken_rule,
+    did_you_mean,
+    expected,
+    field_of,
+    load_model,
+    one_of,
+    with_rules,
+)
 
 __all__ = ["CheckSpec", "Exercise", "MutantSpec", "SubmissionSpec", "ValidateSpec", "exercise_json_schema",
            "exercise_model", "find_exercises", "load_exercise"]
@@ -77,7 +86,7 @@ warnings.filterwarnings("ignore", message=r'Field name "validate" in ".*" shadow
 
 def _check_name(name: str) -> str:
     if not _CHECK_NAME.fullmatch(name):
-        raise _expected("a check name: a lowercase letter or digit, then lowercase letters, digits or '-'")
+        raise expected("a check name: a lowercase letter or digit, then lowercase letters, digits or '-'")
     return name
 
 
@@ -86,16 +95,16 @@ def _folder(value: Any, info: ValidationInfo) -> Any:
     if isinstance(value, Path):
         value = str(value)
     if not isinstance(value, str) or not value:
-        raise _expected("a folder, relative to the exercise folder")
+        raise expected("a folder, relative to the exercise folder")
     if Path(value).is_absolute():
-        raise _expected("a folder relative to the exercise folder, not an absolute path")
+        raise expected("a folder relative to the exercise folder, not an absolute path")
     base = (info.context or {}).get(_DIR)
     if base is not None:
         folder = Path(base) / value
         if not folder.exists():
-            raise _expected("a folder inside the exercise folder", f" (no such folder: {folder})")
+            raise expected("a folder inside the exercise folder", f" (no such folder: {folder})")
         if not folder.is_dir():
-            raise _expected("a folder inside the exercise folder", f" ({folder} is a file)")
+            raise expected("a folder inside the exercise folder", f" ({folder} is a file)")
     return value
 
 
@@ -115,19 +124,19 @@ def _server_image(value: Any, info: ValidationInfo) -> Any:
     """A name of the project's images/ folders, or ./folder (the exercise's own, with a Dockerfile);
     checked to exist when loading from a folder inside a project."""
     if not isinstance(value, str) or not re.fullmatch(SERVER_IMAGE, value) or ".." in value.split("/"):
-        raise _expected("the name of an image folder of images/ (like server or server-c), or ./folder for the "
-                        "exercise's own image")
+        raise expected("the name of an image folder of images/ (like server or server-c), or ./folder for the "
+                       "exercise's own image")
     base = (info.context or {}).get(_DIR)
     if base is None:
         return value
     if value.startswith("./"):
         if not (Path(base) / value / "Dockerfile").is_file():
-            raise _expected("./folder holding a Dockerfile", f" (no {Path(base) / value / 'Dockerfile'})")
+            raise expected("./folder holding a Dockerfile", f" (no {Path(base) / value / 'Dockerfile'})")
         return value
     images = Path(base).resolve().parent.parent / "images"
     if images.is_dir() and not (images / value / "Dockerfile").is_file():
         known = sorted(path.parent.name for path in images.glob("*/Dockerfile") if path.parent.name != "base")
-        raise _expected(f"an image of {images} ({', '.join(known)}), or ./folder for the exercise's own", "")
+        raise expected(f"an image of {images} ({', '.join(known)}), or ./folder for the exercise's own", "")
     return value
 
 
@@ -141,7 +150,7 @@ DocRoot = Annotated[Union[Path, None], BeforeValidator(_docroot),
 
 # -- models --------------------------------------------------------------------------------------
 
-class SubmissionSpec(_Spec):
+class SubmissionSpec(SpecModel):
     """How the student's server is built and run. The submission folder is copied to /submission."""
 
     image: ServerImage = Field("server", description=(
@@ -152,14 +161,14 @@ class SubmissionSpec(_Spec):
     build: str | None = Field(None, description="Shell command run once in /submission before the server "
                                                 "starts (like make); null: nothing to build.")
     run: str = Field("python3 server.py", description="Shell command that starts the server, in /submission.")
-    port: Port = Field(8080, description="The port the server must listen on (also given as $PORT).")
+    port: Port = Field(DEFAULT_PORT, description="The port the server must listen on (also given as $PORT).")
     sysctls: Sysctls = Field(default_factory=dict,
                              description="The server's kernel settings for this exercise (its own network "
                                          "namespace), over those of lab.yaml's server node: like "
                                          "net.ipv4.tcp_syncookies: 0 to turn SYN cookies off.")
 
 
-class CheckSpec(_Spec):
+class CheckSpec(SpecModel):
     """One graded check: a catalog check with its parameters, points and visibility."""
 
     # The catalog check's default time budget; set on the classes exercise_model() makes.
@@ -182,8 +191,8 @@ class CheckSpec(_Spec):
     def _known_check(cls, check: str) -> str:
         if check not in REGISTRY:
             names = sorted(REGISTRY)
-            raise _expected(f"one of {_one_of(names)}" if names else "a registered check (none is registered)",
-                            _did_you_mean(check, names))
+            raise expected(f"one of {one_of(names)}" if names else "a registered check (none is registered)",
+                           did_you_mean(check, names))
         return check
 
     @field_validator("params", mode="before")
@@ -211,7 +220,7 @@ class CheckSpec(_Spec):
         return definition.default_timeout if definition else 30.0
 
 
-class MutantSpec(_Spec):
+class MutantSpec(SpecModel):
     """A wrong server the exercise must catch: grading it must fail exactly the checks named."""
 
     path: Folder = Field(description="Its folder, relative to the exercise folder.")
@@ -230,14 +239,14 @@ class MutantSpec(_Spec):
     def _fails_or_not_gradable(cls, fails: list[str], info: ValidationInfo) -> list[str]:
         not_gradable = info.data.get("not_gradable")
         if not_gradable and fails:
-            raise _expected("no fails when not_gradable is true (no check runs on a server that cannot "
-                            "be graded)")
+            raise expected("no fails when not_gradable is true (no check runs on a server that cannot "
+                           "be graded)")
         if not_gradable is False and not fails:
-            raise _expected("the names of the checks this mutant must fail (or not_gradable: true)")
+            raise expected("the names of the checks this mutant must fail (or not_gradable: true)")
         return fails
 
 
-class ValidateSpec(_Spec):
+class ValidateSpec(SpecModel):
     """For `labctl validate` (instructors only; left out of student handouts): the solution passes every
     check, the starter fails or is not gradable, each mutant fails exactly its checks."""
 
@@ -248,7 +257,7 @@ class ValidateSpec(_Spec):
     mutants: list[MutantSpec] = Field(default_factory=list, description="Wrong servers the checks must catch.")
 
 
-class Exercise(_Spec):
+class Exercise(SpecModel):
     """A labctl exercise: the server students write, the checks that grade it, and how to validate them."""
 
     model_config = ConfigDict(title="labctl exercise")
@@ -280,21 +289,13 @@ class Exercise(_Spec):
         if folder is not None and isinstance(data, dict):
             data = {key: value for key, value in data.items() if key not in ("id", "dir")}
             data.update(id=Path(folder).name, dir=Path(folder))
-        try:
-            exercise = handler(data)
-        except ValidationError as error:
-            if not problems:
-                raise
-            raise _merge(error, problems, cls.__name__) from None
-        if problems:
-            raise ValidationError.from_exception_data(cls.__name__, problems)
-        return exercise
+        return with_rules(handler, data, problems, cls.__name__)
 
     @field_validator("checks")
     @classmethod
     def _at_least_one(cls, checks: list[CheckSpec]) -> list[CheckSpec]:
         if not checks:
-            raise _expected("at least one check (a list of entries with name, check and params)")
+            raise expected("at least one check (a list of entries with name, check and params)")
         return checks
 
     def server_image(self) -> tuple[str, dict[str, Path]]:
@@ -325,7 +326,7 @@ def _exercise_rules(data: Any, folder: Any) -> list[InitErrorDetails]:
     problems: list[InitErrorDetails] = []
 
     def add(loc: tuple[Any, ...], value: Any, message: str) -> None:
-        problems.append({"type": _rule(message), "loc": loc, "input": value})
+        problems.append(broken_rule(loc, value, message))
 
     if folder is not None:
         if "id" in data:
@@ -337,7 +338,7 @@ def _exercise_rules(data: Any, folder: Any) -> list[InitErrorDetails]:
     names: dict[str, int] = {}
     checks = data.get("checks")
     for index, item in enumerate(checks if isinstance(checks, list) else []):
-        name = _get(item, "name")
+        name = field_of(item, "name")
         if not isinstance(name, str):
             continue
         if name in names:
@@ -345,20 +346,15 @@ def _exercise_rules(data: Any, folder: Any) -> list[InitErrorDetails]:
                                                  f"(checks[{names[name]}] is named so too)")
         else:
             names[name] = index
-    mutants = _get(data.get("validate"), "mutants")
+    mutants = field_of(data.get("validate"), "mutants")
     for index, mutant in enumerate(mutants if isinstance(mutants, list) and names else []):
-        fails = _get(mutant, "fails")
+        fails = field_of(mutant, "fails")
         for position, name in enumerate(fails if isinstance(fails, list) else []):
             if isinstance(name, str) and name not in names:
                 add(("validate", "mutants", index, "fails", position), name,
-                    f"expected the name of a check of this exercise ({_one_of(list(names))}), found "
-                    f"{name!r}{_did_you_mean(name, names)}")
+                    f"expected the name of a check of this exercise ({one_of(list(names))}), found "
+                    f"{name!r}{did_you_mean(name, names)}")
     return problems
-
-
-def _get(item: Any, field: str) -> Any:
-    """A field of raw data (a mapping) or of a model already built (from Python)."""
-    return item.get(field) if isinstance(item, dict) else getattr(item, field, None)
 
 
 # -- the model built from the registry -------------------------------------------------------------

@@ -79,8 +79,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         image, extra = exercise.server_image()
         images = project.ensure_images(say, names=sorted({image, "tools"}), extra=extra)
         lab = Lab.create(with_server_image(project.spec, image), project.backend)
-        submission = Submission(path=submission_dir, run=sub.run, build=sub.build, docroot=exercise.docroot,
-                                port=sub.port, sysctls=sysctl_values(sub.sysctls), env=dict(options.env))
+        submission = Submission.for_exercise(exercise, submission_dir, env=options.env)
         try:
             lab.up(images, submission, progress=say)
         except ServerStartError as error:

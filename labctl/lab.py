@@ -22,13 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from labctl import archive, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
 from labctl.interrupts import uninterrupted
 from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
-from labctl.spec import LabSpec, NodeSpec, sysctl_values
+from labctl.spec import DEFAULT_PORT, LabSpec, NodeSpec, sysctl_values
+
+if TYPE_CHECKING:
+    from labctl.exercise import Exercise
 
 # The labels every object of a lab carries: the one place that names them.
 LABEL_LAB = "labctl.lab"
@@ -83,10 +86,18 @@ class Submission:
     run: str = "python3 server.py"
     build: str | None = None
     docroot: Path | None = None
-    port: int = 8080
+    port: int = DEFAULT_PORT
     env: dict[str, str] = field(default_factory=dict)
     #: The server's kernel settings (net.* sysctls of its network namespace), over lab.yaml's.
     sysctls: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_exercise(cls, exercise: Exercise, path: Path, env: dict[str, str] | None = None) -> Submission:
+        """The server in `path` as `exercise` runs it: its build and run commands, port, docroot and
+        sysctls; `env`, extra environment for the server (a mutant's settings)."""
+        spec = exercise.submission
+        return cls(path=path, run=spec.run, build=spec.build, docroot=exercise.docroot, port=spec.port,
+                   env=dict(env or {}), sysctls=sysctl_values(spec.sysctls))
 
     def command(self) -> list[str]:
         """The server container's command: build (if any), then replace the shell by the server."""
@@ -184,7 +195,7 @@ class Lab:
     def _plan(self, node: NodeSpec, images: dict[str, str], submission: Submission | None) -> ContainerPlan:
         if node.role == "server":
             workdir = SUBMISSION_DIR
-            port = submission.port if submission else (node.port or 8080)
+            port = submission.port if submission else self.spec.server_port
             env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "LANG": "C.UTF-8"}
             if submission:
                 env.update(submission.env)
@@ -418,6 +429,22 @@ def find_lab(spec: LabSpec, backend: Backend, lab_id: str | None = None) -> Lab:
         raise LabNotFound(f"{len(mine)} labs are running ({', '.join(s.id for s in mine)}): "
                           "name one with --lab")
     return Lab(spec, backend, mine[0].id)
+
+
+def labs_to_remove(backend: Backend, lab_id: str | None = None, every: bool = False,
+                   any_owner: bool = False) -> list[str]:
+    """The ids of the labs `down` means: with `every`, all of this owner's labs (with `any_owner`, all
+    labs on the engine); else the lab named, whether it exists or not (removing is safe to repeat);
+    else this owner's only lab, or none. Several of this owner's labs and none named is an error."""
+    if every:
+        return [summary.id for summary in list_labs(backend, None if any_owner else current_owner())]
+    if lab_id:
+        return [lab_id]
+    mine = list_labs(backend, current_owner())
+    if len(mine) > 1:
+        raise LabctlError(f"{len(mine)} labs are running ({', '.join(s.id for s in mine)}): "
+                          "name one, or use --all")
+    return [summary.id for summary in mine]
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,14 +7,19 @@ Found like git finds a repository: from the current folder upwards, or named wit
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labctl.backends.base import Backend
 from labctl.errors import LabctlError, SpecError
 from labctl.images import ImageBuilder, Progress, discover
 from labctl.spec import LabSpec, load_lab
 from labctl.yamlsource import line_of, read_yaml
+
+if TYPE_CHECKING:  # labctl.exercise loads the check catalog: imported when an exercise is asked for
+    from labctl.exercise import Exercise
 
 LAB_FILE = "lab.yaml"
 
@@ -36,7 +41,7 @@ def find_root(start: Path | None = None) -> Path:
 
 
 class Project:
-    """lab.yaml, the images and the engine, each loaded on first use."""
+    """lab.yaml, the images, the exercises and the engine, each loaded on first use."""
 
     def __init__(self, root: Path, backend: Backend | None = None):
         self.root = root
@@ -84,3 +89,41 @@ class Project:
         """The tags of the images the lab needs, building what is missing (first use)."""
         names = names or sorted({node.image for node in self.spec.nodes.values()})
         return self.image_builder(progress, extra).ensure(names)
+
+    # -- exercises --------------------------------------------------------------------------------
+
+    @property
+    def exercises_dir(self) -> Path:
+        return self.root / "exercises"
+
+    def exercise_ids(self) -> list[str]:
+        """The ids of the project's exercises (the folders of exercises/ with an exercise.yaml), sorted."""
+        from labctl.exercise import find_exercises
+
+        return [folder.name for folder in find_exercises(self.root)]
+
+    def exercise(self, name: str) -> Exercise:
+        """An exercise by id (a folder of exercises/) or by path, its checks registered; a clear error
+        naming the project's exercises when there is none such."""
+        from labctl.exercise import EXERCISE_FILE, load_exercise
+
+        folder = Path(name)
+        if not (folder / EXERCISE_FILE).is_file():
+            folder = self.exercises_dir / name
+        if not (folder / EXERCISE_FILE).is_file():
+            known = ", ".join(self.exercise_ids()) or "none"
+            raise LabctlError(f"no exercise {name!r}: looked for {folder}/{EXERCISE_FILE} (exercises here: {known})")
+        return load_exercise(folder)
+
+    def exercises(self, names: Iterable[str] = ()) -> list[Exercise]:
+        """The exercises named (ids or paths), or with none named every exercise of the project (an
+        error when it has none). Each is loaded, so every YAML is checked before anything runs."""
+        names = list(names)
+        if names:
+            return [self.exercise(name) for name in names]
+        from labctl.exercise import find_exercises
+
+        folders = find_exercises(self.root)
+        if not folders:
+            raise LabctlError(f"no exercises under {self.exercises_dir}")
+        return [self.exercise(str(folder)) for folder in folders]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from labctl.exercise import Exercise
+from labctl.exercise import CheckSpec, Exercise
 from labctl.grading import GradeOptions, grade
 from labctl.lab import LABEL_OWNER, LABEL_PID, current_owner
 from labctl.project import Project
@@ -184,3 +184,91 @@ def validate_exercise(project: Project, exercise: Exercise, progress: Callable[[
     order = {id(subject): index for index, subject in enumerate(outcome.subjects)}
     outcome.rows.sort(key=lambda row: (order[id(row.subject)], row.repeat))
     return outcome
+
+
+# -- the matrix ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the matrix: its text and how it stands out."""
+
+    text: str
+    differs: bool = False              # not as expected, or not the same every time (its text ends in '!')
+    demonstration: bool = False        # a 0-point check's verdict: shown, never compared
+
+
+@dataclass
+class Matrix:
+    """What `labctl validate` shows of one exercise: checks down, submissions across."""
+
+    title: str
+    columns: list[str]                 # "check", then each submission (mutants as m1, m2, ...)
+    rows: list[list[Cell]]             # "gradable", then one row per check; the first cell names it
+    legend: list[str]                  # what m1, m2, ... are
+    problems: list[tuple[str, str]]    # (a submission's label, what differs), each once
+
+
+def matrix(outcome: ExerciseValidation) -> Matrix:
+    """The matrix of a validation: a cell that differs from its expectation is marked '!'; with
+    repeats, a cell whose verdict changed shows how often it passed ('2/3~')."""
+    columns, legend = _columns(outcome.subjects)
+    rows = [_gradable_row(outcome)] + [_check_row(outcome, check) for check in outcome.exercise.checks]
+    return Matrix(title=f"{outcome.exercise.id}: checks x submissions ('!' = differs from expected, "
+                        f"'~' = not the same every time)",
+                  columns=["check", *columns], rows=rows, legend=legend, problems=_problems(outcome.rows))
+
+
+def _columns(subjects: list[Subject]) -> tuple[list[str], list[str]]:
+    """The submissions' column names (a mutant's is short: m1, m2, ...) and the legend of the short ones."""
+    columns: list[str] = []
+    legend: list[str] = []
+    for subject in subjects:
+        if subject.label.startswith("mutant:"):
+            short = f"m{len(legend) + 1}"
+            legend.append(f"  {short} = {subject.label[len('mutant:'):]}" + (f"  ({subject.why})" if subject.why else ""))
+            columns.append(short)
+        else:
+            columns.append(subject.label)
+    return columns, legend
+
+
+def _tally(verdicts: list[bool], every: str, none: str) -> str:
+    """`every` when all verdicts are true, `none` when all are false, else how many were ('2/3~')."""
+    passed = sum(verdicts)
+    if verdicts and passed == len(verdicts):
+        return every
+    if verdicts and passed == 0:
+        return none
+    return f"{passed}/{len(verdicts)}~"
+
+
+def _gradable_row(outcome: ExerciseValidation) -> list[Cell]:
+    cells = [Cell("gradable")]
+    for subject in outcome.subjects:
+        rows = outcome.rows_of(subject)
+        text = _tally([row.report.gradable for row in rows], "yes", "no")
+        differs = any(row.expect_gradable != row.report.gradable for row in rows)
+        cells.append(Cell(text + "!", differs=True) if differs else Cell(text))
+    return cells
+
+
+def _check_row(outcome: ExerciseValidation, check: CheckSpec) -> list[Cell]:
+    name = Cell(check.name + (" (0 pts)" if check.points == 0 else ""))
+    return [name] + [_check_cell(outcome.rows_of(subject), check) for subject in outcome.subjects]
+
+
+def _check_cell(rows: list[Row], check: CheckSpec) -> Cell:
+    """One check's verdicts in the gradings of one submission ('-': it did not run there)."""
+    results = [result for row in rows for result in row.report.results if result.name == check.name]
+    if not results:
+        return Cell("-")
+    text = _tally([result.passed for result in results], "pass", "FAIL")
+    graded = check.points > 0
+    if "~" in text or (graded and any(row.cell_differs(check.name) for row in rows)):
+        return Cell(text + "!", differs=True)
+    return Cell(text, demonstration=not graded)
+
+
+def _problems(rows: list[Row]) -> list[tuple[str, str]]:
+    """Every (label, problem) of the gradings, each once, in order."""
+    return list(dict.fromkeys((row.label, problem) for row in rows for problem in row.problems))

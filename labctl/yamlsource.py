@@ -4,7 +4,7 @@
 A person fixing lab.yaml needs `file:line` for every mistake, so this module composes the
 YAML node tree itself, records the line of each mapping key and sequence item by its path
 (`("nodes", "server", "limits", "memory") -> 12`), reports duplicate keys, and only then
-builds the plain Python data. Nothing here knows about labs: spec.py maps validation errors
+builds the plain Python data. Nothing here knows about labs: spec_errors.py maps validation errors
 to lines with `line_of`.
 """
 

@@ -23,9 +23,9 @@ from labctl.spec import (
     Timeouts,
     lab_json_schema,
     load_lab,
-    load_model,
     sysctl_values,
 )
+from labctl.spec_errors import load_model
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 from labctl.checks import load_catalog
 from labctl.exercise import load_exercise
 from labctl.results import CheckResult, GradeReport
-from labctl.validate import ExerciseValidation, Row, subjects_of
+from labctl.validate import Cell, ExerciseValidation, Row, subjects_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,3 +80,54 @@ def test_a_mutant_that_fails_other_checks_than_declared_differs():
                             f"{first}: passed, expected to fail"]
     assert row.cell_differs(other) and row.cell_differs(first)
     assert not any(row.cell_differs(name) for name in rest)
+
+
+# -- the matrix validate prints -------------------------------------------------------------------
+
+def texts(row) -> list[str]:
+    return [cell.text for cell in row]
+
+
+def test_the_matrix_has_checks_down_and_submissions_across_with_mutants_short():
+    from labctl.validate import matrix
+
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    as_declared = [subject.expect_failing if subject.expect_failing is not None else {ex.checks[0].name}
+                   for subject in outcome.subjects]  # the starter: not full marks
+    outcome.rows = [Row(subject, report_of(ex, failing, gradable=subject.expect_gradable))
+                    for subject, failing in zip(outcome.subjects, as_declared)]
+    shown = matrix(outcome)
+    mutants = ex.validate.mutants
+    assert shown.columns == ["check", "solution", "starter", *(f"m{n + 1}" for n in range(len(mutants)))]
+    assert shown.legend[0] == f"  m1 = {mutants[0].path}  ({mutants[0].why})"
+    assert shown.title.startswith(f"{ex.id}: checks x submissions")
+    assert [row[0].text for row in shown.rows] == ["gradable", *(check.name + (" (0 pts)" if not check.points else "")
+                                                                 for check in ex.checks)]
+    assert texts(shown.rows[0]) == ["gradable", "yes", "yes", *("no" if m.not_gradable else "yes" for m in mutants)]
+    assert not any(cell.differs for row in shown.rows for cell in row), "every grading went as declared"
+    assert shown.problems == [] and outcome.ok
+    never_listens = 2 + next(n for n, m in enumerate(mutants) if m.not_gradable) + 1
+    assert all(row[never_listens].text == "-" for row in shown.rows[1:]), "no check ran on it"
+    lesson = next(row for row in shown.rows if row[0].text.endswith(" (0 pts)"))
+    assert lesson[1] == Cell("pass", demonstration=True), "a 0-point check is shown, never compared"
+
+
+def test_a_cell_that_differs_or_changes_is_marked_and_each_problem_said_once():
+    from labctl.validate import matrix
+
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    solution, starter = outcome.subjects[:2]
+    first, second = ex.checks[0].name, ex.checks[1].name
+    outcome.rows = [Row(solution, report_of(ex, {first}), 0), Row(solution, report_of(ex, {first, second}), 1),
+                    Row(starter, report_of(ex, set(), gradable=False), 0), Row(starter, report_of(ex, {first}), 1)]
+    shown = matrix(outcome)
+    assert texts(shown.rows[0])[1:3] == ["yes", "1/2~!"]
+    assert shown.rows[0][2].differs, "expected gradable, was not once"
+    assert shown.rows[1][1] == Cell("FAIL!", differs=True)
+    assert shown.rows[2][1] == Cell("1/2~!", differs=True)
+    assert shown.rows[1][2] == Cell("FAIL"), "the starter is expected to fail something"
+    assert shown.problems == [("solution", f"{first}: failed, expected to pass — {first} failed"),
+                              ("solution", f"{second}: failed, expected to pass — {second} failed"),
+                              ("starter", "expected gradable, got not gradable: the server did not start")]
