@@ -596,10 +596,12 @@ def _print_matrix(outcome) -> None:
     from labctl.validate import matrix
 
     shown = matrix(outcome)
-    table = Table(title=shown.title, title_justify="left", box=None, padding=(0, 1))
-    table.add_column(shown.columns[0], no_wrap=True)
+    # The title on a line of its own: a table's title wraps to the table's width (it did, in CI logs).
+    out.print(shown.title, highlight=False, markup=False, soft_wrap=True)
+    table = Table(box=None, padding=(0, 1))
+    table.add_column(e(shown.columns[0]), no_wrap=True)
     for column in shown.columns[1:]:
-        table.add_column(column, justify="center", no_wrap=True)
+        table.add_column(e(column), justify="center", no_wrap=True)
     for row in shown.rows:
         table.add_row(*(_cell(cell) for cell in row))
     out.print(table)
