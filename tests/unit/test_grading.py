@@ -1,0 +1,317 @@
+"""grade() on the in-memory engine: the check's own budget, the grading's budget, a server that dies
+during grading, a server that never starts, and the lab removed afterwards in every case.
+
+The checks here are test-only ones, registered for each test and taken out after it: `probe` runs
+one harness command in the client (the fake's handler answers it, as the harness would) and passes
+when the answer says ok; `sleep` stays on the host for a while (a check stuck in its own code).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from labctl import grading
+from labctl.backends.base import ExecResult
+from labctl.checks import REGISTRY, CheckContext, CheckParams, Outcome, check
+from labctl.exercise import CheckSpec, Exercise
+from labctl.grading import GradeOptions, grade
+from labctl.results import GradeReport
+
+from .fakes import FakeBackend, FakeProject, write_lab
+
+
+class ProbeParams(CheckParams):
+    command: str                      # the harness command it runs in the client
+
+
+class SleepParams(CheckParams):
+    seconds: float
+
+
+def probe(ctx: CheckContext, params: ProbeParams) -> Outcome:
+    answer = ctx.harness(ctx.client, params.command, {"port": ctx.port})
+    return Outcome(bool(answer.get("ok")), str(answer.get("message", "")), {"answer": answer})
+
+
+def sleep(ctx: CheckContext, params: SleepParams) -> Outcome:
+    time.sleep(params.seconds)
+    return Outcome(True, f"slept {params.seconds:g} s")
+
+
+TEST_CHECKS = {"test_probe": (ProbeParams, probe), "test_sleep": (SleepParams, sleep)}
+
+
+@pytest.fixture(autouse=True)
+def test_checks() -> Iterator[None]:
+    """The test-only checks in the registry for one test, and out of it after (the catalog's own tests
+    must not see them)."""
+    for name, (params, function) in TEST_CHECKS.items():
+        check(name, params, f"test-only: {function.__name__}", default_timeout=30.0)(function)
+    yield
+    for name in TEST_CHECKS:
+        REGISTRY.pop(name, None)
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    """An engine whose server listens at once; `probe` commands answer what each test registers."""
+    fake = FakeBackend()
+    fake.harness["client"]["wait_listening"] = lambda params: {"listening": True}
+    return fake
+
+
+@pytest.fixture
+def asked() -> list[str]:
+    """The probe commands the client ran, in order (what grading really ran, not what it reported)."""
+    return []
+
+
+def answers(fake: FakeBackend, asked: list[str], command: str, answer: dict | None = None) -> None:
+    """The client's harness answers `command` with `answer` (default: ok), recording that it ran."""
+    def handler(params: dict) -> dict:
+        asked.append(command)
+        return answer if answer is not None else {"ok": True, "message": f"{command} fine"}
+
+    fake.harness["client"][command] = handler
+
+
+def probe_check(name: str, **fields) -> CheckSpec:
+    return CheckSpec(name=name, check="test_probe", params={"command": name}, **fields)
+
+
+def sleep_check(name: str, seconds: float, **fields) -> CheckSpec:
+    return CheckSpec(name=name, check="test_sleep", params={"seconds": seconds}, **fields)
+
+
+def run_grading(fake: FakeBackend, tmp_path: Path, checks: list[CheckSpec], budget: float = 300.0,
+                spec_edit=None, said: list[str] | None = None) -> GradeReport:
+    folder = tmp_path / "submission"
+    folder.mkdir(exist_ok=True)
+    (folder / "server.py").write_text("print('serving')\n")
+    project = FakeProject(tmp_path / "project", fake, write_lab(tmp_path / "project", spec_edit))
+    exercise = Exercise(title="Test exercise", model="blocking", budget=budget, checks=checks, id="test",
+                        dir=tmp_path)
+    report = grade(project, exercise, folder, GradeOptions(), progress=(said if said is not None else []).append)
+    assert project.images_asked == [["server", "tools"]]
+    # Whatever happened, the lab is gone afterwards.
+    assert fake.containers == {} and fake.networks == {}
+    return report
+
+
+def by_name(report: GradeReport) -> dict:
+    return {result.name: result for result in report.results}
+
+
+# -- a check's own budget -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["in-the-harness", "on-the-host"])
+def test_a_check_over_its_own_budget_is_timed_out_and_the_next_check_still_runs(fake, tmp_path, asked,
+                                                                               monkeypatch, where):
+    monkeypatch.setattr(grading, "GRACE", 0.2)  # how long grading waits past a budget for a stuck check
+    if where == "in-the-harness":
+        def stuck(params: dict) -> dict:
+            time.sleep(3)
+            return {"ok": True}
+
+        fake.harness["client"]["slow"] = stuck
+        slow = probe_check("slow", timeout=0.4)
+    else:
+        slow = sleep_check("slow", 3, timeout=0.4)
+    answers(fake, asked, "after")
+
+    report = run_grading(fake, tmp_path, [slow, probe_check("after")])
+
+    results = by_name(report)
+    assert results["slow"].status == "timed_out" and results["slow"].points == 0
+    assert results["slow"].message.startswith("the check did not finish within its time budget of 0.4 s")
+    assert results["slow"].evidence == {"budget_seconds": 0.4}
+    assert 0.4 <= results["slow"].duration < 0.4 + 0.2 + 1.0  # grading did not wait for the 3 s
+    assert results["after"].status == "passed" and asked == ["after"]
+    assert not report.budget_exhausted
+    assert report.exit_code == 1
+
+
+# -- the grading's budget -----------------------------------------------------------------------
+
+def test_when_the_gradings_budget_runs_out_finished_checks_keep_their_results_and_the_rest_are_not_run(
+        fake, tmp_path, asked):
+    for command in ("first", "third", "fourth"):
+        answers(fake, asked, command)
+
+    report = run_grading(fake, tmp_path, [probe_check("first"), sleep_check("second", 1.2),
+                                          probe_check("third"), probe_check("fourth", points=2)], budget=2.0)
+
+    results = by_name(report)
+    assert [results[name].status for name in ("first", "second")] == ["passed", "passed"]
+    assert results["first"].points == 1 and results["second"].points == 1
+    for name in ("third", "fourth"):
+        assert results[name].status == "timed_out" and results[name].points == 0 and results[name].duration == 0
+        assert results[name].message == "not run: the grading's time budget of 2 s ran out before this check"
+    assert asked == ["first"]  # the checks said not run did not run
+    assert report.budget_exhausted
+    assert (report.score, report.max_score) == (2, 5)
+    assert report.gradable and report.exit_code == 1
+
+
+def test_a_check_given_only_what_was_left_that_runs_out_of_it_is_not_run_to_the_end(fake, tmp_path, asked):
+    def stuck(params: dict) -> dict:
+        time.sleep(3)
+        return {"ok": True}
+
+    fake.harness["client"]["second"] = stuck
+    answers(fake, asked, "third")
+
+    # Its own budget is the catalog default (30 s): it gets only what is left of the grading's 2 s.
+    report = run_grading(fake, tmp_path, [probe_check("second"), probe_check("third")], budget=2.0)
+
+    results = by_name(report)
+    assert results["second"].status == "timed_out"
+    found = re.fullmatch(r"not run to the end: the grading's time budget of 2 s ran out "
+                         r"\((\d+\.\d) s were left for it\)", results["second"].message)
+    assert found and 1.0 < float(found.group(1)) <= 2.0
+    assert results["second"].duration < 2.0 + 1.0  # it was stopped at the grading's end, not at its own 30 s
+    assert results["third"].message == "not run: the grading's time budget of 2 s ran out before this check"
+    assert asked == []
+    assert report.budget_exhausted and report.exit_code == 1
+
+
+def test_a_check_given_only_what_was_left_that_errors_is_not_run_to_the_end(fake, tmp_path):
+    # The harness answers with a traceback instead of JSON: the check cannot run.
+    fake.harness["client"]["only"] = lambda params: ExecResult(1, b"", b"Traceback: MemoryError\n")
+
+    report = run_grading(fake, tmp_path, [probe_check("only")], budget=2.0)
+
+    result = report.results[0]
+    assert result.status == "timed_out" and result.points == 0
+    assert re.fullmatch(r"not run to the end: the grading's time budget of 2 s ran out \([12]\.\d s were left "
+                        r"for it\)", result.message)
+    assert report.budget_exhausted
+
+
+def test_a_check_that_errors_within_its_own_budget_is_an_error_not_a_budget_matter(fake, tmp_path):
+    fake.harness["client"]["only"] = lambda params: ExecResult(1, b"", b"Traceback: MemoryError\n")
+
+    report = run_grading(fake, tmp_path, [probe_check("only", timeout=5)])
+
+    result = report.results[0]
+    assert result.status == "error"
+    assert result.message.startswith("the check could not run: harness only on client failed (exit 1)")
+    assert "MemoryError" in result.message
+    assert not report.budget_exhausted
+
+
+# -- a server that dies during grading ----------------------------------------------------------
+
+@pytest.mark.parametrize("death, why", [
+    ("exit", "the server stopped during check second: it exited with code 137"),
+    ("oom", "the server stopped during check second: it was killed for using more memory than allowed (256m)"),
+    ("tasks", "the server used up its task limit during check second (500 of 512 processes and threads): "
+              "a fork bomb or a thread leak"),
+])
+def test_a_server_that_dies_during_a_check_fails_the_remaining_checks_at_once(fake, tmp_path, asked, death, why):
+    def kill(params: dict) -> dict:
+        asked.append("second")
+        if death == "tasks":
+            fake.container("server").tasks = 500
+        else:
+            fake.stop("server", 137, oom_killed=death == "oom")
+        return {"ok": False, "message": "the connection was refused"}
+
+    answers(fake, asked, "first")
+    fake.harness["client"]["second"] = kill
+    for command in ("third", "fourth"):
+        answers(fake, asked, command)
+
+    started = time.monotonic()
+    report = run_grading(fake, tmp_path, [probe_check(name) for name in ("first", "second", "third", "fourth")])
+
+    assert time.monotonic() - started < 5  # at once: no check waited for a server that is gone
+    results = by_name(report)
+    assert results["first"].status == "passed"
+    assert results["second"].status == "failed"
+    assert results["second"].message == f"the connection was refused ({why})"
+    for name in ("third", "fourth"):
+        assert results[name].status == "failed" and results[name].duration == 0
+        assert results[name].message == f"not run: {why}"
+    assert asked == ["first", "second"]
+    assert report.gradable and report.exit_code == 1 and not report.budget_exhausted
+
+
+def test_a_failed_check_on_a_server_that_still_runs_does_not_stop_the_grading(fake, tmp_path, asked):
+    answers(fake, asked, "first", {"ok": False, "message": "expected 200, got 404"})
+    answers(fake, asked, "second")
+
+    report = run_grading(fake, tmp_path, [probe_check("first"), probe_check("second")])
+
+    results = by_name(report)
+    assert results["first"].message == "expected 200, got 404"
+    assert results["second"].status == "passed"
+    assert asked == ["first", "second"]
+
+
+# -- a server that never starts -----------------------------------------------------------------
+
+def test_a_server_that_exits_at_start_makes_the_grading_not_gradable(fake, tmp_path, asked):
+    def crash(container) -> None:
+        fake.log(container.name, "Traceback (most recent call last):\nNameError: name 'sockt' is not defined\n")
+        fake.stop(container.name, 1)
+
+    fake.on_start["server"] = crash
+    answers(fake, asked, "first")
+
+    report = run_grading(fake, tmp_path, [probe_check("first", points=3)])
+
+    assert not report.gradable and report.exit_code == 2
+    assert report.error.startswith("the server did not start: the server exited with code 1 before it listened "
+                                   "on port 8080")
+    assert "NameError: name 'sockt' is not defined" in report.error
+    assert report.results == [] and asked == []
+    assert (report.score, report.max_score) == (0, 3)
+
+
+def test_a_server_that_never_listens_makes_the_grading_not_gradable(fake, tmp_path, asked):
+    fake.harness["client"]["wait_listening"] = lambda params: time.sleep(0.02) or {"listening": False}
+    answers(fake, asked, "first")
+
+    report = run_grading(fake, tmp_path, [probe_check("first")],
+                         spec_edit=lambda data: data["timeouts"].update(up=0.3))
+
+    assert not report.gradable and report.exit_code == 2
+    assert report.error.startswith("the server did not start: the server did not listen on port 8080 within 0.3 s")
+    assert report.results == [] and asked == []
+
+
+def test_an_engine_failure_while_making_the_lab_is_not_gradable_and_leaves_nothing(fake, tmp_path):
+    fake.fail_on("create_container", container="client")
+
+    report = run_grading(fake, tmp_path, [probe_check("first")])
+
+    assert not report.gradable and report.exit_code == 2
+    assert report.error.startswith("fake engine: create_container labctl-")
+
+
+# -- what a graded report carries ---------------------------------------------------------------
+
+def test_a_graded_report_carries_the_servers_log_tail_and_the_cpu_it_used(fake, tmp_path):
+    fake.on_start["server"] = lambda container: fake.log(container.name, "listening on 0.0.0.0:8080\n")
+
+    def busy(params: dict) -> dict:
+        server = fake.container("server")
+        server.cpu_seconds += 0.25
+        server.tasks = 9
+        fake.log(server.name, "GET / 200\n")
+        return {"ok": True, "message": "fine"}
+
+    fake.harness["client"]["first"] = busy
+
+    report = run_grading(fake, tmp_path, [probe_check("first")])
+
+    assert report.exit_code == 0
+    assert report.server_log_tail == "listening on 0.0.0.0:8080\nGET / 200"
+    assert report.server_usage is not None
+    assert report.server_usage.cpu_seconds == 0.25 and report.server_usage.peak_tasks == 9
