@@ -29,7 +29,6 @@ from labctl.lab import Lab, Submission
 from labctl.project import Project
 from labctl.backends.base import Usage
 from labctl.results import CheckResult, GradeReport, ServerUsage
-from labctl.spec import sysctl_values
 
 #: Seconds a check may overrun its budget before grading stops waiting for it (its
 #: harness commands are killed inside the containers on their own timeouts).
@@ -54,11 +53,9 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
           progress: Progress | None = None, on_result: OnResult | None = None) -> GradeReport:
     """Grade one submission of one exercise on a fresh lab; always returns a report."""
     options = options or GradeOptions()
-    say = progress or (lambda message: None)
-    tell = on_result or (lambda result: None)
+    say: Progress = progress if progress is not None else (lambda message: None)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
-    budget = options.budget or exercise.budget
     checks = [spec for spec in exercise.checks
               if (options.include_hidden or spec.visibility == "public")
               and (not options.only or spec.name in options.only)]
@@ -73,45 +70,20 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
 
     if not submission_dir.is_dir():
         return report(gradable=False, error=f"the submission folder {submission_dir} does not exist")
-    sub = exercise.submission
     lab: Lab | None = None
     try:
         image, extra = exercise.server_image()
         images = project.ensure_images(say, names=sorted({image, "tools"}), extra=extra)
         lab = Lab.create(with_server_image(project.spec, image), project.backend)
-        submission = Submission.for_exercise(exercise, submission_dir, env=options.env)
         try:
-            lab.up(images, submission, progress=say)
+            lab.up(images, Submission.for_exercise(exercise, submission_dir, env=options.env), progress=say)
         except ServerStartError as error:
             return report(gradable=False, error=f"the server did not start: {error}")
-        results: list[CheckResult] = []
-        exhausted = False
-        server_gone: str | None = None
-        meter = UsageMeter(lab, lab.spec.server.name)
-        for check in checks:
-            left = budget - (time.monotonic() - started)
-            if server_gone is not None:
-                result = _not_run(check, "failed", f"not run: {server_gone}")
-            elif left <= 1.0:
-                exhausted = True
-                result = _not_run(check, "timed_out",
-                                  f"not run: the grading's time budget of {budget:g} s ran out before this check")
-            else:
-                say(f"check {check.name}")
-                result = run_check(lab, exercise, check, min(check.budget, left))
-                if left < check.budget and result.status in ("error", "timed_out"):
-                    # It had only what was left of the grading's budget, and that was not enough.
-                    exhausted = True
-                    result = _not_run(check, "timed_out", f"not run to the end: the grading's time budget of "
-                                                          f"{budget:g} s ran out ({left:.1f} s were left for it)")
-                elif not result.passed:
-                    server_gone = _server_gone(lab, check.name)
-                    if server_gone:
-                        result = result.model_copy(update={"message": f"{result.message} ({server_gone})"})
-            results.append(result)
-            tell(result)
-            meter.read()
-        return report(gradable=True, results=results, budget_exhausted=exhausted, server_usage=meter.summary(),
+        run = Run(lab, exercise, budget=options.budget or exercise.budget, started=started, say=say,
+                  tell=on_result if on_result is not None else (lambda result: None))
+        results = [run.next(check) for check in checks]
+        return report(gradable=True, results=results, budget_exhausted=run.exhausted,
+                      server_usage=run.meter.summary(),
                       server_log_tail=lab.log_tail(lab.spec.server.name, LOG_TAIL_LINES))
     except LabctlError as error:
         return report(gradable=False, error=str(error))
@@ -119,6 +91,46 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         if lab is not None:
             say("removing the lab")
             lab.down()
+
+
+class Run:
+    """The checks of one grading, one after the other, within the grading's budget: what each one's result
+    is, given what the ones before it found (a server gone, a budget used up)."""
+
+    def __init__(self, lab: Lab, exercise: Exercise, budget: float, started: float, say: Progress, tell: OnResult):
+        self.lab, self.exercise, self.budget, self.started = lab, exercise, budget, started
+        self.say, self.tell = say, tell
+        self.exhausted = False                 # the grading's budget ran out before every check had run
+        self.server_gone: str | None = None    # why the server can no longer be graded
+        self.meter = UsageMeter(lab, lab.spec.server.name)
+
+    def next(self, check: CheckSpec) -> CheckResult:
+        result = self._result(check)
+        self.tell(result)
+        self.meter.read()
+        return result
+
+    def _result(self, check: CheckSpec) -> CheckResult:
+        left = self.budget - (time.monotonic() - self.started)
+        if self.server_gone is not None:
+            return _not_run(check, "failed", f"not run: {self.server_gone}")
+        if left <= 1.0:
+            self.exhausted = True
+            return _not_run(check, "timed_out",
+                            f"not run: the grading's time budget of {self.budget:g} s ran out before this check")
+        self.say(f"check {check.name}")
+        result = run_check(self.lab, self.exercise, check, min(check.budget, left))
+        if left < check.budget and result.status == "timed_out":
+            # It had only what was left of the grading's budget, and that was not enough. (An error with
+            # time left is the check's own: it keeps its message.)
+            self.exhausted = True
+            return _not_run(check, "timed_out", f"not run to the end: the grading's time budget of "
+                                                f"{self.budget:g} s ran out ({left:.1f} s were left for it)")
+        if not result.passed:
+            self.server_gone = _server_gone(self.lab, check.name)
+            if self.server_gone:
+                return result.model_copy(update={"message": f"{result.message} ({self.server_gone})"})
+        return result
 
 
 def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> CheckResult:

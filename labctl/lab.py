@@ -158,7 +158,10 @@ class Lab:
             self._up(images, submission, say, wait)
         except BaseException:
             say("removing what was made")
-            self.down()
+            try:
+                self.down()
+            except Exception as cleanup:  # the first error is the one to tell; this one is said beside it
+                say(f"removing what was made failed too: {cleanup} (`labctl down --all` removes it later)")
             raise
         return self
 

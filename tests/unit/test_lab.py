@@ -322,3 +322,14 @@ def test_a_failure_while_clamping_removes_everything(spec, submission, operation
         Lab.create(spec, fake, name=LAB).up(IMAGES, submission)
 
     assert left_of(fake) == ([], [])
+
+
+def test_a_failing_cleanup_does_not_hide_the_error_that_started_it(fake, spec):
+    """The start failed; then removing what was made failed too: the start's error is the one raised."""
+    fake.fail_on("start", container="client", error=LabctlError("the client would not start"))
+    fake.fail_on("remove", error=LabctlError("the engine went away"))
+    said: list[str] = []
+    lab = Lab.create(spec, fake)
+    with pytest.raises(LabctlError, match="the client would not start"):
+        lab.up(IMAGES, progress=said.append)
+    assert any("removing what was made failed too: the engine went away" in line for line in said)
