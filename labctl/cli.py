@@ -343,10 +343,10 @@ def shell(ctx, lab_id, user, node) -> None:
 
     lab = _lab(ctx, lab_id)
     lab._node(node)
-    exec_id, sock = lab.backend.exec_stream(lab.container_name(node), ["/bin/bash"], user=user,  # type: ignore
+    exec_id, sock = lab.backend.exec_stream(lab.container_name(node), ["/bin/bash"], user=user,
                                             tty=sys.stdin.isatty(), stdin=True)
     tty.pump(sock)
-    code = lab.backend.exec_exit_code(exec_id)  # type: ignore[attr-defined]
+    code = lab.backend.exec_exit_code(exec_id)
     sys.exit(code or 0)
 
 

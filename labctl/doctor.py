@@ -226,5 +226,5 @@ def _connections_needed(root) -> list[tuple[str, str, int]]:
             continue  # a broken exercise is `labctl validate`'s to report
         for check in exercise.checks:
             if check.check == "idle_connections":
-                needed.append((exercise.id, check.name, int(check.params.connections)))
+                needed.append((exercise.id, check.name, int(getattr(check.params, "connections"))))
     return needed

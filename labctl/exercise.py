@@ -183,7 +183,7 @@ class CheckSpec(SpecModel):
     timeout: float | None = Field(None, gt=0.0, description="Seconds this check may take; null: the catalog "
                                                             "check's own default.")
     description: str = Field("", description="What it looks for and why, in words shown to students.")
-    params: CheckParams = Field(default_factory=dict, validate_default=True,  # type: ignore[arg-type]
+    params: CheckParams = Field(default_factory=dict, validate_default=True,
                                 description="The catalog check's parameters.")
 
     @field_validator("check")
@@ -276,7 +276,8 @@ class Exercise(SpecModel):
     budget: float = Field(300.0, gt=0.0, description="Seconds the whole grading may take.")
     checks: list[CheckSpec] = Field(description="The graded checks, in the order they run.",
                                     json_schema_extra={"minItems": 1})
-    validate: ValidateSpec | None = Field(None, description="Instructors only: the solution, starter and "
+    # The key instructors write is `validate`; it shadows pydantic's deprecated BaseModel.validate.
+    validate: ValidateSpec | None = Field(None, description="Instructors only: the solution, starter and "  # type: ignore[assignment]
                                                             "mutants `labctl validate` grades.")
 
     @model_validator(mode="wrap")
@@ -388,7 +389,7 @@ def _check_model(definition: CheckDef) -> type[CheckSpec]:
     class_name = "".join(word[:1].upper() + word[1:] for word in words) + "Check"
     model = create_model(
         class_name, __base__=CheckSpec, __module__=__name__, __doc__=definition.summary,
-        check=(Literal[definition.name], Field(description="The catalog check to run.")),
+        check=(Literal[definition.name], Field(description="The catalog check to run.")),  # type: ignore[arg-type]  # a Literal made at run time
         timeout=(float | None, Field(None, gt=0.0, description=f"Seconds this check may take; null: the "
                                                                f"check's default, {definition.default_timeout:g}.")),
         params=(definition.params, Field(default_factory=dict, validate_default=True,

@@ -193,9 +193,10 @@ class ImageBuilder:
     def _with_parents(self, names: list[str]) -> set[str]:
         out: set[str] = set()
         for name in names:
-            while name:
-                out.add(name)
-                name = self.images[name].parent
+            current: str | None = name
+            while current:
+                out.add(current)
+                current = self.images[current].parent
         return out
 
     def base_source(self) -> tuple[str | None, str]:
@@ -304,7 +305,11 @@ class ImageBuilder:
                 assert process.stdout is not None
                 # A mirror that stops answering must not hang the build for ever.
                 expired = threading.Event()
-                watchdog = threading.Timer(BOOTSTRAP_TIMEOUT, lambda: (expired.set(), process.kill()))
+                def expire() -> None:
+                    expired.set()
+                    process.kill()
+
+                watchdog = threading.Timer(BOOTSTRAP_TIMEOUT, expire)
                 watchdog.daemon = True
                 watchdog.start()
                 for line in process.stdout:

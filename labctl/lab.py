@@ -203,7 +203,7 @@ class Lab:
             if submission:
                 env.update(submission.env)
             command = submission.command() if submission else IDLE_COMMAND
-            writable = (*SCRATCH, SUBMISSION_DIR, DOCROOT_DIR)
+            writable: tuple[str, ...] = (*SCRATCH, SUBMISSION_DIR, DOCROOT_DIR)
             payload = self._server_files(node, submission)
         else:
             workdir = None

@@ -8,7 +8,7 @@ pool). "busy-polling", "stopped" and "unknown" can be found but never expected.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 #: model -> what it means, in words for a student.
 MODELS: dict[str, str] = {
@@ -44,7 +44,7 @@ def members(name: str) -> tuple[str, ...]:
     return FAMILIES.get(name, (name,))
 
 
-def matches(found: str, expected: str | list[str]) -> bool:
+def matches(found: str, expected: str | Sequence[str]) -> bool:
     """Is the model found one of those expected (models or families)?"""
     wanted = [expected] if isinstance(expected, str) else expected
     return any(found in members(name) for name in wanted)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Mapping, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -166,7 +166,7 @@ Sysctls = Annotated[dict[SysctlName, Union[int, str]],
                                     "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}]}})]
 
 
-def sysctl_values(sysctls: dict[str, int | str]) -> dict[str, str]:
+def sysctl_values(sysctls: Mapping[str, int | str]) -> dict[str, str]:
     """Sysctls as the engine takes them: every value as text."""
     return {name: str(value) for name, value in sysctls.items()}
 
@@ -200,7 +200,7 @@ class NetworkSpec(SpecModel):
     """The lab's private network: each lab takes one subnet of the pool, so labs never collide."""
 
     # A string default, validated, so the JSON Schema shows it the same with every pydantic version.
-    pool: Pool = Field("10.213.0.0/16", validate_default=True,  # type: ignore[assignment]
+    pool: Pool = Field("10.213.0.0/16", validate_default=True,
                        description="Addresses all labs on this host share.")
     prefix: int = Field(24, json_schema_extra={"maximum": 29},
                         description="Size of one lab's subnet (a /24 has 254 addresses); at least the "

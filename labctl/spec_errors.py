@@ -402,9 +402,13 @@ def _describe_field(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return f" ({description[:1].lower()}{description[1:]})"
 
 
+#: The class of a SkipJsonSchema[...] field's marker (a generic class: isinstance wants it bare).
+_SKIPPED: type = SkipJsonSchema
+
+
 def _field_names(model: type[BaseModel] | None) -> list[str]:
     """The keys a person may write for `model` (hidden fields such as NodeSpec.name left out)."""
     if model is None:
         return []
     return [name for name, field in model.model_fields.items()
-            if not any(isinstance(meta, SkipJsonSchema) for meta in field.metadata)]
+            if not any(isinstance(meta, _SKIPPED) for meta in field.metadata)]

@@ -125,7 +125,7 @@ class CommandGuard(io.TextIOBase):
     @property
     def buffer(self):
         """The raw byte stream, for output the user asked to get as it is (`labctl exec`)."""
-        return self.stream.buffer  # type: ignore[attr-defined]
+        return self.stream.buffer
 
     def write(self, text: str) -> int:
         out = []

@@ -162,12 +162,12 @@ def _walk(loader: yaml.SafeLoader, node: Node, path: YamlPath, source: YamlSourc
                                               f"(first on line {first_line[key]}); keep only one"))
             else:
                 first_line[key] = line
-            source.lines[(*path, key)] = line
-            _walk(loader, value_node, (*path, key), source, active, budget)
+            source.lines[path + (key,)] = line
+            _walk(loader, value_node, path + (key,), source, active, budget)
     elif isinstance(node, SequenceNode):
         for index, item in enumerate(node.value):
-            source.lines[(*path, index)] = item.start_mark.line + 1
-            _walk(loader, item, (*path, index), source, active, budget)
+            source.lines[path + (index,)] = item.start_mark.line + 1
+            _walk(loader, item, path + (index,), source, active, budget)
     active.discard(id(node))
 
 

@@ -128,13 +128,23 @@ def parse_head(head: str) -> Response | None:
     return Response(match.group(1), int(match.group(2)), match.group(3) or "", headers)
 
 
+def answered(step: Exchange) -> Response:
+    """The status line and headers of an exchange that explain_transport found well-formed."""
+    response = parse_head(step.get("head", ""))
+    if response is None:
+        raise AssertionError("an answer explain_transport let through has a bad status line")
+    return response
+
+
 # -- one explanation of a connection that gave no good answer --------------------------------------
 
 def explain_transport(facts: Exchange, label: str, port: int | None = None) -> str | None:
     """Why no well-formed answer came back on this connection, in words a student can act on; None
     when one did. Every check explains a connection this way (facts: wire.Exchange)."""
     # A timed request's "seconds" is its good answer's time (None without one); "elapsed" what it waited.
-    waited = seconds_text(facts.get("elapsed") if "elapsed" in facts else facts.get("seconds"))
+    times: Mapping[str, object] = facts
+    elapsed = times.get("elapsed", times.get("seconds"))
+    waited = seconds_text(elapsed if isinstance(elapsed, (int, float)) else None)
     if facts.get("skipped"):
         return f"{label} was not sent: {facts.get('skip_reason', 'the time budget ran out')}"
     if not facts.get("connected"):

@@ -20,7 +20,7 @@ from labctl.checks import CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import (counts_text, explain_failure, harness_budget, plural, request_failure, request_ok,
                                   run_harness, seconds_text, server_evidence, size_text)
 from labctl.errors import LabctlError
-from labctl.harness.wire import (ConcurrentClients, IdleConnections, SlowClient, SlowReader, TimedRequest)
+from labctl.harness.wire import ConcurrentClients, Exchange, IdleConnections, SlowClient, SlowReader, TimedRequest
 
 #: How much longer than the limit the timed request waits, so a late answer is measured, not just missed.
 LATE_MARGIN = 1.0
@@ -54,7 +54,7 @@ def probe_evidence(probe: TimedRequest) -> dict[str, Any]:
     return {key: probe.get(key) for key in keys}
 
 
-def measure(ctx: CheckContext, command: str, params: dict[str, Any]) -> dict:
+def measure(ctx: CheckContext, command: str, params: dict[str, Any]) -> Any:
     """A concurrency harness command in the client, at the server, within the check's budget."""
     return run_harness(ctx, ctx.client, command, {"host": ctx.server, "port": ctx.port, **params,
                                                   "budget": max(1.0, harness_budget(ctx))})
@@ -264,7 +264,8 @@ def judge_idle_connections(facts: IdleConnections, params: IdleConnectionsParams
         "response_seconds": probe.get("seconds"), "probe": probe_evidence(probe)}
     clamp_note = ""
     if facts.get("clamped"):
-        nofile = (facts.get("nofile") or {}).get("soft")
+        limits = facts.get("nofile")
+        nofile = limits["soft"] if limits else None
         clamp_note = (f" (the client could hold only {target} of the {params.connections} asked: its nofile "
                       f"limit is {nofile}; raise nodes.client.limits.nofile in lab.yaml)")
     problems = []
@@ -369,7 +370,7 @@ def expected_file(docroot: Path | None, path: str) -> tuple[int, str] | None:
 
 def judge_slow_reader(facts: SlowReader, params: SlowReaderParams, expected: tuple[int, str] | None = None,
                       port: int | None = None) -> Outcome:
-    slow: TimedRequest = facts.get("slow") or {}
+    slow: Exchange = facts.get("slow") or {}
     probe: TimedRequest = facts.get("probe") or {}
     size = expected[0] if expected else slow.get("content_length")
     evidence: dict[str, Any] = {

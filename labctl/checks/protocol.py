@@ -28,10 +28,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from labctl.checks import CheckContext, CheckParams, Outcome, check
-from labctl.checks.common import (Response, decode_escapes, exit_note, explain_transport, harness_budget,
+from labctl.checks.common import (Response, answered, decode_escapes, exit_note, explain_transport, harness_budget,
                                   parse_head, run_harness, server_evidence, show)
 from labctl.errors import LabctlError
-from labctl.harness.wire import words
+from labctl.harness.wire import Exchange, words
 
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -190,8 +190,8 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
                "binary bytes (the start of a TLS handshake: an https client on the http port)"),
     "bad_header": (b"GET / HTTP/1.0\r\nthis line has no colon\r\n\r\n", "a header line without a colon"),
 }
-DEFAULT_MALFORMED = ["garbage", "missing_path", "bad_version", "extra_token", "binary"]
 MalformedName = Literal["garbage", "missing_path", "bad_version", "extra_token", "binary", "bad_header"]
+DEFAULT_MALFORMED: list[MalformedName] = ["garbage", "missing_path", "bad_version", "extra_token", "binary"]
 
 
 class MalformedParams(CheckParams):
@@ -278,7 +278,7 @@ class SynFloodParams(CheckParams):
 
 # -- responses --------------------------------------------------------------------------------------
 
-def step_body(step: dict) -> bytes:
+def step_body(step: Exchange) -> bytes:
     return base64.b64decode(step.get("body") or "")
 
 
@@ -300,7 +300,7 @@ def file_digest(docroot: Path | None, name: str) -> FileDigest:
     return FileDigest(name, len(data), hashlib.sha256(data).hexdigest())
 
 
-def expectation_problems(response: Response, step: dict, expect: Expect, label: str,
+def expectation_problems(response: Response, step: Exchange, expect: Expect, label: str,
                          digest: FileDigest | None = None) -> list[str]:
     """What in a well-formed response differs from `expect`, one sentence each."""
     body = step_body(step)
@@ -343,7 +343,7 @@ def _length_problems(response: Response, expect: Expect, label: str, size: int) 
     return []
 
 
-def _body_problems(body: bytes, size: int, step: dict, expect: Expect, label: str,
+def _body_problems(body: bytes, size: int, step: Exchange, expect: Expect, label: str,
                    digest: FileDigest | None) -> list[str]:
     problems = []
     if expect.body is not None:
@@ -364,7 +364,7 @@ def _body_problems(body: bytes, size: int, step: dict, expect: Expect, label: st
     return problems
 
 
-def judge_exchange(step: dict, expect: Expect | None, label: str, port: int,
+def judge_exchange(step: Exchange, expect: Expect | None, label: str, port: int,
                    digest: FileDigest | None = None) -> list[str]:
     """All problems of one exchange: a transport problem alone, or the unmet expectations."""
     problem = explain_transport(step, label, port)
@@ -372,10 +372,10 @@ def judge_exchange(step: dict, expect: Expect | None, label: str, port: int,
         return [problem]
     if expect is None:
         return []
-    return expectation_problems(parse_head(step["head"]), step, expect, label, digest)
+    return expectation_problems(answered(step), step, expect, label, digest)
 
 
-def exchange_evidence(step: dict) -> dict:
+def exchange_evidence(step: Exchange) -> dict:
     """The numbers of one exchange for the report."""
     evidence: dict[str, Any] = {}
     for key in ("connected", "connect_error", "connect_seconds", "first_byte_seconds", "sent", "request_bytes",
@@ -397,7 +397,7 @@ def exchange_evidence(step: dict) -> dict:
 
 # -- running harness commands -----------------------------------------------------------------------
 
-def run_steps(ctx: CheckContext, steps: list[dict], cap: float | None = None) -> list[dict]:
+def run_steps(ctx: CheckContext, steps: list[dict], cap: float | None = None) -> list[Exchange]:
     """Run request steps from the client (one harness call); the data is given as bytes."""
     wire = [{**step, "data": base64.b64encode(step["data"]).decode()} for step in steps]
     result = run_harness(ctx, ctx.client, "http_sequence",
@@ -431,7 +431,7 @@ def http(ctx: CheckContext, params: HttpParams) -> Outcome:
     return outcome
 
 
-def judge_http(step: dict, params: HttpParams, port: int, digest: FileDigest | None) -> Outcome:
+def judge_http(step: Exchange, params: HttpParams, port: int, digest: FileDigest | None) -> Outcome:
     label = params.label()
     expect = params.expect
     if params.raw is None and params.method == "HEAD":   # the answer to HEAD has headers only
@@ -444,7 +444,7 @@ def judge_http(step: dict, params: HttpParams, port: int, digest: FileDigest | N
         evidence["expected_bytes"] = digest.size
     if problems:
         return Outcome(False, _join(problems, 4), evidence)
-    response = parse_head(step["head"])
+    response = answered(step)
     return Outcome(True, f"{label}: {response.status} {response.reason}".rstrip()
                    + f", {step.get('body_bytes', 0)} bytes, as expected ({step.get('seconds', 0):.3f} s)", evidence)
 
@@ -468,13 +468,13 @@ def malformed_request(ctx: CheckContext, params: MalformedParams) -> Outcome:
 
 
 def malformed_requests(params: MalformedParams) -> dict[str, tuple[bytes, str]]:
-    requests = {name: MALFORMED[name] for name in params.variants}
+    requests: dict[str, tuple[bytes, str]] = {name: MALFORMED[name] for name in params.variants}
     for name, raw in params.custom.items():
         requests[name] = (decode_escapes(raw), "a custom bad request")
     return requests
 
 
-def _where_it_stopped(steps: list[dict], requests: dict[str, tuple[bytes, str]], first_dead: str | None) -> str:
+def _where_it_stopped(steps: list[Exchange], requests: dict[str, tuple[bytes, str]], first_dead: str | None) -> str:
     """Which bad request a server that stopped answering stopped at, in a sentence."""
     names = list(requests)
     dead_step = next((step for step in steps if step["name"] == first_dead), None)
@@ -490,7 +490,7 @@ def _where_it_stopped(steps: list[dict], requests: dict[str, tuple[bytes, str]],
     return "It did not accept connections from the first bad request on"
 
 
-def judge_malformed(results: list[dict], requests: dict[str, tuple[bytes, str]], params: MalformedParams,
+def judge_malformed(results: list[Exchange], requests: dict[str, tuple[bytes, str]], params: MalformedParams,
                     port: int) -> Outcome:
     *variant_steps, alive = results
     expect = Expect(status=params.expect_status, content_length=False)
@@ -547,7 +547,7 @@ def client_reset(ctx: CheckContext, params: ResetParams) -> Outcome:
     return outcome
 
 
-def judge_reset(results: list[dict], params: ResetParams, port: int) -> Outcome:
+def judge_reset(results: list[Exchange], params: ResetParams, port: int) -> Outcome:
     *resets, alive = results
     connected = [step for step in resets if step.get("connected")]
     first_refused = next((i for i, step in enumerate(resets) if not step.get("connected") and not step.get("skipped")),
@@ -571,7 +571,7 @@ def judge_reset(results: list[dict], params: ResetParams, port: int) -> Outcome:
         return Outcome(False, f"after {what}, {problems[0]}. A reset makes recv() raise ConnectionResetError "
                               "(ECONNRESET) or send() raise BrokenPipeError: catch it, close that connection and "
                               "keep serving.", evidence)
-    response = parse_head(alive["head"])
+    response = answered(alive)
     return Outcome(True, f"after {what}, the server still answered GET {params.alive_path} "
                          f"({response.status} in {alive.get('seconds', 0):.3f} s)", evidence)
 
@@ -595,7 +595,7 @@ def trickled_request(ctx: CheckContext, params: TrickleParams) -> Outcome:
     return judge_trickle(results, params, ctx.port, digest, delay)
 
 
-def judge_trickle(results: list[dict], params: TrickleParams, port: int, digest: FileDigest | None,
+def judge_trickle(results: list[Exchange], params: TrickleParams, port: int, digest: FileDigest | None,
                   delay: float) -> Outcome:
     label = params.label()
     trickle = results[-1]
@@ -613,7 +613,7 @@ def judge_trickle(results: list[dict], params: TrickleParams, port: int, digest:
                                   f"{_join(base_problems)}", evidence)
     problems = judge_exchange(trickle, params.expect, label, port, digest)
     if not problems:
-        response = parse_head(trickle["head"])
+        response = answered(trickle)
         return Outcome(True, f"{label} sent in {how} was answered {response.status} "
                              f"({trickle.get('seconds', 0):.2f} s)", evidence)
     early = ""
@@ -649,7 +649,7 @@ def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
 
     snapshot("before")
     flood: dict = {}
-    probe: dict = {}
+    probe: Exchange = {}
     cleanup: dict = {}
     try:
         flood = run_harness(ctx, ctx.injector, "syn_flood", {
@@ -698,7 +698,7 @@ def _delta(stats: dict[str, dict], name: str) -> int | None:
     return None
 
 
-def judge_syn_flood(flood: dict, probe: dict, stats: dict[str, dict], cleanup: dict,
+def judge_syn_flood(flood: dict, probe: Exchange, stats: dict[str, dict], cleanup: dict,
                     params: SynFloodParams, port: int, syncookies: int | None = None,
                     syncookies_source: str = "unknown") -> Outcome:
     sent = flood.get("syns_sent", 0)
@@ -732,7 +732,7 @@ def judge_syn_flood(flood: dict, probe: dict, stats: dict[str, dict], cleanup: d
         kernel.append(f"its kernel dropped {dropped} SYNs because the SYN queue was full")
     kernel_text = ("; ".join(kernel) + ".") if kernel else ""
     if not problems:
-        response = parse_head(probe["head"])
+        response = answered(probe)
         return Outcome(True, f"during a SYN flood ({flood_text}), {label} was answered {response.status} in "
                              f"{probe.get('seconds', 0):.3f} s. {kernel_text} {_syncookies_text(syncookies)}"
                              .replace("  ", " ").rstrip(), evidence)

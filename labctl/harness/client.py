@@ -81,10 +81,11 @@ def connect(address: str, port: int, timeout: float, facts: Exchange) -> socket.
     try:
         sock = socket.create_connection((address, port), timeout=max(MIN_WAIT, timeout))
     except OSError as error:
-        facts.update(connected=False, connect_error=error_text(error), end=ending_of(error, connecting=True),
-                     connect_seconds=round(time.monotonic() - started, 6))
+        facts["connected"], facts["connect_error"] = False, error_text(error)
+        facts["end"] = ending_of(error, connecting=True)
+        facts["connect_seconds"] = round(time.monotonic() - started, 6)
         return None
-    facts.update(connected=True, connect_seconds=round(time.monotonic() - started, 6))
+    facts["connected"], facts["connect_seconds"] = True, round(time.monotonic() - started, 6)
     return sock
 
 
@@ -275,7 +276,7 @@ def timed_request(address: str, port: int, path: str = "/index.html", timeout: f
     limit = timeout + (connect_timeout or 0)
     facts: TimedRequest = {"path": path, "timeout": timeout, **exchange(address, port, get_request(path, address),
                                                                          limit, max_body=max_body)}
-    facts["elapsed"] = facts.pop("seconds")
+    facts["elapsed"] = facts.pop("seconds") or 0.0
     facts["error"] = request_problem(facts)
     facts["seconds"] = facts["elapsed"] if facts["error"] is None else None
     return facts

@@ -6,11 +6,11 @@ twice is a mistake caught at import.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from harness import agent, concurrency, net, proc, protocol
 
-COMMANDS: dict[str, Callable[..., dict]] = {}
+COMMANDS: dict[str, Callable[..., Any]] = {}
 for _module in (net, protocol, concurrency, proc, agent):
     for _name, _function in _module.COMMANDS.items():
         if _name in COMMANDS:

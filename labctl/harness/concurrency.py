@@ -17,7 +17,7 @@ import select
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import client
 from .client import MIN_WAIT, timed_request
@@ -246,9 +246,9 @@ def _open_batch(address: str, port: int, count: int, timeout: float) -> tuple[li
         if left <= 0:
             break
         for fd, _events in poller.poll(max(1, int(left * 1000))):
-            sock = pending.pop(fd, None)
-            if sock is None:
+            if fd not in pending:
                 continue
+            sock = pending.pop(fd)
             poller.unregister(fd)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code == 0:
@@ -415,7 +415,7 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
     return facts
 
 
-COMMANDS: dict[str, Callable[..., dict]] = {
+COMMANDS: dict[str, Callable[..., Any]] = {
     "slow_client": slow_client,
     "concurrent_clients": concurrent_clients,
     "idle_connections": idle_connections,

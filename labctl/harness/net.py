@@ -39,8 +39,8 @@ def capture(seconds: float = 10.0, packet_filter: str = "tcp port 8080", iface: 
     import base64
     import io
 
-    from scapy.all import sniff  # type: ignore[import-not-found]
-    from scapy.utils import PcapWriter  # type: ignore[import-not-found]
+    from scapy.all import sniff
+    from scapy.utils import PcapWriter
 
     packets = sniff(iface=iface, filter=packet_filter or None, timeout=seconds, count=max_packets, store=True)
     buffer = io.BytesIO()

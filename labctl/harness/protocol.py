@@ -20,7 +20,7 @@ import select
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import client
 from .wire import Exchange, HttpSequence, Step, TcpPortStats
@@ -92,7 +92,7 @@ def http_sequence(host: str, port: int, steps: list[Step], budget: float = 10.0,
     # Resolve once: every step goes to the same address, and a dead server's name cannot eat the budget.
     address, problem = client.resolve(host, min(5.0, max(0.1, budget / 2)))
     if address is None:
-        return {"resolve_error": problem, "steps": [{"name": step.get("name", f"step{i + 1}"), "connected": False,
+        return {"resolve_error": problem or "", "steps": [{"name": step.get("name", f"step{i + 1}"), "connected": False,
                                                      "action": step.get("action", "exchange"),
                                                      "connect_error": f"cannot resolve {host!r}: {problem}",
                                                      "end": "unresolved"}
@@ -177,7 +177,7 @@ def tcp_port_stats(port: int, pid: int = 1) -> TcpPortStats:
             states[state] = states.get(state, 0) + 1
             if state == "LISTEN":
                 accept_queue = int(fields[4].split(":")[1], 16)
-    facts.update(readable=seen, states=states, accept_queue=accept_queue)
+    facts["readable"], facts["states"], facts["accept_queue"] = seen, states, accept_queue
     try:
         with open(f"/proc/{pid}/net/netstat") as file:
             facts["counters"] = _netstat_counters(file.read())
@@ -198,7 +198,7 @@ def _syn_flood_cleanup(**params) -> dict:
     return raw.syn_flood_cleanup(**params)
 
 
-COMMANDS: dict[str, Callable[..., dict]] = {
+COMMANDS: dict[str, Callable[..., Any]] = {
     "http_sequence": http_sequence,
     "tcp_port_stats": tcp_port_stats,
     "syn_flood": _syn_flood,

@@ -169,15 +169,18 @@ def watched(root: str, pid: int, rule: str | None, args: list[int], fds: dict[in
     else:  # select: nfds, readfds, writefds
         targets = [] if args[0] == 0 else select_set(root, pid, args[0], args[1], args[2])
     if targets is None:
-        return {"fds": [], "count": args[1] if rule == "poll" else args[0], "kinds": {}, "via": rule, "unread": True}
+        unread: WaitsOn = {"fds": [], "count": args[1] if rule == "poll" else args[0], "kinds": {}, "via": rule,
+                           "unread": True}
+        return unread
     kinds: dict[str, int] = {}
-    listed = []
+    listed: list[list[int | str]] = []
     for fd in targets:
         kind = fds.get(fd, "closed")
         kinds[kind] = kinds.get(kind, 0) + 1
         if len(listed) < MAX_WATCHED:
             listed.append([fd, kind])
-    return {"fds": listed, "count": len(targets), "kinds": kinds, "via": rule}
+    found: WaitsOn = {"fds": listed, "count": len(targets), "kinds": kinds, "via": rule}
+    return found
 
 
 def held(fds: dict[int, str]) -> dict[str, int]:

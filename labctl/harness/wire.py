@@ -97,7 +97,7 @@ class Exchange(TypedDict, total=False):
     body: str                       # base64 of the first max_body bytes of the body
     body_truncated: bool
     complete: bool                  # a head, and the whole body (by Content-Length, or to EOF)
-    seconds: float                  # connect to the end of the answer
+    seconds: float | None           # connect to the end of the answer (a TimedRequest: None without a good one)
     # http_sequence's own keys on each of its steps
     name: str
     action: Literal["exchange", "reset"]
@@ -219,7 +219,7 @@ class SlowReader(TypedDict, total=False):
     slow_bytes_before_probe: int
     slow_bytes_during_probe: int
     drain_seconds: float
-    slow: TimedRequest
+    slow: Exchange                  # the slow reader's answer, as it came
     probe: TimedRequest
 
 
@@ -249,7 +249,7 @@ class WaitsOn(TypedDict, total=False):
     fds: list[list[Any]]            # [[fd, kind], ...], at most MAX_WATCHED
     count: int                      # how many, in all
     kinds: dict[str, int]           # kind -> how many: listen, client, tcp, udp, unix, pipe, eventfd, file, ...
-    via: Literal["fd", "poll", "select", "epoll"]
+    via: str                        # the syscall's rule: "fd", "poll", "select" or "epoll"
     unread: bool                    # the set could not be read (the count is the syscall's own)
 
 

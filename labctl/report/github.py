@@ -35,7 +35,7 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def annotations(report: GradeReport) -> list[str]:
+def annotation_lines(report: GradeReport) -> list[str]:
     lines = []
     if not report.gradable:
         lines.append(f"::error title={escape_property(f'labctl {report.exercise}: not gradable')}::"
@@ -100,6 +100,6 @@ def emit(report: GradeReport, target: Path | None, console: Console) -> list[str
     else:
         console.print(f"${ENV} is not set: the job summary would have been:", style="dim", highlight=False)
         console.out(summary, highlight=False)
-    for line in annotations(report):
+    for line in annotation_lines(report):
         write_command(line)
     return written

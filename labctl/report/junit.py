@@ -69,10 +69,11 @@ def build(report: GradeReport) -> ET.Element:
     tests = len(results) + (0 if report.gradable else 1)
     counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
 
-    root = ET.Element("testsuites", name=xml_text(f"labctl {report.exercise}"), **counts,
-                      time=_time(report.duration))
-    suite = ET.SubElement(root, "testsuite", name=xml_text(report.exercise), **counts, skipped="0",
-                          time=_time(report.duration), timestamp=xml_text(report.started_at))
+    root = ET.Element("testsuites", {"name": xml_text(f"labctl {report.exercise}"), **counts,
+                                     "time": _time(report.duration)})
+    suite = ET.SubElement(root, "testsuite", {"name": xml_text(report.exercise), **counts, "skipped": "0",
+                                              "time": _time(report.duration),
+                                              "timestamp": xml_text(report.started_at)})
     properties = ET.SubElement(suite, "properties")
 
     def prop(name: str, value: object) -> None:

@@ -329,7 +329,7 @@ def test_github_escaping_rules():
 
 
 def test_github_annotations(mixed):
-    lines = github.annotations(mixed)
+    lines = github.annotation_lines(mixed)
     assert len(lines) == 4  # failed, timed_out, error, hidden failed: the caller chooses what is shown
     first = lines[0]
     assert first.startswith("::error title=labctl blocking-echo%3A slow client <K=3> (failed)::")
