@@ -39,8 +39,9 @@ threads): both are set aside, and named.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from labctl import syscalls
 from labctl.observe import SERVING, WAIT_WORDS, Sample, ThreadWatch, steady_threads, watch

@@ -11,8 +11,8 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 from rich.console import Console
@@ -168,7 +168,7 @@ def images_build(ctx: click.Context, force: bool, base: str) -> None:
 def images_list(ctx: click.Context) -> None:
     """Show each image's tag and whether it exists on the engine."""
     builder = project(ctx).image_builder()
-    for name, tag in builder.tags.items():
+    for tag in builder.tags.values():
         out.print(f"{tag:40} {'present' if builder.exists(tag) else 'missing'}", highlight=False)
 
 

@@ -214,6 +214,7 @@ def _free(path: str) -> int | None:
 def _connections_needed(root) -> list[tuple[str, str, int]]:
     """(exercise, check name, connections) of every idle_connections check of the project's exercises."""
     from labctl.checks import load_catalog
+    from labctl.checks.concurrency import IdleConnectionsParams
     from labctl.errors import LabctlError
     from labctl.exercise import find_exercises, load_exercise
 
@@ -225,6 +226,6 @@ def _connections_needed(root) -> list[tuple[str, str, int]]:
         except LabctlError:
             continue  # a broken exercise is `labctl validate`'s to report
         for check in exercise.checks:
-            if check.check == "idle_connections":
-                needed.append((exercise.id, check.name, int(getattr(check.params, "connections"))))
+            if isinstance(check.params, IdleConnectionsParams):
+                needed.append((exercise.id, check.name, check.params.connections))
     return needed

@@ -144,7 +144,7 @@ CheckName = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": 
 ServerImage = Annotated[str, BeforeValidator(_server_image),
                         WithJsonSchema({"type": "string", "pattern": SERVER_IMAGE})]
 Folder = Annotated[str, BeforeValidator(_folder), WithJsonSchema({"type": "string"})]
-DocRoot = Annotated[Union[Path, None], BeforeValidator(_docroot),
+DocRoot = Annotated[Path | None, BeforeValidator(_docroot),
                     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]})]
 
 
@@ -375,7 +375,7 @@ def exercise_model() -> type[Exercise]:
         elif len(members) == 1:
             item = members[0]
         else:
-            item = Annotated[Union[tuple(members)], Field(discriminator="check")]
+            item = Annotated[Union[tuple(members)], Field(discriminator="check")]  # noqa: UP007  (made at run time)
         field = Exercise.model_fields["checks"]
         _MODELS[key] = create_model(
             "Exercise", __base__=Exercise, __module__=__name__, __doc__=Exercise.__doc__,

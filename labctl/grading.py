@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from labctl import __version__
+from labctl.backends.base import Usage
 from labctl.checks import REGISTRY, CheckContext, Outcome
 from labctl.errors import LabctlError, ServerStartError
 from labctl.exercise import CheckSpec, Exercise
 from labctl.lab import Lab, Submission
 from labctl.project import Project
-from labctl.backends.base import Usage
 from labctl.results import CheckResult, GradeReport, ServerUsage
 
 #: Seconds a check may overrun its budget before grading stops waiting for it (its

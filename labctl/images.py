@@ -28,10 +28,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import docker
 import docker.errors
@@ -123,7 +123,7 @@ def read_packages(images_dir: Path) -> dict[str, list[str]]:
     return groups
 
 
-def _hash_folder(folder: Path, digest: "hashlib._Hash") -> None:
+def _hash_folder(folder: Path, digest: hashlib._Hash) -> None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")

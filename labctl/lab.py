@@ -8,7 +8,6 @@ by its labels, so a lab orphaned by a killed labctl is still found.
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import getpass
 import json
@@ -16,18 +15,18 @@ import os
 import re
 import secrets
 import socket
-import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from labctl import archive, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
-from labctl.interrupts import uninterrupted
 from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
+from labctl.interrupts import uninterrupted
 from labctl.spec import DEFAULT_PORT, LabSpec, NodeSpec, sysctl_values
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class Lab:
     # -- naming -----------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: LabSpec, backend: Backend, name: str | None = None) -> "Lab":
+    def create(cls, spec: LabSpec, backend: Backend, name: str | None = None) -> Lab:
         """A new lab with a unique id: the lab's name and a random suffix, or the name given."""
         lab_id = name or f"{spec.name}-{secrets.token_hex(3)}"
         if not LAB_ID.fullmatch(lab_id):
@@ -145,7 +144,7 @@ class Lab:
     # -- up ---------------------------------------------------------------------------------------
 
     def up(self, images: dict[str, str], submission: Submission | None = None,
-           progress: Progress | None = None, wait: bool = True) -> "Lab":
+           progress: Progress | None = None, wait: bool = True) -> Lab:
         """Create the network and the containers, copy the code in, start, wait for the server.
 
         On any failure, and on Ctrl-C, everything made so far is removed before the error

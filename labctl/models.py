@@ -8,7 +8,8 @@ pool). "busy-polling", "stopped" and "unknown" can be found but never expected.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 #: model -> what it means, in words for a student.
 MODELS: dict[str, str] = {

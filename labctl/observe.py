@@ -21,17 +21,15 @@ names differ between kernel builds. Syscall NUMBERS are what is graded.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from labctl import syscalls
 from labctl.errors import LabctlError
 from labctl.harness import agent
 from labctl.untrusted import printable
-
-
 
 #: What a thread waits on: one word each (Thread.wait), and the words people read. The one
 #: vocabulary of waits for observe's table, the checks' evidence and the classifier.
@@ -203,7 +201,7 @@ class Snapshot:
     errors: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, data: dict) -> "Snapshot":
+    def from_json(cls, data: dict) -> Snapshot:
         machine = syscalls.arch(data["machine"])
         processes = tuple(
             Process(pid=p["pid"], ppid=p["ppid"], comm=p["comm"], uid=p.get("uid"), cmdline=p.get("cmdline", ""),
@@ -249,7 +247,7 @@ class Sample:
     precise: bool = True              # False: the engine's once-a-second statistics (a remote engine)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Sample":
+    def from_json(cls, data: dict) -> Sample:
         snapshots = tuple(Snapshot.from_json(item) for item in data["snapshots"])
         return cls(snapshots=snapshots, elapsed=float(data["elapsed"]), cpu_seconds=float(data["cpu_seconds"]),
                    precise=bool(data.get("precise", True)))

@@ -85,7 +85,7 @@ class GradeReport(BaseModel):
             return 2
         return 0 if self.all_passed else 1
 
-    def visible(self, include_hidden: bool) -> "GradeReport":
+    def visible(self, include_hidden: bool) -> GradeReport:
         """The same report without hidden checks (a student's view: `labctl test`)."""
         if include_hidden:
             return self

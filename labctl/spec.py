@@ -10,9 +10,10 @@ traceback. pydantic does the validation; `labctl.spec_errors` turns its errors i
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -161,7 +162,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 SysctlName = Annotated[str, AfterValidator(_sysctl_name)]
 #: Kernel settings of a container's network namespace, as lab.yaml and exercise.yaml write them
 #: (`net.ipv4.tcp_syncookies: 0`); the engine takes the values as text (`sysctl_values`).
-Sysctls = Annotated[dict[SysctlName, Union[int, str]],
+Sysctls = Annotated[dict[SysctlName, int | str],
                     WithJsonSchema({"type": "object", "propertyNames": {"pattern": SYSCTL},
                                     "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}]}})]
 

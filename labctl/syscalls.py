@@ -22,8 +22,8 @@ macro); they are text below ("number name" pairs) to keep this file readable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 _X86_64 = """
 0 read  1 write  2 open  3 close  4 stat  5 fstat  6 lstat  7 poll  8 lseek  9 mmap  10 mprotect

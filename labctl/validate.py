@@ -14,10 +14,10 @@ timing or load, which validate reports and fails on like a difference.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from labctl.exercise import CheckSpec, Exercise
 from labctl.grading import GradeOptions, grade

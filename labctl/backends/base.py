@@ -7,8 +7,9 @@ Docker types so that a local or distributed backend can be added beside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Iterator
 
 import docker
 import docker.errors
@@ -188,7 +188,7 @@ class DockerBackend:
                 sock.shutdown(socket.SHUT_WR)
         except docker.errors.APIError as error:
             raise LabctlError(f"cannot start container {container}: {error.explanation or error}") from error
-        except socket.timeout:
+        except TimeoutError:
             raise LabctlError(f"copying {len(payload or b'') / 2**20:.1f} MiB of files into {container} took longer "
                               f"than {COPY_TIMEOUT:g} s") from None
         except OSError as error:
@@ -330,7 +330,7 @@ class DockerBackend:
             sock.settimeout(min(GONE_CHECK_INTERVAL, left))
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if not self._runs(container):
                     ended = "gone"
                     break

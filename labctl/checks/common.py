@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from labctl.checks import CheckContext, Outcome
 from labctl.errors import LabctlError

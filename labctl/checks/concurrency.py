@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from labctl.checks import CheckContext, CheckParams, Outcome, check
-from labctl.checks.common import (counts_text, explain_failure, harness_budget, plural, request_failure, request_ok,
-                                  run_harness, seconds_text, server_evidence, size_text)
+from labctl.checks.common import (
+    counts_text,
+    explain_failure,
+    harness_budget,
+    plural,
+    request_failure,
+    request_ok,
+    run_harness,
+    seconds_text,
+    server_evidence,
+    size_text,
+)
 from labctl.errors import LabctlError
 from labctl.harness.wire import ConcurrentClients, Exchange, IdleConnections, SlowClient, SlowReader, TimedRequest
 
@@ -153,7 +164,7 @@ class ConcurrentClientsParams(CheckParams):
         "them, and the message counts the connects that waited)."))
 
     @model_validator(mode="after")
-    def _bounded(self) -> "ConcurrentClientsParams":
+    def _bounded(self) -> ConcurrentClientsParams:
         if self.clients * self.requests > 20000:
             raise ValueError(f"clients x requests = {self.clients * self.requests}: at most 20000 requests")
         return self

@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from labctl import models, observe, syscalls
-from labctl.classify import Facts, classify
 from labctl.checks import CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import decode_escapes, plural, run_harness
+from labctl.classify import Facts, classify
 from labctl.errors import LabctlError
 
 #: Seconds the client's hold starts before the observer looks (exec start + connects).
@@ -61,7 +61,7 @@ class Expectation:
     symbolic: bool                    # True: value is relative to N
 
     @classmethod
-    def parse(cls, text: str | int) -> "Expectation":
+    def parse(cls, text: str | int) -> Expectation:
         if isinstance(text, bool) or not isinstance(text, (str, int)):
             raise ValueError(f"expected a count like 1, '>= N' or '<= 8', found {text!r}")
         if isinstance(text, int):
@@ -204,7 +204,7 @@ class ThreadsParams(CheckParams):
         return _expectation_field(value)
 
     @model_validator(mode="after")
-    def _one_expectation(self) -> "ThreadsParams":
+    def _one_expectation(self) -> ThreadsParams:
         if self.threads is None and self.processes is None and self.grow_by is None:
             raise ValueError("give `threads`, `processes`, `grow_by` or several (e.g. grow_by: '>= N')")
         return self

@@ -17,7 +17,6 @@ parsing, judging) are plain functions so that unit tests can feed them facts.
 from __future__ import annotations
 
 import base64
-import codecs
 import hashlib
 import re
 from dataclasses import dataclass
@@ -28,8 +27,18 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from labctl.checks import CheckContext, CheckParams, Outcome, check
-from labctl.checks.common import (Response, answered, decode_escapes, exit_note, explain_transport, harness_budget,
-                                  parse_head, run_harness, server_evidence, show)
+from labctl.checks.common import (
+    Response,
+    answered,
+    decode_escapes,
+    exit_note,
+    explain_transport,
+    harness_budget,
+    parse_head,
+    run_harness,
+    server_evidence,
+    show,
+)
 from labctl.errors import LabctlError
 from labctl.harness.wire import Exchange, words
 
@@ -600,7 +609,8 @@ def judge_trickle(results: list[Exchange], params: TrickleParams, port: int, dig
     label = params.label()
     trickle = results[-1]
     baseline = results[0] if len(results) > 1 else None
-    how = (f"{trickle.get('planned_segments', trickle.get('segments', 0))} pieces of {params.segment_min}-{params.segment_max} bytes, "
+    pieces = trickle.get("planned_segments", trickle.get("segments", 0))
+    how = (f"{pieces} pieces of {params.segment_min}-{params.segment_max} bytes, "
            f"{delay * 1000:.0f} ms apart")
     evidence: dict[str, Any] = {"request": label, "request_bytes": trickle.get("request_bytes"),
                                 "segments": trickle.get("segments"), "delay": round(delay, 4),
@@ -682,7 +692,8 @@ def server_syncookies(ctx: CheckContext) -> tuple[int | None, str]:
         configured = ctx.lab.sysctls(ctx.server).get(SYNCOOKIES)
         if configured is not None:
             return int(configured), "set by the lab for the server"
-        result = ctx.lab.exec(ctx.server, ["cat", "/proc/sys/net/ipv4/tcp_syncookies"], timeout=min(5.0, harness_budget(ctx)))
+        result = ctx.lab.exec(ctx.server, ["cat", "/proc/sys/net/ipv4/tcp_syncookies"],
+                              timeout=min(5.0, harness_budget(ctx)))
         if result.exit_code == 0:
             return int(result.text.strip()), "read in the server"
     except (LabctlError, ValueError):

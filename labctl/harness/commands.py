@@ -6,7 +6,8 @@ twice is a mistake caught at import.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from harness import agent, concurrency, net, proc, protocol
 

@@ -17,11 +17,13 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import client
 from .client import MIN_WAIT, timed_request
 from .wire import ConcurrentClients, IdleConnections, Nofile, SlowClient, SlowReader, TimedRequest
+
 #: A connect that took this long waited for the kernel to send its SYN again (first retry after 1 s).
 SYN_RETRY = 0.9
 
@@ -350,7 +352,7 @@ def slow_reader(host: str, port: int, path: str = "/large.bin", probe_path: str 
         sock.settimeout(max(MIN_WAIT, wait))
         try:
             data = sock.recv(size)
-        except socket.timeout:
+        except TimeoutError:
             return True
         except OSError as error:
             facts["slow_error"] = client.ending_of(error)

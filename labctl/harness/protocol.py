@@ -20,7 +20,8 @@ import select
 import socket
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import client
 from .wire import Exchange, HttpSequence, Step, TcpPortStats
@@ -142,7 +143,7 @@ def _netstat_counters(text: str) -> dict[str, int]:
     lines = [line.split() for line in text.splitlines() if line.startswith("TcpExt:")]
     if len(lines) < 2:
         return {}
-    table = dict(zip(lines[0][1:], lines[1][1:]))
+    table = dict(zip(lines[0][1:], lines[1][1:], strict=False))
     return {name: int(table[name]) for name in _COUNTERS if name in table}
 
 

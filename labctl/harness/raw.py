@@ -44,8 +44,8 @@ def _iptables(*args: str) -> subprocess.CompletedProcess:
 
 def _scapy():
     # Narrow imports: `scapy.all` loads every layer and costs seconds on a small CPU share.
-    from scapy.config import conf
     import scapy.arch  # noqa: F401  (sets conf.L3socket / L2listen for this OS)
+    from scapy.config import conf
     from scapy.layers.inet import IP, TCP
     from scapy.sendrecv import AsyncSniffer
 
@@ -111,7 +111,7 @@ def syn_flood(host: str, port: int, count: int = 256, listen: float = 1.0, budge
     send_started = time.monotonic()
     sock = conf.L3socket()   # one socket for the whole flood (scapy's send() would open one per call)
     try:
-        for sport, seq in zip(ports, seqs):
+        for sport, seq in zip(ports, seqs, strict=True):
             if time.monotonic() >= deadline - listen:
                 facts["send_stopped"] = "time budget"
                 break
@@ -155,7 +155,7 @@ def syn_flood_cleanup(host: str, port: int, reset: bool = True, budget: float = 
         conf, IP, TCP, _ = _scapy()
         sock = conf.L3socket()
         try:
-            for sport, seq in zip(state["ports"], state["seqs"]):
+            for sport, seq in zip(state["ports"], state["seqs"], strict=False):
                 if time.monotonic() >= deadline:
                     facts["reset_stopped"] = "time budget"
                     break

@@ -25,9 +25,9 @@ score and hide their details themselves (see those modules).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 
@@ -53,7 +53,7 @@ class Renderer:
     name: str
     summary: str
     render: Callable[[GradeReport], str]
-    default_path: Callable[[], "Path | None"]  # None: the console
+    default_path: Callable[[], Path | None]  # None: the console
     emit: Emit | None = None  # None: write render() to the path (or stdout for "-")
     schema: str | None = None  # the file in SCHEMAS_DIR its output validates against
 

@@ -17,8 +17,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from labctl.report._common import (counts, evidence_lines, failed, longest_run, points, shown, score_line,
-                                   seconds, status_word, write_text)
+from labctl.report._common import (
+    counts,
+    evidence_lines,
+    failed,
+    longest_run,
+    points,
+    score_line,
+    seconds,
+    shown,
+    status_word,
+    write_text,
+)
 from labctl.results import CheckResult, GradeReport
 from labctl.untrusted import write_command
 

@@ -23,8 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from labctl.report._common import (check_text, counts, failed, not_gradable_text, printable_all, score_line,
-                                   tail)
+from labctl.report._common import check_text, counts, failed, not_gradable_text, printable_all, score_line, tail
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "gradescope-results.schema.json"

@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from labctl.report._common import (check_text, counts, not_gradable_text, points, printable_all, score_line,
-                                   tail)
+from labctl.report._common import check_text, counts, not_gradable_text, points, printable_all, score_line, tail
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "prairielearn-results.schema.json"

@@ -13,8 +13,17 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from labctl.report._common import (counts, evidence_lines, failed, points, shown, score_line, seconds,
-                                   status_word, write_text)
+from labctl.report._common import (
+    counts,
+    evidence_lines,
+    failed,
+    points,
+    score_line,
+    seconds,
+    shown,
+    status_word,
+    write_text,
+)
 from labctl.results import GradeReport
 from labctl.untrusted import neutralize
 
