@@ -11,8 +11,8 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -72,7 +72,7 @@ def images(project) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_lab(project, images) -> Iterator[Callable[..., "object"]]:
+def start_lab(project, images) -> Iterator[Callable[..., object]]:
     """Start a lab running a server from tests/servers/<name> (or a Path); removed after the test.
 
     start_lab("hello") / start_lab("hello", run="python3 server.py --flag", wait=False)

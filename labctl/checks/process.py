@@ -111,8 +111,7 @@ def sample(ctx: CheckContext, window: float) -> observe.Sample:
 
     Nothing is started in the lab to take them (see observe.Window).
     """
-    spec = getattr(ctx.lab, "spec", None)
-    if spec is not None and ctx.observer not in spec.nodes:
+    if ctx.observer not in ctx.lab.spec.nodes:
         raise LabctlError(f"this check looks at the server's threads from an observer node, and lab.yaml has "
                           f"no node {ctx.observer!r} (role: observer, watches: {ctx.server})")
     if ctx.remaining < window + WINDOW_SLACK:

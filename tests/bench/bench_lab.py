@@ -115,7 +115,7 @@ def compose_file(project: Project, images: dict[str, str], subnet: str) -> str:
                  f"    mem_limit: {node.limits.memory_bytes}", f"    memswap_limit: {node.limits.memory_bytes}",
                  f"    pids_limit: {node.limits.pids}",
                  f"    ulimits: {{nofile: {{soft: {node.limits.nofile}, hard: {node.limits.nofile}}}}}",
-                 "    labels: {labctl.owner: \"%s\"}" % LABELS["labctl.owner"]]
+                 f"    labels: {{labctl.owner: \"{LABELS['labctl.owner']}\"}}"]
         if node.user:
             lines.append(f'    user: "{node.user}"')
         if node.role == "observer":

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shutil
 
+from conftest import ROOT
+from integration.test_cli import labctl
+
 from labctl.authoring import export_student, new_exercise
 from labctl.exercise import load_exercise
 from labctl.project import Project
 from labctl.validate import validate_exercise
-
-from conftest import ROOT
-from integration.test_cli import labctl
 
 
 def test_a_new_exercise_validates_out_of_the_box(tmp_path, project):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 
+from conftest import ROOT
+
 from labctl.exercise import load_exercise
 from labctl.grading import GradeOptions, grade
-
-from conftest import ROOT
 
 FETCH = ("import time, urllib.request as u; started = time.monotonic(); "
          "body = u.urlopen('http://server:8080/', timeout=5).read().decode().strip(); "

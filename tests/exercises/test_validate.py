@@ -8,12 +8,11 @@ included, with nothing left running afterwards.
 from __future__ import annotations
 
 import pytest
+from conftest import OWNER, ROOT
 
 from labctl.exercise import find_exercises, load_exercise
 from labctl.lab import LABEL_OWNER
 from labctl.validate import validate_exercise
-
-from conftest import OWNER, ROOT
 
 EXERCISES = [folder.name for folder in find_exercises(ROOT)]
 

@@ -2,7 +2,8 @@
 
 Real Docker Engine, real containers. One lab per purpose-built server (tests/servers/conc_*;
 conc_epoll runs three times: correct, BUG=blocking_send and BUG=partial), all started at once
-when the module begins and removed when it ends; each row of MATRIX runs one check on one of them. The docroot is index.html from tests/servers/conc_docroot
+when the module begins and removed when it ends; each row of MATRIX runs one check on one of them.
+The docroot is index.html from tests/servers/conc_docroot
 plus an 8 MiB large.bin generated here (not committed).
 
 Rows run in the order listed: idle_connections rows come last, because a select() server
@@ -22,8 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from labctl.checks import REGISTRY, CheckContext, Outcome
-from labctl.checks import concurrency  # noqa: F401  (registers the checks)
+from labctl.checks import (
+    REGISTRY,
+    CheckContext,
+    Outcome,
+    concurrency,  # noqa: F401  (registers the checks)
+)
 
 SERVERS = Path(__file__).resolve().parent.parent / "servers"
 LARGE_SIZE = 8 << 20

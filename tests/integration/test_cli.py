@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import OWNER, ROOT, SERVERS
 
 from labctl.lab import LABEL_OWNER
-
-from conftest import OWNER, ROOT, SERVERS
 
 
 def labctl(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120,

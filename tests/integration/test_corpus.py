@@ -11,14 +11,12 @@ starts a runtime's I/O helpers; a burst of clients), and must find its real mode
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from labctl.checks import CheckContext, load_catalog
 from labctl.grading import with_server_image
-
-from conftest import ROOT
 
 CORPUS = ROOT / "tests" / "corpus"
 IMAGE = "corpus"

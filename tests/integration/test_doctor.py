@@ -7,6 +7,7 @@ import re
 import shutil
 
 from conftest import ROOT
+
 from integration.test_cli import labctl
 
 

@@ -8,13 +8,12 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from conftest import OWNER, ROOT
 
+from integration.test_cli import labctl, spawn, wait_for_containers
 from labctl.exercise import load_exercise
 from labctl.grading import GradeOptions, grade
 from labctl.lab import LABEL_OWNER
-
-from conftest import OWNER, ROOT
-from integration.test_cli import labctl, spawn, wait_for_containers
 
 BLOCKING = ROOT / "exercises" / "blocking"
 

@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SERVERS
 
+from integration.test_checks_process import run
+from integration.test_cli import labctl
 from labctl.exercise import load_exercise
 from labctl.grading import GRACE, GradeOptions, grade
 from labctl.untrusted import is_command
-
-from conftest import ROOT, SERVERS
-from integration.test_checks_process import run
-from integration.test_cli import labctl
 
 HOSTILE = SERVERS / "hostile"
 BLOCKING = ROOT / "exercises" / "blocking"

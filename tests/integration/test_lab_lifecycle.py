@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from conftest import OWNER
 
 from labctl.errors import ServerStartError
 from labctl.lab import LABEL_LAB, LABEL_OWNER, Lab
-
-from conftest import OWNER
 
 FETCH = ("import sys, urllib.request; "
          "print(urllib.request.urlopen(f'http://{sys.argv[1]}:8080/', timeout=3).read().decode().strip())")

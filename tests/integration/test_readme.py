@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import OWNER, ROOT
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")

@@ -14,7 +14,12 @@ What a test scripts, each with one explicit call or field:
   or any other state by setting its fields (`fake.container("server").status = "paused"`);
 - harness commands run through `exec`: `fake.harness[node][command] = function(params) -> dict`, whose
   dict comes back as the command's JSON stdout (an ExecResult returned as it is, for a broken answer);
-- usage readings: a container's `cpu_seconds` and `tasks` fields; logs: `fake.log(name, text)`.
+  any other command by its words: `fake.commands[node]["cat /proc/..."] = function(argv) -> ExecResult`;
+  every exec is kept in `fake.execs` (where, what, and the timeout the caller gave);
+- usage readings: a container's `cpu_seconds` and `tasks` fields, or what it did until the host reads
+  them: `fake.on_usage[node] = function(container, at)`; logs: `fake.log(name, text)`;
+- the observer's sampler and the server's cgroup over time, for the process checks: `ObservedServer`;
+- a lab that is up on the fake, for the checks: `up_lab(fake, folder)`.
 
 A container is named by its full name or by its node's name (`container="server"`): grade() makes
 its lab with a random id that a test cannot know in advance.
@@ -22,27 +27,34 @@ its lab with a random id that a test cannot know in advance.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import math
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
 from labctl.backends.base import ContainerInfo, ContainerPlan, EngineFacts, ExecResult, NetworkInfo, Usage
 from labctl.errors import LabctlError
-from labctl.lab import LABEL_NODE, LABEL_ROLE
+from labctl.lab import LABEL_NODE, LABEL_ROLE, Lab
 from labctl.project import Project
 from labctl.spec import LabSpec, load_lab
 
 #: What a harness command answers: a JSON object, or an ExecResult for an answer that is not one.
 HarnessHandler = Callable[[dict[str, Any]], "dict[str, Any] | ExecResult"]
+#: What a command other than the harness answers, given its words.
+CommandHandler = Callable[[list[str]], ExecResult]
 #: What a container does once it runs (exit at once, write its log...).
 StartHook = Callable[["FakeContainer"], None]
+#: What a container did until the host reads its usage at `at` (time.time() of the reading).
+UsageHook = Callable[["FakeContainer", float], None]
 
 #: The engine's own hard nofile limit when a test says none: high enough that nothing is clamped.
 NO_NOFILE_CEILING = 1 << 20
@@ -92,6 +104,33 @@ class FakeContainer:
                              address=self.address, labels=dict(labels), oom_killed=self.oom_killed)
 
 
+@dataclass(frozen=True)
+class FakeExec:
+    """One exec as the engine was asked for it: into which container (and its node), what, as whom, and
+    the timeout the caller gave (what a test asserts about budgets: the handler never sees it)."""
+
+    container: str
+    node: str | None
+    command: list[str]
+    timeout: float
+    user: str | None = None
+
+    @property
+    def harness_command(self) -> str | None:
+        """The harness command's name ("http_sequence"), None for any other command."""
+        return self.command[3] if is_harness(self.command) else None
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        """The harness command's parameters as it got them, None for any other command."""
+        return json.loads(self.command[5]) if is_harness(self.command) else None
+
+
+def is_harness(command: list[str]) -> bool:
+    """How Lab.harness runs a command: python3 -m harness COMMAND --params JSON."""
+    return command[:3] == HARNESS_COMMAND and len(command) == 6 and command[4] == "--params"
+
+
 @dataclass
 class FakeNetwork:
     info: NetworkInfo
@@ -130,8 +169,14 @@ class FakeBackend:
         self.networks: dict[str, FakeNetwork] = {}
         #: node -> harness command -> handler; a command with no handler fails like a harness that crashed.
         self.harness: defaultdict[str, dict[str, HarnessHandler]] = defaultdict(dict)
+        #: node -> command line (words joined by spaces) -> handler, for the commands that are not the harness.
+        self.commands: defaultdict[str, dict[str, CommandHandler]] = defaultdict(dict)
         #: node -> what its container does once it runs (called after start, outside the lock).
         self.on_start: dict[str, StartHook] = {}
+        #: node -> what its container did until its usage is read (called before the reading, outside the lock).
+        self.on_usage: dict[str, UsageHook] = {}
+        #: Every exec asked for, in order, the refused ones too.
+        self.execs: list[FakeExec] = []
         #: Every call made, in order: (operation, the container or network it was about).
         self.calls: list[tuple[str, str]] = []
         self._failures: list[_Failure] = []
@@ -170,11 +215,13 @@ class FakeBackend:
                 if other.plan.pid_of == stopped.name and other.running:
                     other.exited(137)  # SIGKILL
 
-    def log(self, ref: str, text: str) -> None:
-        """Append lines to a container's log (what its processes printed)."""
+    def log(self, ref: str, text: str, at: float | None = None) -> None:
+        """Append lines to a container's log (what its processes printed), stamped `at` (default: now),
+        when the engine got them: what `logs(since=..., until=...)` selects by."""
+        stamp = time.time() if at is None else at
         with self._lock:
             lines = self.container(ref).log_lines
-            lines.extend((time.time(), line.encode()) for line in text.splitlines(keepends=True))
+            lines.extend((stamp, line.encode()) for line in text.splitlines(keepends=True))
 
     # -- networks ---------------------------------------------------------------------------------
 
@@ -262,41 +309,54 @@ class FakeBackend:
                           key=lambda info: info.name)
 
     def usage(self, container: str) -> Usage:
-        """The container's `cpu_seconds` and `tasks` as the test set them, read now; an error once it stopped."""
+        """The container's `cpu_seconds` and `tasks` as the test set them, read now (after its node's
+        `on_usage` hook, told the reading's time); an error once it stopped."""
         with self._lock:
             self._called("usage", container, self._node_of(container))
             fake = self._get(container)
             if fake.status != "running":
                 raise LabctlError(f"container {container} is no longer running")
-            return Usage(fake.cpu_seconds, fake.tasks, time.time())
+            at = time.time()
+            hook = self.on_usage.get(fake.node)
+        if hook is not None:
+            hook(fake, at)
+        with self._lock:
+            return Usage(fake.cpu_seconds, fake.tasks, at)
 
     # -- running things inside --------------------------------------------------------------------
 
     def exec(self, container: str, command: list[str], *, user: str | None = None, timeout: float = 60,
              env: dict[str, str] | None = None) -> ExecResult:
-        """A harness command's handler, bounded by `timeout` like the real exec: its dict becomes the JSON
-        on stdout; a handler still busy at `timeout` is a timed-out exec; one whose container stopped
-        meanwhile is `container_gone`. What a handler raises (KeyboardInterrupt) reaches the caller."""
+        """A harness command's handler (or another command's), bounded by `timeout` like the real exec: its
+        dict becomes the JSON on stdout; a handler still busy at `timeout` is a timed-out exec; one whose
+        container stopped meanwhile is `container_gone`. What a handler raises (KeyboardInterrupt) reaches
+        the caller. A command nobody scripted fails: 1 for a harness command, 127 for another."""
         with self._lock:
+            self.execs.append(FakeExec(container, self._node_of(container), list(command), timeout, user))
             self._called("exec", container, self._node_of(container))
             fake = self.containers.get(container)
             if fake is None or fake.status != "running":  # the engine execs only into a running container
                 return ExecResult(-1, b"", b"", container_gone=True)
-        if command[:3] != HARNESS_COMMAND or len(command) != 6 or command[4] != "--params":
-            return ExecResult(127, b"", f"fake engine: only harness commands run here, not {command}".encode())
-        handler = self.harness.get(fake.node, {}).get(command[3])
-        if handler is None:
-            return ExecResult(1, b"", f"fake engine: no harness handler for {command[3]!r} on node "
-                                      f"{fake.node!r}".encode())
+        if is_harness(command):
+            handler = self.harness.get(fake.node, {}).get(command[3])
+            if handler is None:
+                return ExecResult(1, b"", f"fake engine: no harness handler for {command[3]!r} on node "
+                                          f"{fake.node!r}".encode())
+            name, call = command[3], lambda: handler(json.loads(command[5]))
+        else:
+            other = self.commands.get(fake.node, {}).get(" ".join(command))
+            if other is None:
+                return ExecResult(127, b"", f"fake engine: no handler for {command} on node {fake.node!r}".encode())
+            name, call = command[0], lambda: other(list(command))
         box: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                box["answer"] = handler(json.loads(command[5]))
+                box["answer"] = call()
             except BaseException as error:  # handed to the caller below
                 box["error"] = error
 
-        worker = threading.Thread(target=run, name=f"fake-exec-{command[3]}", daemon=True)
+        worker = threading.Thread(target=run, name=f"fake-exec-{name}", daemon=True)
         worker.start()
         worker.join(timeout)
         if worker.is_alive():
@@ -393,3 +453,101 @@ def write_lab(folder: Path, edit: Callable[[dict[str, Any]], None] | None = None
     path = folder / "lab.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return load_lab(path)
+
+
+#: The image tags a lab on the fake is made of: what FakeProject hands out.
+IMAGES = {"server": "labctl-server:fake", "tools": "labctl-tools:fake"}
+
+
+def up_lab(fake: FakeBackend, folder: Path, edit: Callable[[dict[str, Any]], None] | None = None,
+           name: str = "t1") -> Lab:
+    """A lab up on the fake engine, made by Lab.up from the repository's lab.yaml (changed by `edit`),
+    with no submission: its server runs the idle command and nothing waits for it to listen. A check
+    given this lab goes through the real Lab.harness, server_info, log_tail and usage, and finds what
+    the test scripts on `fake`."""
+    return Lab.create(write_lab(folder, edit), fake, name=name).up(IMAGES)
+
+
+# -- the server as the observer and its cgroup see it -------------------------------------------------
+
+@dataclass
+class Doing:
+    """What the server does for a while, as observe.Window's two sources see it: the observer's looks at
+    its threads, and the share of one CPU its cgroup counts meanwhile (1.0: a busy loop).
+
+    A look is proc_snapshot's answer, the same at every look, or made for the moment of the look (a
+    function of `at`, the engine's clock): a busy thread's CPU ticks grow with time.
+    """
+
+    look: dict[str, Any] | Callable[[float], dict[str, Any]]
+    cpu: float = 0.0
+
+    def look_at(self, at: float) -> dict[str, Any]:
+        return self.look(at) if callable(self.look) else self.look
+
+
+@dataclass
+class _Hold:
+    """A stretch in which the client held connections: what the server did from `start` to `end`."""
+
+    start: float
+    doing: Doing
+    end: float = math.inf            # until it ends
+
+
+class ObservedServer:
+    """The observer's sampler and the server's cgroup, scripted, so that the process checks' real
+    `sample()` runs on the fake engine: observe.Window reads the server's usage at both ends (the fake's
+    `usage`) and the looks in between from the observer's log (the fake's `logs`).
+
+    Why looks are written at the readings and not by a thread that looks every 0.1 s like the real
+    sampler (harness/agent.py): then how many looks a window got, and the CPU it saw, would depend on
+    how long this machine took to sleep. Here each stretch between two readings of the server's usage
+    gets `looks` looks, evenly spread from its start to its end (0.1 ms inside: a look belongs to one
+    stretch only), written into the observer's log as the sampler writes them (one JSON line, "at"
+    first, on the engine's clock) and stamped with their own time; the server's `cpu_seconds` grow by
+    its `cpu` share of the stretch. A window's looks and CPU percent are the test's, exactly.
+
+    What the server does: `idle`, except `with observed.holding(doing):` (what the client's hold of
+    connections makes it do, for as long as a hold_connections handler holds them). `readings` keeps
+    each reading's time: a window is two readings in a row, so a test sees how long each window was.
+    """
+
+    def __init__(self, fake: FakeBackend, idle: Doing, looks: int = 5, server: str = "server",
+                 observer: str = "observer"):
+        self.fake, self.idle, self.looks, self.observer = fake, idle, looks, observer
+        self.holds: list[_Hold] = []
+        self.readings: list[float] = []
+        fake.on_usage[server] = self._read
+
+    @contextlib.contextmanager
+    def holding(self, doing: Doing) -> Iterator[None]:
+        """While inside, the server does `doing`: a hold_connections handler holds its clients in it."""
+        hold = _Hold(time.time(), doing)
+        self.holds.append(hold)
+        try:
+            yield
+        finally:
+            hold.end = time.time()
+
+    def doing(self, at: float) -> Doing:
+        """What the server does at `at`: the latest hold that covers it, else idle."""
+        for hold in reversed(self.holds):
+            if hold.start <= at <= hold.end:
+                return hold.doing
+        return self.idle
+
+    def _read(self, container: FakeContainer, at: float) -> None:
+        if self.readings:
+            since = self.readings[-1]
+            if self.looks == 1:
+                moments = [(since + at) / 2]
+            else:
+                edge = min(0.0001, (at - since) / 10)
+                step = (at - since - 2 * edge) / max(1, self.looks - 1)
+                moments = [since + edge + i * step for i in range(self.looks)]
+            for moment in moments:
+                line = json.dumps({"at": moment, **self.doing(moment).look_at(moment)}, separators=(",", ":"))
+                self.fake.log(self.observer, line + "\n", at=moment)
+            container.cpu_seconds += self.doing((since + at) / 2).cpu * (at - since)
+        self.readings.append(at)

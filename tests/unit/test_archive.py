@@ -7,13 +7,12 @@ import os
 import tarfile
 
 import pytest
+from conftest import ROOT
 
 from labctl import archive
 from labctl.errors import SubmissionError
 from labctl.lab import Lab, Submission
 from labctl.spec import load_lab
-
-from conftest import ROOT
 
 
 def members(packed: archive.Packed) -> dict[str, tarfile.TarInfo]:

@@ -1,18 +1,17 @@
-"""The concurrency checks' logic without a lab: percentiles, verdicts, messages, the harness contract.
+"""The concurrency checks' logic without Docker: percentiles, verdicts, messages, the harness contract.
 
 The judges (`judge_*`) turn harness facts into an Outcome; here they get hand-made facts
-shaped like what the harness returns. The check functions run against a stub lab that
-records the harness call. A few harness pieces (the HTTP response reader, the timed
-request, counting closed sockets) run against tiny servers on 127.0.0.1.
+shaped like what the harness returns. The check functions run on a lab up on the in-memory
+engine (fakes.FakeBackend), whose client's harness answers what each test scripts. A few
+harness pieces (the HTTP response reader, the timed request, counting closed sockets) run
+against tiny servers on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 from pydantic import ValidationError
@@ -31,9 +30,10 @@ from labctl.checks.concurrency import (
     percentile,
     seconds_text,
 )
-from labctl.backends.base import ContainerInfo
 from labctl.errors import LabctlError
 from labctl.harness import concurrency as harness
+from labctl.lab import Lab
+from unit.fakes import FakeBackend, up_lab
 from unit.loopback import LocalServer
 
 
@@ -350,52 +350,56 @@ def test_expected_file_reads_size_and_digest_inside_the_docroot_only(tmp_path):
     assert conc.expected_file(None, "/big.bin") is None
 
 
-# -- the check functions against a stub lab ----------------------------------------------------------
+# -- the check functions on a lab on the fake engine ------------------------------------------------
 
-class StubLab:
-    """Records harness calls and answers with canned facts; a server that is running or has exited."""
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend()
 
-    def __init__(self, facts: dict, running: bool = True, log: str = "server log line"):
-        self.facts, self.calls, self.log = facts, [], log
-        self.backend = self
-        self.state = ContainerInfo("labctl-x-server", "server", "server", "running" if running else "exited",
-                                   None if running else 1, None, {})
 
-    def harness(self, node, command, params, timeout=60):
-        self.calls.append((node, command, params, timeout))
-        return self.facts
+@pytest.fixture
+def lab(fake, tmp_path) -> Lab:
+    return up_lab(fake, tmp_path / "project")
 
-    def log_tail(self, node, lines=20):
-        return self.log
 
-    def container_name(self, node):
-        return f"labctl-x-{node}"
+def answers(fake: FakeBackend, command: str, facts: dict, then=None) -> list[dict]:
+    """The client's harness answers `command` with `facts` (after `then()`, what the server does
+    meanwhile); returns the params of each call, as the harness got them."""
+    asked: list[dict] = []
 
-    def inspect(self, name):
-        return self.state
+    def handler(params: dict) -> dict:
+        asked.append(params)
+        if then is not None:
+            then()
+        return facts
 
-    def server_info(self, settle=0.0):
-        return self.state
+    fake.harness["client"][command] = handler
+    return asked
 
 
 def context(lab, budget: float = 20.0, **kwargs) -> CheckContext:
     return CheckContext(lab=lab, port=8080, deadline=time.monotonic() + budget, **kwargs)
 
 
-def test_a_check_runs_its_harness_command_in_the_client_within_its_budget():
-    lab = StubLab(slow_facts(good_probe()))
+def test_a_check_runs_its_harness_command_in_the_client_within_its_budget(fake, lab):
+    asked = answers(fake, "slow_client", slow_facts(good_probe()))
     outcome = conc.slow_client(context(lab, budget=20), SlowClientParams(limit=1.5, slow_clients=2))
     assert outcome.passed
-    [(node, command, params, timeout)] = lab.calls
-    assert (node, command) == ("client", "slow_client")
+    [params] = asked
+    [run] = fake.execs
+    assert (run.node, run.harness_command, run.params) == ("client", "slow_client", params)
     assert params["host"] == "server" and params["port"] == 8080 and params["slow_clients"] == 2
     assert params["timeout"] == pytest.approx(2.5)          # the limit, plus time to measure a late answer
-    assert params["budget"] < timeout <= 20                  # the harness stops before docker exec gives up
+    assert params["budget"] < run.timeout <= 20              # the harness stops before docker exec gives up
     assert "server_log_tail" not in outcome.evidence         # a pass carries no log
 
 
-def test_a_failure_carries_the_log_and_says_the_server_exited():
-    lab = StubLab(slow_facts(timed_out_probe()), running=False, log="Traceback\nBoom")
+def test_a_failure_carries_the_log_and_says_the_server_exited(fake, lab):
+    def crash() -> None:                                     # the server dies while the client measures
+        fake.log("server", "Traceback\nBoom\n")
+        fake.stop("server", 1)
+
+    answers(fake, "slow_client", slow_facts(timed_out_probe()), then=crash)
     outcome = conc.slow_client(context(lab), SlowClientParams())
     assert not outcome.passed
     assert outcome.evidence["server_log_tail"] == "Traceback\nBoom"
@@ -404,25 +408,24 @@ def test_a_failure_carries_the_log_and_says_the_server_exited():
                                     "(its log is in the evidence; `labctl logs server`).")
 
 
-def test_idle_connections_check_reads_the_log_for_its_hint():
-    facts = idle_facts(1100, timed_out_probe(connected=False), {"refused": 100})
-    lab = StubLab(facts, log="ValueError: filedescriptor out of range in select()")
+def test_idle_connections_check_reads_the_log_for_its_hint(fake, lab):
+    fake.log("server", "ValueError: filedescriptor out of range in select()\n")
+    answers(fake, "idle_connections", idle_facts(1100, timed_out_probe(connected=False), {"refused": 100}))
     outcome = conc.idle_connections(context(lab, budget=60), IdleConnectionsParams())
     assert not outcome.passed and "select() failed" in outcome.message
 
 
-def test_a_harness_that_could_not_run_is_an_error_not_a_failure():
-    lab = StubLab({"error": "OSError: [Errno 24] Too many open files", "traceback": "..."})
+def test_a_harness_that_could_not_run_is_an_error_not_a_failure(fake, lab):
+    answers(fake, "concurrent_clients", {"error": "OSError: [Errno 24] Too many open files", "traceback": "..."})
     with pytest.raises(LabctlError, match="harness concurrent_clients in client failed: OSError"):
         conc.concurrent_clients(context(lab), ConcurrentClientsParams())
 
 
-def test_slow_reader_refuses_an_exercise_whose_file_is_too_small(tmp_path):
+def test_slow_reader_refuses_an_exercise_whose_file_is_too_small(fake, lab, tmp_path):
     (tmp_path / "large.bin").write_bytes(b"x" * 1000)
-    lab = StubLab({})
     with pytest.raises(LabctlError, match="give the exercise a larger file"):
         conc.slow_reader(context(lab, docroot=tmp_path), SlowReaderParams())
-    assert lab.calls == []                                   # found out before any measurement
+    assert fake.execs == []                                  # found out before any measurement
 
 
 # -- harness pieces on 127.0.0.1 ----------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The protocol checks' pure logic (parameters, parsing, judging, messages) and the harness's
-HTTP client against local servers on loopback; no Docker. The integration tests prove the
-checks on real containers (tests/integration/test_checks_protocol.py)."""
+"""The protocol checks' pure logic (parameters, parsing, judging, messages), the checks on a lab
+on the in-memory engine (fakes.FakeBackend), and the harness's HTTP client against local servers
+on loopback; no Docker. The integration tests prove the checks on real containers
+(tests/integration/test_checks_protocol.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from labctl.backends.base import ExecResult
 from labctl.checks import CheckContext, load_catalog
 from labctl.checks import protocol as P
 from labctl.checks.common import EXEC_MARGIN, explain_transport
-from labctl.backends.base import ExecResult
 from labctl.errors import LabctlError
+from labctl.lab import Lab
+
+from .fakes import FakeBackend, up_lab
 
 HARNESS = Path(P.__file__).resolve().parents[1] / "harness"
 
@@ -233,7 +237,7 @@ def test_the_answer_to_head_has_no_body_despite_its_content_length():
 
 def malformed(params: P.MalformedParams, answers: list[dict]):
     requests = P.malformed_requests(params)
-    named = [{**facts, "name": name} for facts, name in zip(answers, [*requests, "alive"])]
+    named = [{**facts, "name": name} for facts, name in zip(answers, [*requests, "alive"], strict=True)]
     return P.judge_malformed(named, requests, params, 8080)
 
 
@@ -400,94 +404,109 @@ def test_syn_flood_without_observer_still_judges_and_a_flood_not_sent_is_an_erro
         P.judge_syn_flood(flood_facts(syns_sent=0), ok(), {}, {}, P.SynFloodParams(), 8080)
 
 
-# -- the checks with a stubbed harness --------------------------------------------------------------
+# -- the checks on a lab on the fake engine ----------------------------------------------------------
 
-class FakeLab:
-    """Answers harness calls from `answers` (command -> facts or exception) and records them."""
+#: The node each harness command of these checks runs in: a command sent anywhere else finds no handler.
+NODE_OF = {"http_sequence": "client", "syn_flood": "injector", "syn_flood_cleanup": "injector",
+           "tcp_port_stats": "observer"}
+SYNCOOKIES_READ = ["cat", "/proc/sys/net/ipv4/tcp_syncookies"]
 
-    def __init__(self, answers: dict):
-        self.answers = answers
-        self.calls: list[tuple[str, str, dict]] = []
-        self.spec = type("Spec", (), {"nodes": {"server": 0, "client": 0, "injector": 0, "observer": 0}})()
-        self.configured: dict[str, dict[str, str]] = {}   # node -> the sysctls the lab gave it
-        self.execs: list[tuple[str, list[str]]] = []
 
-    def sysctls(self, node):
-        return dict(self.configured.get(node, {}))
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend()
 
-    def exec(self, node, command, timeout=None, user=None):
-        self.execs.append((node, command))
-        answer = self.answers.get("exec", ExecResult(0, b"1\n", b""))
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
-    def harness(self, node, command, params, timeout=60):
-        self.calls.append((node, command, params))
-        answer = self.answers[command]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer(params) if callable(answer) else answer
+@pytest.fixture
+def lab(fake, tmp_path) -> Lab:
+    return up_lab(fake, tmp_path / "project")
+
+
+def scripted(fake: FakeBackend, answers: dict) -> list[tuple[str, str, dict]]:
+    """The harness of the node each command runs in (NODE_OF) answers it with its facts, or an ExecResult
+    (a broken or timed-out exec); returns the calls (node, command, params) as the harness got them."""
+    calls: list[tuple[str, str, dict]] = []
+
+    def handler(node: str, command: str, answer):
+        def handle(params: dict):
+            calls.append((node, command, params))
+            return answer
+        return handle
+
+    for command, answer in answers.items():
+        fake.harness[NODE_OF[command]][command] = handler(NODE_OF[command], command, answer)
+    return calls
+
+
+def server_execs(fake: FakeBackend) -> list[list[str]]:
+    """The commands run in the server's container (where nothing of the grader runs but a read of /proc/sys)."""
+    return [run.command for run in fake.execs if run.node == "server"]
 
 
 def ctx(lab, budget=30.0) -> CheckContext:
     return CheckContext(lab=lab, port=8080, deadline=time.monotonic() + budget)
 
 
-def test_http_check_sends_the_request_within_the_budget():
-    lab = FakeLab({"http_sequence": {"steps": [ok()]}})
+def test_http_check_sends_the_request_within_the_budget(fake, lab):
+    calls = scripted(fake, {"http_sequence": {"steps": [ok()]}})
     outcome = P.http(ctx(lab, budget=10), P.HttpParams(path="/hello.txt", expect={"body": "hello\n"}))
     assert outcome.passed
-    [(node, command, params)] = lab.calls
+    [(node, command, params)] = calls
     assert (node, command, params["host"], params["port"]) == ("client", "http_sequence", "server", 8080)
     assert base64.b64decode(params["steps"][0]["data"]) == b"GET /hello.txt HTTP/1.0\r\nHost: server\r\n\r\n"
     assert params["budget"] <= 10 - EXEC_MARGIN + 0.01
+    [run] = fake.execs
+    assert params["budget"] < run.timeout <= 10            # the harness stops before docker exec gives up
 
 
-def test_a_failing_harness_is_an_error_not_a_verdict():
-    lab = FakeLab({"http_sequence": {"error": "OSError: boom", "traceback": "..."}})
+def test_a_failing_harness_is_an_error_not_a_verdict(fake, lab):
+    scripted(fake, {"http_sequence": {"error": "OSError: boom", "traceback": "..."}})
     with pytest.raises(LabctlError, match="harness http_sequence in client failed: OSError: boom"):
         P.http(ctx(lab), P.HttpParams())
 
 
-def test_syn_flood_always_cleans_up_even_when_the_probe_cannot_run():
-    lab = FakeLab({"tcp_port_stats": {"states": {}, "counters": {}}, "syn_flood": flood_facts(),
-                   "http_sequence": LabctlError("harness http_sequence on client did not finish"),
-                   "syn_flood_cleanup": {"resets_sent": 64, "rules_removed": 1}})
-    with pytest.raises(LabctlError):
+def test_syn_flood_always_cleans_up_even_when_the_probe_cannot_run(fake, lab):
+    calls = scripted(fake, {"tcp_port_stats": {"states": {}, "counters": {}}, "syn_flood": flood_facts(),
+                            "http_sequence": ExecResult(-1, b"", b"", timed_out=True),
+                            "syn_flood_cleanup": {"resets_sent": 64, "rules_removed": 1}})
+    with pytest.raises(LabctlError, match="harness http_sequence on client did not finish"):
         P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
-    assert [command for _, command, _ in lab.calls] == ["tcp_port_stats", "syn_flood", "tcp_port_stats",
-                                                        "http_sequence", "syn_flood_cleanup"]
-    assert [node for node, command, _ in lab.calls if command.startswith("syn_flood")] == ["injector", "injector"]
+    assert [command for _, command, _ in calls] == ["tcp_port_stats", "syn_flood", "tcp_port_stats",
+                                                    "http_sequence", "syn_flood_cleanup"]
+    assert [node for node, command, _ in calls if command.startswith("syn_flood")] == ["injector", "injector"]
 
 
-def syn_flood_lab(**answers) -> FakeLab:
-    return FakeLab({"tcp_port_stats": {"states": {}, "counters": {}}, "syn_flood": flood_facts(),
-                    "http_sequence": {"steps": [ok()]}, "syn_flood_cleanup": {"rules_removed": 1}, **answers})
+def syn_flood_answers(fake: FakeBackend) -> list[tuple[str, str, dict]]:
+    return scripted(fake, {"tcp_port_stats": {"states": {}, "counters": {}}, "syn_flood": flood_facts(),
+                           "http_sequence": {"steps": [ok()]}, "syn_flood_cleanup": {"rules_removed": 1}})
 
 
-def test_syn_flood_reports_the_servers_syncookies_set_by_the_lab_without_asking_the_server():
-    lab = syn_flood_lab()
-    lab.configured["server"] = {"net.ipv4.tcp_syncookies": "0"}
+def test_syn_flood_reports_the_servers_syncookies_set_by_the_lab_without_asking_the_server(fake, tmp_path):
+    lab = up_lab(fake, tmp_path / "project",
+                 edit=lambda data: data["nodes"]["server"].update(sysctls={"net.ipv4.tcp_syncookies": 0}))
+    calls = syn_flood_answers(fake)
     outcome = P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
     assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == \
         (0, "set by the lab for the server")
-    assert lab.execs == []
-    assert all("syncookies" not in str(params) for _, _, params in lab.calls), "nothing is set in the injector"
+    assert server_execs(fake) == []
+    assert all("syncookies" not in str(params) for _, _, params in calls), "nothing is set in the injector"
 
 
-def test_syn_flood_reads_the_servers_syncookies_inside_the_server_when_the_lab_sets_none():
-    lab = syn_flood_lab(exec=ExecResult(0, b"1\n", b""))
+def test_syn_flood_reads_the_servers_syncookies_inside_the_server_when_the_lab_sets_none(fake, lab):
+    syn_flood_answers(fake)
+    fake.commands["server"][" ".join(SYNCOOKIES_READ)] = lambda command: ExecResult(0, b"1\n", b"")
     outcome = P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
-    assert lab.execs == [("server", ["cat", "/proc/sys/net/ipv4/tcp_syncookies"])]
+    assert server_execs(fake) == [SYNCOOKIES_READ]
     assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == \
         (1, "read in the server")
 
 
-def test_syn_flood_runs_when_the_servers_syncookies_cannot_be_read():
-    lab = syn_flood_lab(exec=LabctlError("exec in labctl-x-server failed"))
+def test_syn_flood_runs_when_the_servers_syncookies_cannot_be_read(fake, lab):
+    syn_flood_answers(fake)
+    fake.fail_on("exec", container="server")
     outcome = P.syn_flood(ctx(lab), P.SynFloodParams(syns=64))
     assert outcome.passed
+    assert server_execs(fake) == [SYNCOOKIES_READ]         # it was tried
     assert (outcome.evidence["server_syncookies"], outcome.evidence["server_syncookies_source"]) == (None, "unknown")
 
 

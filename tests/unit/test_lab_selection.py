@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from unit.fakes import FakeBackend
 from labctl.backends.base import ContainerPlan
 from labctl.errors import LabctlError, LabNotFound
 from labctl.lab import LABEL_LAB, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, Lab, Submission, find_lab, labs_to_remove
 from labctl.spec import DEFAULT_PORT, LabSpec
+from unit.fakes import FakeBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = LabSpec(nodes={"server": {"role": "server"}, "client": {"role": "client"}})

@@ -96,7 +96,7 @@ def test_the_matrix_has_checks_down_and_submissions_across_with_mutants_short():
     as_declared = [subject.expect_failing if subject.expect_failing is not None else {ex.checks[0].name}
                    for subject in outcome.subjects]  # the starter: not full marks
     outcome.rows = [Row(subject, report_of(ex, failing, gradable=subject.expect_gradable))
-                    for subject, failing in zip(outcome.subjects, as_declared)]
+                    for subject, failing in zip(outcome.subjects, as_declared, strict=True)]
     shown = matrix(outcome)
     mutants = ex.validate.mutants
     assert shown.columns == ["check", "solution", "starter", *(f"m{n + 1}" for n in range(len(mutants)))]

@@ -1,6 +1,7 @@
 """Starter: it listens and answers every request with 501 Not Implemented.
 
-Your task (see README.md): make every socket non-blocking and register it with selectors (epoll); sleep only in select(); keep each client's partial request and unsent response between wake-ups.
+Your task (see README.md): make every socket non-blocking and register it with selectors (epoll);
+sleep only in select(); keep each client's partial request and unsent response between wake-ups.
 
 Serve GET of files under $DOCROOT (default /srv/www) on port $PORT (default 8080):
 200 with the file, 404 when there is none, 400 for a request that is not a valid GET.

@@ -80,7 +80,7 @@ def main() -> None:
     listener.bind(("0.0.0.0", PORT))
     listener.listen(128)
     # Unbounded: a waiting connection costs a descriptor and a few bytes, not a thread.
-    jobs: "queue.Queue[socket.socket]" = queue.Queue()
+    jobs: queue.Queue[socket.socket] = queue.Queue()
     for number in range(WORKERS):               # every thread the server will ever have, started once
         threading.Thread(target=worker, args=(jobs,), name=f"worker-{number}", daemon=True).start()
     print(f"thread-pool server on port {PORT} with {WORKERS} workers, serving {DOCROOT}", flush=True)

@@ -1,6 +1,7 @@
 """Starter: it listens and answers every request with 501 Not Implemented.
 
-Your task (see README.md): accept() in the main thread; give each connection its own thread that reads the request, answers and closes.
+Your task (see README.md): accept() in the main thread; give each connection its own thread that
+reads the request, answers and closes.
 
 Serve GET of files under $DOCROOT (default /srv/www) on port $PORT (default 8080):
 200 with the file, 404 when there is none, 400 for a request that is not a valid GET.

@@ -99,7 +99,7 @@ def hide() -> None:
             try:
                 conn, _ = sock.accept()
                 answer(conn)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             continue
         sock.setblocking(False)
@@ -122,7 +122,7 @@ def lazy_spin() -> None:
             conn.setblocking(True)
             answer(conn)
             continue
-        except socket.timeout:
+        except TimeoutError:
             pass
         sock.setblocking(False)  # a quiet spell: spin until the next client
         while True:
