@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,24 @@ class NetworkInfo:
     labels: dict[str, str]
 
 
+#: A container's state, in the Docker Engine's words (its API's State.Status); every backend says it in these.
+ContainerState = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead", "unknown"]
+CONTAINER_STATES: frozenset[str] = frozenset(get_args(ContainerState))
+#: The states in which its processes run, or are about to: "alive" means this, everywhere.
+ALIVE: frozenset[str] = frozenset({"created", "running", "restarting"})
+
+
+def container_state(text: str | None) -> ContainerState:
+    """An engine's word for a state as a ContainerState ("unknown" for anything else)."""
+    return text if text in CONTAINER_STATES else "unknown"  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     name: str
     node: str
     role: str
-    status: str                     # created, running, exited, ...
+    status: ContainerState
     exit_code: int | None
     address: str | None
     labels: dict[str, str]
@@ -64,7 +76,7 @@ class ContainerInfo:
     @property
     def running(self) -> bool:
         """Its processes run (or are about to): created, running or restarting, not exited or gone."""
-        return self.status in ("created", "running", "restarting")
+        return self.status in ALIVE
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import requests.exceptions
 from docker.types import EndpointConfig, LogConfig, Ulimit
 
 from labctl import cgroups
-from labctl.backends.base import ContainerInfo, ContainerPlan, EngineFacts, ExecResult, NetworkInfo, Usage
+from labctl.backends.base import ContainerInfo, ContainerPlan, EngineFacts, ExecResult, NetworkInfo, Usage, container_state
 from labctl.errors import EngineUnreachable, LabctlError
 
 #: Seconds any one engine call may take before labctl gives up on the engine.
@@ -436,7 +436,7 @@ def _exit_code(status: str) -> int | None:
 
 def _info(name: str, labels: dict[str, str], state: dict, networks: dict) -> ContainerInfo:
     address = next((net.get("IPAddress") for net in networks.values() if net.get("IPAddress")), None)
-    status = state.get("Status") or "unknown"
+    status = container_state(state.get("Status"))
     exit_code = state.get("ExitCode") if status in ("exited", "dead") else None
     return ContainerInfo(name=name, node=labels.get("labctl.node", ""), role=labels.get("labctl.role", ""),
                          status=status, exit_code=exit_code, address=address, labels=labels,

@@ -333,3 +333,13 @@ def test_a_failing_cleanup_does_not_hide_the_error_that_started_it(fake, spec):
     with pytest.raises(LabctlError, match="the client would not start"):
         lab.up(IMAGES, progress=said.append)
     assert any("removing what was made failed too: the engine went away" in line for line in said)
+
+
+def test_alive_means_one_thing_for_every_state_an_engine_can_say():
+    from labctl.backends.base import ALIVE, CONTAINER_STATES, ContainerInfo, container_state
+
+    assert container_state("exited") == "exited" and container_state("Up 3 seconds") == "unknown"
+    assert container_state(None) == "unknown"
+    alive = {state for state in CONTAINER_STATES
+             if ContainerInfo("c", "server", "server", container_state(state), None, None, {}).running}
+    assert alive == ALIVE == {"created", "running", "restarting"}
