@@ -48,6 +48,19 @@ class GradeOptions:
     budget: float | None = None            # override the exercise's total budget
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server (a mutant's)
 
+    def checks_of(self, exercise: Exercise) -> list[CheckSpec]:
+        """The checks this grading runs, in order. `labctl test` offers the public checks only: there a
+        hidden check's name in `only` is as unknown as a typo, so a student cannot probe which hidden
+        checks exist (LabctlError, exit 2, for any unknown name)."""
+        offered = exercise.checks if self.include_hidden else exercise.public_checks
+        if self.only:
+            unknown = sorted(set(self.only) - {check.name for check in offered})
+            if unknown:
+                raise LabctlError(f"--only names no check of {exercise.id}: {', '.join(unknown)} "
+                                  f"(its {'' if self.include_hidden else 'public '}checks: "
+                                  f"{', '.join(check.name for check in offered)})")
+        return [check for check in offered if not self.only or check.name in self.only]
+
 
 def grade(project: Project, exercise: Exercise, submission_dir: Path, options: GradeOptions | None = None,
           progress: Progress | None = None, on_result: OnResult | None = None) -> GradeReport:
@@ -56,9 +69,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
     say: Progress = progress if progress is not None else (lambda message: None)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
-    checks = [spec for spec in exercise.checks
-              if (options.include_hidden or spec.visibility == "public")
-              and (not options.only or spec.name in options.only)]
+    checks: list[CheckSpec] = []
 
     def report(**fields) -> GradeReport:
         results = fields.pop("results", [])
@@ -68,6 +79,10 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
                            score=sum(r.points for r in results),
                            max_score=sum(spec.points for spec in checks), results=results, **fields)
 
+    try:
+        checks = options.checks_of(exercise)
+    except LabctlError as error:
+        return report(gradable=False, error=str(error))
     if not submission_dir.is_dir():
         return report(gradable=False, error=f"the submission folder {submission_dir} does not exist")
     lab: Lab | None = None

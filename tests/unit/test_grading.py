@@ -18,11 +18,15 @@ import pytest
 from labctl import grading
 from labctl.backends.base import ExecResult
 from labctl.checks import REGISTRY, CheckContext, CheckParams, Outcome, check
-from labctl.exercise import CheckSpec, Exercise
+from labctl.errors import LabctlError
+from labctl.exercise import CheckSpec, Exercise, load_exercise
 from labctl.grading import GradeOptions, grade
 from labctl.results import GradeReport
 
 from .fakes import FakeBackend, FakeProject, write_lab
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKING = ROOT / "exercises" / "blocking"
 
 
 class ProbeParams(CheckParams):
@@ -314,3 +318,18 @@ def test_a_graded_report_carries_the_servers_log_tail_and_the_cpu_it_used(fake, 
     assert report.server_log_tail == "listening on 0.0.0.0:8080\nGET / 200"
     assert report.server_usage is not None
     assert report.server_usage.cpu_seconds == 0.25 and report.server_usage.peak_tasks == 9
+
+
+def test_only_names_what_the_grading_offers_and_hidden_names_are_unknown_to_test(fake, tmp_path):
+    exercise = load_exercise(BLOCKING)
+    hidden = next(check.name for check in exercise.checks if check.visibility == "hidden")
+    public = exercise.public_checks[0].name
+    assert [c.name for c in GradeOptions(only=[hidden]).checks_of(exercise)] == [hidden]
+    with pytest.raises(LabctlError, match=f"--only names no check of blocking: {hidden} \\(its public checks: "):
+        GradeOptions(include_hidden=False, only=[hidden, public]).checks_of(exercise)
+    with pytest.raises(LabctlError, match="--only names no check of blocking: nonsense"):
+        GradeOptions(only=["nonsense"]).checks_of(exercise)
+    # grade() always answers with a report: an unknown name makes it not gradable, and no lab is made
+    report = grade(FakeProject(ROOT, fake, write_lab(tmp_path / "p")), exercise, tmp_path,
+                   GradeOptions(only=["nonsense"]))
+    assert not report.gradable and "nonsense" in (report.error or "") and not fake.containers
