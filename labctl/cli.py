@@ -356,11 +356,12 @@ def shell(ctx, lab_id, user, node) -> None:
 @click.option("--tail", default="all", help="Only the last N lines.")
 @click.option("--raw", is_flag=True, help="The bytes as the node wrote them, escape sequences and all "
                                           "(by default control characters are shown as \\xNN).")
-@click.argument("node", default="server")
+@click.argument("node", required=False)
 @click.pass_context
 def logs(ctx, lab_id, follow, tail, raw, node) -> None:
     """Print the log (stdout and stderr) of NODE, by default the server."""
     lab = _lab(ctx, lab_id)
+    node = node or lab.spec.server.name
     tail_value = int(tail) if str(tail).isascii() and str(tail).isdigit() else "all"
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
@@ -386,9 +387,10 @@ def observe(ctx, lab_id, interval) -> None:
     from labctl import observe as observer
 
     lab = _lab(ctx, lab_id)
-    node = next((n.name for n in lab.spec.nodes.values() if n.role == "observer"), None)
-    if node is None:
+    observers = lab.spec.nodes_by_role("observer")
+    if not observers:
         raise LabctlError("lab.yaml has no observer node: nothing can look at the server's threads")
+    node = observers[0].name
     try:
         while True:
             text = observer.render(observer.snapshot(lab, node))

@@ -151,8 +151,8 @@ class Run:
 def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> CheckResult:
     """Run one check in a thread, within `budget` seconds (+ GRACE), and turn it into a CheckResult."""
     definition = REGISTRY[spec.check]
-    ctx = CheckContext(lab=lab, port=exercise.submission.port, deadline=time.monotonic() + budget,
-                       exercise_dir=exercise.dir, docroot=exercise.docroot)
+    ctx = CheckContext.of(lab, port=exercise.submission.port, deadline=time.monotonic() + budget,
+                          exercise_dir=exercise.dir, docroot=exercise.docroot)
     box: dict[str, object] = {}
 
     def target() -> None:

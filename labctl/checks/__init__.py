@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from labctl.lab import Lab
+from labctl.spec import Role
 
 
 class CheckParams(BaseModel):
@@ -51,6 +52,17 @@ class CheckContext:
     injector: str = "injector"
     observer: str = "observer"
     server: str = "server"
+
+    @classmethod
+    def of(cls, lab: Lab, port: int, deadline: float, **more: Any) -> CheckContext:
+        """A context whose nodes are the lab's, found by ROLE (lab.yaml may name them as it likes)."""
+        def named(role: Role, default: str) -> str:
+            found = lab.spec.nodes_by_role(role)
+            return found[0].name if found else default
+
+        return cls(lab=lab, port=port, deadline=deadline, client=named("client", "client"),
+                   injector=named("injector", "injector"), observer=named("observer", "observer"),
+                   server=lab.spec.server.name, **more)
 
     @property
     def remaining(self) -> float:

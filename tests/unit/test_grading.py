@@ -333,3 +333,20 @@ def test_only_names_what_the_grading_offers_and_hidden_names_are_unknown_to_test
     report = grade(FakeProject(ROOT, fake, write_lab(tmp_path / "p")), exercise, tmp_path,
                    GradeOptions(only=["nonsense"]))
     assert not report.gradable and "nonsense" in (report.error or "") and not fake.containers
+
+
+def test_checks_find_the_labs_nodes_by_role_whatever_lab_yaml_names_them(fake, tmp_path):
+    def rename(data: dict) -> None:
+        nodes = data["nodes"]
+        for old, new in (("server", "web"), ("client", "tester"), ("injector", "flooder"), ("observer", "watcher")):
+            nodes[new] = nodes.pop(old)
+        nodes["watcher"]["watches"] = "web"
+
+    fake.harness["tester"]["wait_listening"] = lambda params: {"listening": True}
+    fake.harness["tester"]["renamed"] = lambda params: {"ok": True, "message": "the tester asked"}
+
+    report = run_grading(fake, tmp_path, [probe_check("renamed")], spec_edit=rename)
+
+    assert report.gradable and report.results[0].status == "passed", report.results
+    assert report.results[0].message == "the tester asked"
+    assert [e.node for e in fake.execs if e.harness_command == "renamed"] == ["tester"]
