@@ -156,7 +156,7 @@ def test_threaded_idle_main_thread_in_accept4_and_io_model(lab_of):
     assert run(lab, "blocked_in", syscalls=["accept4"]).passed
     outcome = run(lab, "io_model", expect="thread-per-connection")
     assert outcome.passed, outcome.message
-    assert outcome.evidence["rules"][-1] == "new-thread-per-client: thread-per-connection"
+    assert outcome.evidence["rules"][-1] == "more-threads-than-idle: thread-per-connection"
 
 
 # -- process per connection ---------------------------------------------------------------------

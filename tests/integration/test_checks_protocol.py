@@ -154,7 +154,7 @@ class TestServerThatCrashesOnGarbage:
         assert not outcome.passed
         assert outcome.message.startswith("after the bad requests the server stopped answering")
         assert "It stopped at two words that are no request line ('HELLO THERE\\r\\n\\r\\n')" in outcome.message
-        assert "The server process has exited (code 1)" in outcome.message
+        assert "The server is no longer running: it exited with code 1" in outcome.message
         assert outcome.evidence["server_status"] == "exited"
         assert "ValueError" in outcome.evidence["server_log_tail"]
 
