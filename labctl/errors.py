@@ -41,6 +41,11 @@ class SubmissionError(LabctlError):
     """A submission labctl will not copy: over a limit (size, files), or unreadable."""
 
 
+class BudgetTooShort(LabctlError):
+    """A check had too little time left to do its work at all: a matter of time, not of the server (grading
+    tells it as a check that ran out of time, or that the grading's budget left no room for)."""
+
+
 class ContainerGone(LabctlError):
     """A node's container stopped while labctl was using it (the server exited, was killed...)."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from labctl import __version__
 from labctl.backends.base import Usage
 from labctl.checks import REGISTRY, CheckContext, Outcome
-from labctl.errors import LabctlError, ServerStartError
+from labctl.errors import BudgetTooShort, LabctlError, ServerStartError
 from labctl.exercise import CheckSpec, Exercise
 from labctl.lab import Lab, Submission
 from labctl.project import Project
@@ -166,7 +166,10 @@ def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> C
     worker.start()
     worker.join(budget + GRACE)
     duration = round(time.monotonic() - started, 3)
-    if worker.is_alive() or (isinstance(box.get("error"), LabctlError) and time.monotonic() >= ctx.deadline):
+    error = box.get("error")
+    if isinstance(error, BudgetTooShort):  # it had too little time to begin its work: it says how little
+        status, outcome = "timed_out", Outcome(False, str(error), {"budget_seconds": budget})
+    elif worker.is_alive() or (isinstance(error, LabctlError) and time.monotonic() >= ctx.deadline):
         status, outcome = "timed_out", Outcome(
             False, f"the check did not finish within its time budget of {budget:g} s: the server may be stuck "
                    "or far too slow", {"budget_seconds": budget})

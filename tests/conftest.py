@@ -37,7 +37,7 @@ def backend():
     """The Docker backend; tests that need it are skipped only if no engine answers at all."""
     from labctl.backends.docker import DockerBackend
     from labctl.errors import EngineUnreachable
-    from labctl.lab import LABEL_HOST, LABEL_LAB, LABEL_OWNER, LABEL_PID
+    from labctl.lab import LABEL_HOST, LABEL_LAB, LABEL_OWNER
 
     try:
         backend = DockerBackend()
@@ -45,10 +45,14 @@ def backend():
         if os.environ.get("CI"):
             raise  # on CI an engine is promised: its absence is a failure, not a skip
         pytest.skip(f"no Docker Engine: {error}")
-    # Reap labs of earlier pytest runs on this host whose process is gone (a killed run).
-    for info in backend.find_containers({LABEL_LAB: ""}) + []:
-        owner, host, pid = info.labels.get(LABEL_OWNER, ""), info.labels.get(LABEL_HOST), info.labels.get(LABEL_PID)
-        if owner.startswith("pytest-") and host == socket.gethostname() and pid and not _pid_alive(int(pid)):
+    # Reap labs of earlier pytest runs on this host whose pytest is gone (a killed run). The pytest's pid
+    # is in the owner label (pytest-<pid>-<hex>): the pid label is the process that made the lab, and a
+    # `labctl up` a live pytest ran has exited by now (another pytest at the same time reaped such labs).
+    for info in backend.find_containers({LABEL_LAB: ""}):
+        owner, host = info.labels.get(LABEL_OWNER, ""), info.labels.get(LABEL_HOST)
+        parts = owner.split("-")
+        if (len(parts) == 3 and parts[0] == "pytest" and parts[1].isdigit() and host == socket.gethostname()
+                and not _pid_alive(int(parts[1]))):
             backend.remove({LABEL_OWNER: owner})
     yield backend
     backend.remove({LABEL_OWNER: OWNER})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labctl.checks import CheckContext, Outcome
-from labctl.errors import LabctlError
+from labctl.errors import BudgetTooShort, LabctlError
 from labctl.harness.wire import Exchange, TimedRequest, words
 
 #: Seconds of a check's budget kept back for `docker exec` and the harness's own start.
@@ -47,7 +47,7 @@ def run_harness(ctx: CheckContext, node: str, command: str, params: Mapping[str,
     timeout = None
     if work is not None:
         if ctx.remaining < work + 0.5:
-            raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short for {command} "
+            raise BudgetTooShort(f"the check's time budget ({ctx.remaining:.1f} s left) is too short for {command} "
                               f"({work:.1f} s of work): give the check a longer timeout")
         timeout = work + EXEC_SLACK
     facts = ctx.harness(node, command, dict(params), timeout=timeout)

@@ -27,7 +27,7 @@ from labctl import models, observe, syscalls
 from labctl.checks import CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import decode_escapes, plural, run_harness
 from labctl.classify import Facts, classify
-from labctl.errors import LabctlError
+from labctl.errors import BudgetTooShort, LabctlError
 
 #: Seconds the client's hold starts before the observer looks (exec start + connects).
 HOLD_LEAD = 1.0
@@ -115,7 +115,7 @@ def sample(ctx: CheckContext, window: float) -> observe.Sample:
         raise LabctlError(f"this check looks at the server's threads from an observer node, and lab.yaml has "
                           f"no node {ctx.observer!r} (role: observer, watches: {ctx.server})")
     if ctx.remaining < window + WINDOW_SLACK:
-        raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to watch the server "
+        raise BudgetTooShort(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to watch the server "
                           f"for {window:.1f} s: give the check a longer timeout")
     opened = observe.Window(ctx.lab, ctx.observer, ctx.server)
     time.sleep(window)
@@ -139,7 +139,7 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
     hold = HOLD_LEAD + window + HOLD_TAIL
     needed = hold + 1.0
     if ctx.remaining < needed:
-        raise LabctlError(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to hold "
+        raise BudgetTooShort(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to hold "
                           f"connections for {hold:.1f} s: give the check a longer timeout")
     params = {"host": ctx.server, "port": ctx.port, "connections": connections, "hold": hold,
               "probe": probe, "probe_after": HOLD_LEAD * 0.6, "probe_timeout": 1.0, "request": request,

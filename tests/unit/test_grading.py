@@ -18,7 +18,7 @@ import pytest
 from labctl import grading
 from labctl.backends.base import ExecResult
 from labctl.checks import REGISTRY, CheckContext, CheckParams, Outcome, check
-from labctl.errors import LabctlError
+from labctl.errors import BudgetTooShort, LabctlError
 from labctl.exercise import CheckSpec, Exercise, load_exercise
 from labctl.grading import GradeOptions, grade
 from labctl.results import GradeReport
@@ -47,7 +47,18 @@ def sleep(ctx: CheckContext, params: SleepParams) -> Outcome:
     return Outcome(True, f"slept {params.seconds:g} s")
 
 
-TEST_CHECKS = {"test_probe": (ProbeParams, probe), "test_sleep": (SleepParams, sleep)}
+class ShortParams(CheckParams):
+    needs: float                      # seconds of work it needs left to begin
+
+
+def short(ctx: CheckContext, params: ShortParams) -> Outcome:
+    if ctx.remaining < params.needs:
+        raise BudgetTooShort(f"the check's time budget ({ctx.remaining:.1f} s left) is too short for its "
+                             f"{params.needs:g} s of work: give the check a longer timeout")
+    return Outcome(True, "had the time")
+
+
+TEST_CHECKS = {"test_probe": (ProbeParams, probe), "test_sleep": (SleepParams, sleep), "test_short": (ShortParams, short)}
 
 
 @pytest.fixture(autouse=True)
@@ -350,3 +361,17 @@ def test_checks_find_the_labs_nodes_by_role_whatever_lab_yaml_names_them(fake, t
     assert report.gradable and report.results[0].status == "passed", report.results
     assert report.results[0].message == "the tester asked"
     assert [e.node for e in fake.execs if e.harness_command == "renamed"] == ["tester"]
+
+
+def test_a_check_too_short_of_time_to_begin_is_a_matter_of_time_not_an_error(fake, tmp_path):
+    """Given only what was left of the grading's budget: not run to the end. With its own budget too short:
+    timed out, saying so (an instructor's timeout to raise), never "the check could not run"."""
+    left_over = CheckSpec(name="late", check="test_short", params={"needs": 10})
+    report = run_grading(fake, tmp_path, [left_over], budget=4.0)
+    assert report.results[0].status == "timed_out" and report.budget_exhausted
+    assert report.results[0].message.startswith("not run to the end: the grading's time budget of 4 s ran out")
+
+    own = CheckSpec(name="own", check="test_short", params={"needs": 10}, timeout=3)
+    report = run_grading(fake, tmp_path, [own])
+    assert report.results[0].status == "timed_out" and not report.budget_exhausted
+    assert "is too short for its 10 s of work: give the check a longer timeout" in report.results[0].message
