@@ -217,11 +217,11 @@ def request_ok(request: TimedRequest) -> bool:
 
 # -- words for numbers and bytes --------------------------------------------------------------------
 
-def plural(count: int, word: str, words_: str | None = None) -> str:
-    """'1 thread', '4 threads', '2 processes' (words_ for an irregular plural)."""
-    if words_ is None:
-        words_ = word + "es" if word.endswith(("s", "x", "sh", "ch")) else word + "s"
-    return f"{count} {word if count == 1 else words_}"
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 thread', '4 threads', '2 processes' (`many` for an irregular plural)."""
+    if many is None:
+        many = word + "es" if word.endswith(("s", "x", "sh", "ch")) else word + "s"
+    return f"{count} {word if count == 1 else many}"
 
 
 def seconds_text(seconds: float | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import select
 import socket
 import threading
 import time
@@ -227,8 +228,6 @@ def exchange(address: str, port: int, data: bytes, timeout: float, max_body: int
 
 
 def _send(sock: socket.socket, pieces: list[bytes], delay: float, deadline: float, facts: Exchange) -> None:
-    import select
-
     facts["planned_segments"] = len(pieces)
     began = time.monotonic()
     for index, piece in enumerate(pieces):
