@@ -32,8 +32,7 @@ from labctl.checks.concurrency import (
 )
 from labctl.errors import LabctlError
 from labctl.harness import concurrency as harness
-from labctl.lab import Lab
-from unit.fakes import FakeBackend, up_lab
+from unit.fakes import FakeBackend
 from unit.loopback import LocalServer
 
 
@@ -351,16 +350,6 @@ def test_expected_file_reads_size_and_digest_inside_the_docroot_only(tmp_path):
 
 
 # -- the check functions on a lab on the fake engine ------------------------------------------------
-
-@pytest.fixture
-def fake() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-def lab(fake, tmp_path) -> Lab:
-    return up_lab(fake, tmp_path / "project")
-
 
 def answers(fake: FakeBackend, command: str, facts: dict, then=None) -> list[dict]:
     """The client's harness answers `command` with `facts` (after `then()`, what the server does

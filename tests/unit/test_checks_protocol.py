@@ -12,7 +12,6 @@ import importlib.util
 import re
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from labctl.checks import CheckContext, load_catalog
 from labctl.checks import protocol as P
 from labctl.checks.common import EXEC_MARGIN, explain_transport
 from labctl.errors import LabctlError
-from labctl.lab import Lab
+from unit.loopback import LocalServer
 
 from .fakes import FakeBackend, up_lab
 
@@ -412,16 +411,6 @@ NODE_OF = {"http_sequence": "client", "syn_flood": "injector", "syn_flood_cleanu
 SYNCOOKIES_READ = ["cat", "/proc/sys/net/ipv4/tcp_syncookies"]
 
 
-@pytest.fixture
-def fake() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-def lab(fake, tmp_path) -> Lab:
-    return up_lab(fake, tmp_path / "project")
-
-
 def scripted(fake: FakeBackend, answers: dict) -> list[tuple[str, str, dict]]:
     """The harness of the node each command runs in (NODE_OF) answers it with its facts, or an ExecResult
     (a broken or timed-out exec); returns the calls (node, command, params) as the harness got them."""
@@ -511,37 +500,6 @@ def test_syn_flood_runs_when_the_servers_syncookies_cannot_be_read(fake, lab):
 
 
 # -- the harness's HTTP client on loopback ----------------------------------------------------------
-
-class LocalServer:
-    """A tiny loopback server in a thread: `handle(conn)` per connection; records what happened."""
-
-    def __init__(self, handle):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(5)
-        self.port = self.listener.getsockname()[1]
-        self.handle = handle
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(3)
-                try:
-                    self.handle(conn)
-                except OSError as error:
-                    self.errors.append(type(error).__name__)
-
-    def close(self):
-        self.listener.close()
-
 
 def read_request(conn) -> bytes:
     data = b""

@@ -73,14 +73,6 @@ def test_checks() -> Iterator[None]:
 
 
 @pytest.fixture
-def fake() -> FakeBackend:
-    """An engine whose server listens at once; `probe` commands answer what each test registers."""
-    fake = FakeBackend()
-    fake.harness["client"]["wait_listening"] = lambda params: {"listening": True}
-    return fake
-
-
-@pytest.fixture
 def asked() -> list[str]:
     """The probe commands the client ran, in order (what grading really ran, not what it reported)."""
     return []

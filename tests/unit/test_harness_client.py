@@ -30,7 +30,7 @@ def test_response_without_length_is_complete_at_eof_only():
 
 
 def test_timed_request_measures_a_whole_response():
-    server = LocalServer(b"x" * 100_000)
+    server = LocalServer(body=b"x" * 100_000)
     try:
         facts = client.timed_request("127.0.0.1", server.port, "/", timeout=5)
     finally:

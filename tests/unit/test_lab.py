@@ -29,14 +29,6 @@ def spec(tmp_path):
 
 
 @pytest.fixture
-def fake() -> FakeBackend:
-    """An engine whose client sees the server listen at once."""
-    fake = FakeBackend()
-    fake.harness["client"]["wait_listening"] = lambda params: {"listening": True}
-    return fake
-
-
-@pytest.fixture
 def submission(tmp_path) -> Submission:
     folder = tmp_path / "submission"
     folder.mkdir()
