@@ -38,6 +38,12 @@ class CheckResult(BaseModel):
     def passed(self) -> bool:
         return self.status == "passed"
 
+    @property
+    def lesson(self) -> bool:
+        """Worth 0 points: a demonstration (e.g. "a slow client blocks a blocking server"), shown for what it
+        teaches and never a failure, whatever its status, in any report."""
+        return self.max_points == 0
+
 
 class ServerUsage(BaseModel):
     """What the server used while it was graded, from its container's cgroup, read by the host:

@@ -39,14 +39,27 @@ def status_word(result: CheckResult) -> str:
 
 
 def failed(report: GradeReport) -> list[CheckResult]:
+    """The graded checks that did not pass: what every format calls a failure (a lesson never is one)."""
+    return [result for result in report.results if not result.passed and not result.lesson]
+
+
+def lessons_shown(report: GradeReport) -> list[CheckResult]:
+    """The lessons (0-point checks) whose demonstration did not pass: told as notes, never as failures."""
+    return [result for result in report.results if not result.passed and result.lesson]
+
+
+def unpassed(report: GradeReport) -> list[CheckResult]:
+    """Every check that did not pass, lessons included, in the report's order: what deserves its details."""
     return [result for result in report.results if not result.passed]
 
 
 def counts(report: GradeReport) -> str:
-    """ "3 of 5 checks passed" """
-    passed = sum(1 for result in report.results if result.passed)
-    total = len(report.results)
-    return f"{passed} of {total} check{'s' if total != 1 else ''} passed"
+    """ "3 of 5 checks passed", lessons apart: "3 of 4 checks passed, and 1 lesson" """
+    graded = [result for result in report.results if not result.lesson]
+    passed = sum(1 for result in graded if result.passed)
+    text = f"{passed} of {len(graded)} check{'s' if len(graded) != 1 else ''} passed"
+    lessons = len(report.results) - len(graded)
+    return text + (f", and {lessons} lesson{'s' if lessons != 1 else ''}" if lessons else "")
 
 
 def score_line(report: GradeReport) -> str:

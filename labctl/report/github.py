@@ -4,7 +4,9 @@
   a <details> block) is APPENDED to $GITHUB_STEP_SUMMARY, or to the PATH of `github:PATH`. With
   neither, it is printed to the console with a line saying where it would have gone.
 - One `::error title=...::message` workflow command per failed check (and one when the report is
-  not gradable) goes to standard output, escaped as GitHub's runner expects: in the message
+  not gradable), at most 9 then one pointing to the summary (GitHub shows 10 a step), and a
+  `::notice` per lesson (a 0-point check is never an error), goes to standard output,
+  escaped as GitHub's runner expects: in the message
   % -> %25, CR -> %0D, LF -> %0A; in the title also : -> %3A and , -> %2C.
 Like the terminal report it shows the report it is given (the caller hides hidden checks).
 """
@@ -21,12 +23,14 @@ from labctl.report._common import (
     counts,
     evidence_lines,
     failed,
+    lessons_shown,
     longest_run,
     points,
     score_line,
     seconds,
     shown,
     status_word,
+    unpassed,
     write_text,
 )
 from labctl.results import CheckResult, GradeReport
@@ -45,15 +49,31 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+#: GitHub shows at most 10 error annotations of a step: 9 of ours, then one that points to the summary.
+MAX_ERRORS = 9
+
+
+def _annotation(level: str, title: str, message: str) -> str:
+    return f"::{level} title={escape_property(shown(title, keep_cr=True))}::{escape_data(shown(message, keep_cr=True))}"
+
+
 def annotation_lines(report: GradeReport) -> list[str]:
-    lines = []
+    """`::error` per failed check (at most MAX_ERRORS, then one saying how many more are in the summary),
+    and `::notice` per lesson: a 0-point demonstration is never an error."""
+    errors = []
     if not report.gradable:
-        lines.append(f"::error title={escape_property(f'labctl {report.exercise}: not gradable')}::"
-                     f"{escape_data(shown(report.error or 'labctl could not grade this submission', keep_cr=True))}")
-    for result in failed(report):
-        title = shown(f"labctl {report.exercise}: {result.name} ({status_word(result)})", keep_cr=True)
-        lines.append(f"::error title={escape_property(title)}::{escape_data(shown(result.message.strip(), keep_cr=True))}")
-    return lines
+        errors.append(_annotation("error", f"labctl {report.exercise}: not gradable",
+                                  report.error or "labctl could not grade this submission"))
+    errors += [_annotation("error", f"labctl {report.exercise}: {result.name} ({status_word(result)})",
+                           result.message.strip()) for result in failed(report)]
+    if len(errors) > MAX_ERRORS:
+        more = len(errors) - MAX_ERRORS
+        errors = errors[:MAX_ERRORS] + [_annotation(
+            "error", f"labctl {report.exercise}: {more} more failed check{'s' if more != 1 else ''}",
+            f"{more} more failed check{'s are' if more != 1 else ' is'} in the job summary, with every message.")]
+    notices = [_annotation("notice", f"labctl {report.exercise}: {result.name} (a lesson, not graded)",
+                           result.message.strip()) for result in lessons_shown(report)]
+    return errors + notices
 
 
 def _cell(text: str) -> str:
@@ -66,12 +86,18 @@ def _fence(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def _icon(result: CheckResult) -> str:
+    """✅ passed, ❌ failed, 💡 a lesson that showed what it teaches (never a failure)."""
+    return "✅" if result.passed else "💡" if result.lesson else "❌"
+
+
 def _details(result: CheckResult) -> str:
     body = result.message.rstrip()
     lines = evidence_lines(result.evidence, long_limit=2000)
     if lines:
         body += "\n\n" + "\n".join(lines)
-    summary = f"❌ {html.escape(shown(result.name), quote=False)} ({status_word(result)})"
+    summary = f"{_icon(result)} {html.escape(shown(result.name), quote=False)} ({status_word(result)}" \
+              f"{', a lesson, not graded' if result.lesson else ''})"
     return f"<details><summary>{summary}</summary>\n\n{_fence(shown(body))}\n\n</details>"
 
 
@@ -88,10 +114,10 @@ def render(report: GradeReport) -> str:
         parts += ["| | check | status | points | duration |", "|---|---|---|---:|---:|"]
         for result in report.results:
             check = _cell(result.name) + (" *(hidden)*" if result.visibility == "hidden" else "")
-            parts.append(f"| {'✅' if result.passed else '❌'} | {check} | {status_word(result)} | "
+            parts.append(f"| {_icon(result)} | {check} | {status_word(result)} | "
                          f"{points(result.points)}/{points(result.max_points)} | {seconds(result.duration)} |")
         parts += ["", f"**Score: {score_line(report)}** ({counts(report)})", ""]
-    for result in failed(report):
+    for result in unpassed(report):
         parts += [_details(result), ""]
     return "\n".join(parts) + "\n"
 

@@ -14,6 +14,7 @@ Decisions (students read this file through Gradescope's UI):
 - Gradescope has no top-level max_score (the assignment's settings hold it): labctl's own facts
   (max_score, exercise, version, gradable, error) go in the documented `extra_data`.
 - timed_out and error checks are "failed" (Gradescope knows no other status); the output says which.
+- A lesson (0 points) has no status, so a demonstration that did what it shows is never a failed test.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ VISIBILITY = {"public": "visible", "hidden": "after_published"}
 
 
 def _test(result: CheckResult, number: int) -> dict[str, Any]:
-    return {
-        "name": result.name,
+    test: dict[str, Any] = {
+        "name": result.name + (" (a lesson, not graded)" if result.lesson else ""),
         "number": str(number),
         "score": result.points,
         "max_score": result.max_points,
@@ -46,6 +47,9 @@ def _test(result: CheckResult, number: int) -> dict[str, Any]:
         "tags": [result.check],
         "visibility": VISIBILITY[result.visibility],
     }
+    if result.lesson:
+        del test["status"]  # a lesson never shows as failed: with no status, 0/0 is shown as neither
+    return test
 
 
 def results(report: GradeReport) -> dict[str, Any]:

@@ -6,6 +6,7 @@
         <testcase classname="labctl.EXERCISE" name=CHECK time>
           <failure type="failed" message=...>message + evidence</failure>           (status failed)
           <error type="timed_out|error" message=...>message + evidence</error>      (timed_out, error)
+          <skipped message=...>message + evidence</skipped>    (a lesson, 0 points, that did not pass: never a failure)
         <system-out>the server's log tail</system-out>
 
 Per-check properties live on the suite: junit-10.xsd allows <properties> only there (a testcase
@@ -20,7 +21,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from labctl.report._common import evidence_lines, first_line, not_gradable_text, points, shown, tail
+from labctl.report._common import STATUS_WORDS, evidence_lines, first_line, not_gradable_text, points, shown, tail
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "junit.xsd"
@@ -56,6 +57,12 @@ def _testcase(suite: ET.Element, classname: str, result: CheckResult) -> None:
                          time=_time(result.duration))
     if result.status == "passed":
         return
+    if result.lesson:
+        # A lesson is never a failure: test reporters fail a job on <failure>, and show <skipped> as a note.
+        skipped = ET.SubElement(case, "skipped", message=xml_text(first_line(
+            f"a lesson, not graded ({STATUS_WORDS[result.status]}): {result.message}", 1000)))
+        skipped.text = _body(result)
+        return
     tag = "failure" if result.status == "failed" else "error"
     outcome = ET.SubElement(case, tag, type=result.status, message=xml_text(first_line(result.message, 1000)))
     outcome.text = _body(result)
@@ -64,14 +71,15 @@ def _testcase(suite: ET.Element, classname: str, result: CheckResult) -> None:
 def build(report: GradeReport) -> ET.Element:
     classname = f"labctl.{report.exercise}"
     results = report.results
-    failures = sum(1 for r in results if r.status == "failed")
-    errors = sum(1 for r in results if r.status in ("timed_out", "error")) + (0 if report.gradable else 1)
+    failures = sum(1 for r in results if r.status == "failed" and not r.lesson)
+    errors = sum(1 for r in results if r.status in ("timed_out", "error") and not r.lesson) + (0 if report.gradable else 1)
+    skipped = sum(1 for r in results if r.lesson and not r.passed)
     tests = len(results) + (0 if report.gradable else 1)
     counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
 
     root = ET.Element("testsuites", {"name": xml_text(f"labctl {report.exercise}"), **counts,
                                      "time": _time(report.duration)})
-    suite = ET.SubElement(root, "testsuite", {"name": xml_text(report.exercise), **counts, "skipped": "0",
+    suite = ET.SubElement(root, "testsuite", {"name": xml_text(report.exercise), **counts, "skipped": str(skipped),
                                               "time": _time(report.duration),
                                               "timestamp": xml_text(report.started_at)})
     properties = ET.SubElement(suite, "properties")

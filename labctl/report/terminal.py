@@ -16,19 +16,25 @@ from rich.text import Text
 from labctl.report._common import (
     counts,
     evidence_lines,
-    failed,
     points,
     score_line,
     seconds,
     shown,
     status_word,
+    unpassed,
     write_text,
 )
-from labctl.results import GradeReport
+from labctl.results import CheckResult, GradeReport
 from labctl.untrusted import neutralize
 
 STYLES = {"passed": "green", "failed": "red", "timed_out": "yellow", "error": "magenta"}
 MARKS = {"passed": "✓", "failed": "✗", "timed_out": "⏱", "error": "!"}
+#: A lesson (0 points) that did not pass is the demonstration happening, not a failure: never red.
+LESSON_STYLE = "cyan"
+
+
+def _style(result: CheckResult) -> str:
+    return LESSON_STYLE if result.lesson and not result.passed else STYLES.get(result.status, "")
 
 
 def renderable(report: GradeReport) -> RenderableType:
@@ -51,14 +57,13 @@ def renderable(report: GradeReport) -> RenderableType:
             if result.max_points == 0:
                 name.append(" (lesson, not graded)", style="dim")
             table.add_row(name,
-                          Text(f"{MARKS.get(result.status, '?')} {status_word(result)}",
-                               style=STYLES.get(result.status, "")),
+                          Text(f"{MARKS.get(result.status, '?')} {status_word(result)}", style=_style(result)),
                           Text(f"{points(result.points)}/{points(result.max_points)}"),
                           Text(seconds(result.duration)))
         parts.append(table)
-    for result in failed(report):
+    for result in unpassed(report):
         block = Text("\n")
-        block.append(f"{MARKS.get(result.status, '?')} {shown(result.name)}", style=f"bold {STYLES.get(result.status, '')}")
+        block.append(f"{MARKS.get(result.status, '?')} {shown(result.name)}", style=f"bold {_style(result)}")
         lesson = ", a lesson: shown, not graded" if result.max_points == 0 else ""
         block.append(f" ({status_word(result)}{lesson})\n", style="dim")
         block.append(shown(result.message.rstrip()))

@@ -20,7 +20,8 @@ BLOCKING = ROOT / "exercises" / "blocking"
 
 def test_test_shows_public_checks_only_and_exits_0_on_the_solution(tmp_path):
     result = labctl("test", "blocking", "--submission", str(BLOCKING / "solution"),
-                    "--report", "terminal", "--report", f"json:{tmp_path / 'report.json'}")
+                    "--report", "terminal", "--report", f"json:{tmp_path / 'report.json'}",
+                    "--report", f"junit:{tmp_path / 'junit.xml'}", "--report", f"github:{tmp_path / 'summary.md'}")
     assert result.returncode == 0, result.stdout + result.stderr
     hidden = [check.name for check in load_exercise(BLOCKING).hidden_checks]
     assert hidden, "the blocking exercise should have a hidden check to hide"
@@ -31,6 +32,13 @@ def test_test_shows_public_checks_only_and_exits_0_on_the_solution(tmp_path):
     assert {r["name"] for r in report["results"]}.isdisjoint(hidden)
     assert report["score"] == report["max_score"] > 0
     assert "slow-client-lesson" in result.stdout, "the 0-point lesson is shown"
+    # The lesson fails by design on a blocking server, and is never a failure: skipped in JUnit, a notice on GitHub.
+    lesson = next(r for r in report["results"] if r["name"] == "slow-client-lesson")
+    assert lesson["max_points"] == 0 and lesson["status"] != "passed"
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "1")
+    assert "::notice title=labctl blocking%3A slow-client-lesson" in result.stdout
+    assert "::error" not in result.stdout and "| 💡 | slow-client-lesson |" in (tmp_path / "summary.md").read_text()
 
 
 def test_grade_runs_hidden_checks_writes_every_report_and_exits_1_on_failures(tmp_path):

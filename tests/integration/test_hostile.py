@@ -170,7 +170,7 @@ def shouting_submission(tmp_path: Path, trick: str) -> Path:
 def assert_clean(text: str) -> None:
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text.replace("\r\n", "\n")), repr(text[-2000:])
     commands = [line for line in re.split(r"\r\n|\r|\n", text) if is_command(line)]
-    assert all(line.startswith("::error title=labctl ") for line in commands), commands
+    assert all(line.startswith(("::error title=labctl ", "::notice title=labctl ")) for line in commands), commands
 
 
 def test_a_server_that_shouts_and_exits_reaches_no_terminal_raw(tmp_path):

@@ -126,6 +126,7 @@ ALLOWED = {  # element -> (allowed attributes, allowed children): the junit-10.x
     "testcase": ({"name", "classname", "time"}, {"failure", "error", "skipped", "system-out", "system-err"}),
     "failure": ({"type", "message"}, set()),
     "error": ({"type", "message"}, set()),
+    "skipped": ({"message"}, set()),
     "system-out": (set(), set()),
 }
 
@@ -501,3 +502,51 @@ def test_every_format_has_a_renderer_and_schema_files_exist(mixed, not_gradable,
             assert renderer.schema_path.is_file()
         for report in (mixed, not_gradable, all_passed):
             assert renderer.render(report)
+
+
+# -- a lesson (0 points) is never a failure; GitHub's annotation limit ---------------------------------
+
+@pytest.fixture
+def with_lesson() -> GradeReport:
+    """Full marks, and a lesson whose demonstration did what it shows (blocking's slow client)."""
+    return report_of([check("serves index"),
+                      check("slow client blocks", "failed", max_points=0.0, check="slow_client",
+                            message="a slow client held the others 5.0 s: what a blocking server does")],
+                     server_log_tail="")
+
+
+def test_a_lesson_is_not_a_failure_anywhere(with_lesson):
+    assert with_lesson.all_passed and with_lesson.exit_code == 0
+    root = ET.fromstring(RENDERERS["junit"].render(with_lesson))
+    xsd_validate(RENDERERS["junit"].render(with_lesson))
+    strict_structure(root)
+    suite = root.find("testsuite")
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "1")
+    assert root.find(".//failure") is None and root.find(".//error") is None
+    skipped = suite.find("testcase[@name='slow client blocks']/skipped")
+    assert skipped.get("message").startswith("a lesson, not graded (failed): a slow client held")
+    lines = github.annotation_lines(with_lesson)
+    assert [line.split(" ", 1)[0] for line in lines] == ["::notice"]
+    assert "(a lesson%2C not graded)::a slow client held" in lines[0]
+    summary = RENDERERS["github"].render(with_lesson)
+    assert summary.startswith("## ✅") and "| 💡 | slow client blocks |" in summary and "❌" not in summary
+    assert "1 of 1 check passed, and 1 lesson" in summary
+    document = validate_json("gradescope", RENDERERS["gradescope"].render(with_lesson))
+    lesson = next(test for test in document["tests"] if test["name"].startswith("slow client blocks"))
+    assert "status" not in lesson and lesson["max_score"] == 0
+    assert "Failed:" not in document["output"]
+
+
+def test_terminal_tells_a_lesson_apart(with_lesson):
+    text = RENDERERS["terminal"].render(with_lesson)
+    assert "a lesson: shown, not graded" in text and "a slow client held the others" in text
+    assert "1 of 1 check passed, and 1 lesson" in text
+
+
+def test_github_at_most_nine_errors_then_one_to_the_summary():
+    many = report_of([check(f"check {n}", "failed") for n in range(12)])
+    lines = github.annotation_lines(many)
+    assert len(lines) == 10 and all(line.startswith("::error ") for line in lines)
+    assert "check 8 (failed)" in lines[8] and "3 more failed checks" in lines[9] and "job summary" in lines[9]
+    exactly = github.annotation_lines(report_of([check(f"check {n}", "failed") for n in range(9)]))
+    assert len(exactly) == 9 and "more failed" not in exactly[-1]
