@@ -1,13 +1,13 @@
 """The junit report: JUnit XML in the shape of Jenkins' junit-10.xsd, read by Jenkins, GitLab, Azure, ...
 
-    <testsuites name tests failures errors time>
-      <testsuite name=EXERCISE tests failures errors skipped time timestamp>
+    <testsuites name="labctl EXERCISE: SCORE/MAX points" tests failures errors time>
+      <testsuite name="EXERCISE: SCORE/MAX points" tests failures errors skipped time timestamp>
         <properties>   score, max_score, gradable, ...; per check: CHECK.points, .max_points, .visibility, .check
         <testcase classname="labctl.EXERCISE" name=CHECK time>
           <failure type="failed" message=...>message + evidence</failure>           (status failed)
           <error type="timed_out|error" message=...>message + evidence</error>      (timed_out, error)
           <skipped message=...>message + evidence</skipped>    (a lesson, 0 points, that did not pass: never a failure)
-        <system-out>the server's log tail</system-out>
+        <testcase name="server log"><system-out>the server's log tail</system-out></testcase>
 
 Per-check properties live on the suite: junit-10.xsd allows <properties> only there (a testcase
 <properties>, as pytest's record_property writes, fails that schema). A report that is not gradable
@@ -74,12 +74,14 @@ def build(report: GradeReport) -> ET.Element:
     failures = sum(1 for r in results if r.status == "failed" and not r.lesson)
     errors = sum(1 for r in results if r.status in ("timed_out", "error") and not r.lesson) + (0 if report.gradable else 1)
     skipped = sum(1 for r in results if r.lesson and not r.passed)
-    tests = len(results) + (0 if report.gradable else 1)
+    tests = len(results) + (0 if report.gradable else 1) + (1 if report.server_log_tail else 0)
     counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
 
-    root = ET.Element("testsuites", {"name": xml_text(f"labctl {report.exercise}"), **counts,
+    # The score goes in the names: the one place every viewer (GitLab, Jenkins, test reporters) shows.
+    scored = f"{report.exercise}: {points(report.score)}/{points(report.max_score)} points"
+    root = ET.Element("testsuites", {"name": xml_text(f"labctl {scored}"), **counts,
                                      "time": _time(report.duration)})
-    suite = ET.SubElement(root, "testsuite", {"name": xml_text(report.exercise), **counts, "skipped": str(skipped),
+    suite = ET.SubElement(root, "testsuite", {"name": xml_text(scored), **counts, "skipped": str(skipped),
                                               "time": _time(report.duration),
                                               "timestamp": xml_text(report.started_at)})
     properties = ET.SubElement(suite, "properties")
@@ -112,7 +114,9 @@ def build(report: GradeReport) -> ET.Element:
     for result in results:
         _testcase(suite, classname, result)
     if report.server_log_tail:
-        ET.SubElement(suite, "system-out").text = xml_text(tail(report.server_log_tail, LOG_LIMIT, "the log"))
+        # A testcase of its own: viewers show a testcase's output, and ignore the suite's.
+        case = ET.SubElement(suite, "testcase", classname=classname, name="server log", time="0.000")
+        ET.SubElement(case, "system-out").text = xml_text(tail(report.server_log_tail, LOG_LIMIT, "the log"))
     return root
 
 

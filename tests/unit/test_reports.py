@@ -156,12 +156,12 @@ def test_junit_valid_and_exact(mixed):
     root = ET.fromstring(text)
     strict_structure(root)
     suite = root.find("testsuite")
-    assert suite.get("name") == "blocking-echo"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("6", "2", "2")
-    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("6", "2", "2")
+    assert suite.get("name") == "blocking-echo: 6/13 points" and root.get("name") == "labctl blocking-echo: 6/13 points"
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("7", "2", "2")  # 6 checks, the log
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("7", "2", "2")
     assert suite.get("time") == "12.300" and suite.get("timestamp") == "2026-01-02T03:04:05Z"
     cases = {case.get("name"): case for case in suite.findall("testcase")}
-    assert list(cases) == [r.name for r in mixed.results]
+    assert list(cases) == [r.name for r in mixed.results] + ["server log"]
     assert all(case.get("classname") == "labctl.blocking-echo" for case in cases.values())
     assert cases["serves index"].get("time") == "0.250" and len(cases["serves index"]) == 0
     failure = cases["slow client <K=3>"].find("failure")
@@ -178,7 +178,8 @@ def test_junit_valid_and_exact(mixed):
     assert props["slow client <K=3>.points"] == "0" and props["slow client <K=3>.max_points"] == "2"
     assert props["slow client <K=3>.check"] == "slow_client"
     assert props["secret passes.visibility"] == "hidden" and props["serves index.visibility"] == "public"
-    out = suite.find("system-out").text
+    assert suite.find("system-out") is None  # the log is in a testcase, where viewers show it
+    out = cases["server log"].find("system-out").text
     assert "<boom> & more" in out and "\\x1b[31mTraceback" in out
 
 
@@ -188,7 +189,8 @@ def test_junit_not_gradable_is_one_error(not_gradable):
     root = ET.fromstring(text)
     strict_structure(root)
     suite = root.find("testsuite")
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("1", "0", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "0", "1")  # grading, the log
+    assert [case.get("name") for case in suite.findall("testcase")] == ["grading", "server log"]
     error = suite.find("testcase/error")
     assert error.get("type") == "not_gradable"
     assert error.get("message") == "the server never listened on port 8080: exited with 1"
