@@ -13,18 +13,37 @@ import sys
 from labctl.interrupts import ignore_interrupts
 
 
+def _interrupted(error: BaseException) -> bool:
+    """It is a Ctrl-C, or one that Python wrapped: a KeyboardInterrupt inside a class being made
+    (a descriptor's __set_name__) comes out as a RuntimeError whose cause is the interrupt."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _goodbye() -> None:
+    ignore_interrupts()  # a second Ctrl-C must not interrupt the goodbye
+    sys.stderr.write("interrupted\n")
+    sys.exit(130)
+
+
 def run() -> None:
     try:
         from labctl.untrusted import guard_standard_streams
 
         guard_standard_streams()
         from labctl.cli import main
-
+    except BaseException as error:  # while labctl loads: only an interrupt is turned into a goodbye
+        if _interrupted(error):
+            _goodbye()
+        raise
+    try:
         main()
     except KeyboardInterrupt:
-        ignore_interrupts()  # a second Ctrl-C must not interrupt the goodbye
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        _goodbye()
 
 
 if __name__ == "__main__":

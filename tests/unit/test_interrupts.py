@@ -39,3 +39,18 @@ def test_the_first_ctrl_c_stops_and_later_ones_are_ignored_by_a_python_handler()
     assert result.returncode == 0 and result.stdout.strip() == "cleaned up", result.stdout + result.stderr
     assert result.stderr == ""
 
+
+
+def test_an_interrupt_wrapped_by_python_while_a_class_is_made_is_still_an_interrupt():
+    """Seen in CI: Ctrl-C during a dataclass's __set_name__ came out as RuntimeError caused by it."""
+    from labctl.__main__ import _interrupted
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from interrupt
+    except RuntimeError as wrapped:
+        assert _interrupted(wrapped)
+    assert not _interrupted(RuntimeError("a real bug"))
+    assert _interrupted(KeyboardInterrupt())
