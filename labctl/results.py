@@ -82,7 +82,7 @@ class GradeReport(BaseModel):
     def all_passed(self) -> bool:
         """Every graded check passed. A check worth 0 points is a demonstration (shown for the
         lesson, e.g. "a slow client blocks a blocking server") and never counts."""
-        return self.gradable and all(result.passed for result in self.results if result.max_points > 0)
+        return self.gradable and all(result.passed for result in self.results if not result.lesson)
 
     @property
     def exit_code(self) -> int:
