@@ -21,7 +21,17 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from labctl.report._common import STATUS_WORDS, evidence_lines, first_line, not_gradable_text, points, shown, tail
+from labctl.report._common import (
+    STATUS_WORDS,
+    evidence_lines,
+    failed,
+    first_line,
+    lessons_shown,
+    not_gradable_text,
+    points,
+    shown,
+    tail,
+)
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "junit.xsd"
@@ -71,9 +81,9 @@ def _testcase(suite: ET.Element, classname: str, result: CheckResult) -> None:
 def build(report: GradeReport) -> ET.Element:
     classname = f"labctl.{report.exercise}"
     results = report.results
-    failures = sum(1 for r in results if r.status == "failed" and not r.lesson)
-    errors = sum(1 for r in results if r.status in ("timed_out", "error") and not r.lesson) + (0 if report.gradable else 1)
-    skipped = sum(1 for r in results if r.lesson and not r.passed)
+    failures = sum(1 for r in failed(report) if r.status == "failed")
+    errors = len(failed(report)) - failures + (0 if report.gradable else 1)   # timed_out, error; not gradable
+    skipped = len(lessons_shown(report))
     tests = len(results) + (0 if report.gradable else 1) + (1 if report.server_log_tail else 0)
     counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
 

@@ -54,7 +54,7 @@ def renderable(report: GradeReport) -> RenderableType:
             name = Text(shown(result.name))
             if result.visibility == "hidden":
                 name.append(" (hidden)", style="dim")
-            if result.max_points == 0:
+            if result.lesson:
                 name.append(" (lesson, not graded)", style="dim")
             table.add_row(name,
                           Text(f"{MARKS.get(result.status, '?')} {status_word(result)}", style=_style(result)),
@@ -64,7 +64,7 @@ def renderable(report: GradeReport) -> RenderableType:
     for result in unpassed(report):
         block = Text("\n")
         block.append(f"{MARKS.get(result.status, '?')} {shown(result.name)}", style=f"bold {_style(result)}")
-        lesson = ", a lesson: shown, not graded" if result.max_points == 0 else ""
+        lesson = ", a lesson: shown, not graded" if result.lesson else ""
         block.append(f" ({status_word(result)}{lesson})\n", style="dim")
         block.append(shown(result.message.rstrip()))
         for line in evidence_lines(result.evidence, long_limit=400):
