@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from labctl import __version__
+from labctl import __version__, backends
 from labctl.errors import LabctlError
 from labctl.interrupts import stop_on_interrupts
 from labctl.project import Project, find_root
@@ -117,7 +117,7 @@ def project(ctx: click.Context) -> Project:
     """The command's project, found and loaded on first use, then the same object."""
     root = ctx.find_root()
     if "loaded" not in root.obj:
-        root.obj["loaded"] = Project(find_root(root.obj["project_dir"]))
+        root.obj["loaded"] = Project(find_root(root.obj["project_dir"]), backend_name=root.obj["backend"])
     return root.obj["loaded"]
 
 
@@ -125,9 +125,12 @@ def project(ctx: click.Context) -> Project:
 @click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
               help="The labctl project (folder with lab.yaml). Default: found from the current folder up.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary and the reports, no progress (for CI logs).")
+@click.option("--backend", "backend_name", type=click.Choice(["docker", "local"]), default=None,
+              help="Where the lab's nodes run: docker (containers on the Docker Engine) or local (processes on "
+                   "this host, no engine: inside Gradescope or PrairieLearn). Default: $LABCTL_BACKEND, else docker.")
 @click.version_option(__version__, prog_name="labctl")
 @click.pass_context
-def main(ctx: click.Context, project_dir: Path | None, quiet: bool) -> None:
+def main(ctx: click.Context, project_dir: Path | None, quiet: bool, backend_name: str | None) -> None:
     """labctl: a containerized network lab for learning how servers wait for requests.
 
     Start a lab (a server, a client, an injector and an observer on their own virtual
@@ -136,6 +139,7 @@ def main(ctx: click.Context, project_dir: Path | None, quiet: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["project_dir"] = project_dir
     ctx.obj["quiet"] = quiet
+    ctx.obj["backend"] = backends.chosen(backend_name)
 
 
 # -- images -------------------------------------------------------------------------------------------
@@ -339,15 +343,9 @@ def exec_(ctx, lab_id, timeout, node, command) -> None:
 @click.pass_context
 def shell(ctx, lab_id, user, node) -> None:
     """Open an interactive shell in NODE."""
-    from labctl import tty
-
     lab = _lab(ctx, lab_id)
     lab._node(node)
-    exec_id, sock = lab.backend.exec_stream(lab.container_name(node), ["/bin/bash"], user=user,
-                                            tty=sys.stdin.isatty(), stdin=True)
-    tty.pump(sock)
-    code = lab.backend.exec_exit_code(exec_id)
-    sys.exit(code or 0)
+    sys.exit(lab.backend.interactive(lab.container_name(node), ["/bin/bash"], user=user))
 
 
 @main.command()

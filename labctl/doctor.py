@@ -199,9 +199,9 @@ def gather(project=None, backend=None) -> Facts:
 
 
 def _default_backend():
-    from labctl.backends.docker import DockerBackend
+    from labctl.backends import open_backend
 
-    return DockerBackend()
+    return open_backend()
 
 
 def _free(path: str) -> int | None:

@@ -52,3 +52,13 @@ class ContainerGone(LabctlError):
 
 class ServerStartError(LabctlError):
     """The server under test exited or never listened on its port."""
+
+
+class LimitAboveEngine(LabctlError):
+    """A node asked for more of a limit than the engine itself has (a nofile limit above the engine's own
+    hard limit): the caller may clamp it to `engine_limit` and say so."""
+
+    def __init__(self, message: str, limit: str, engine_limit: int | None = None):
+        super().__init__(message)
+        self.limit = limit
+        self.engine_limit = engine_limit

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from labctl import __version__
-from labctl.backends.base import Usage
+from labctl.backends.base import FEATURES, Feature, Usage
 from labctl.checks import REGISTRY, CheckContext, Outcome
 from labctl.errors import BudgetTooShort, LabctlError, ServerStartError
 from labctl.exercise import CheckSpec, Exercise
@@ -77,7 +77,9 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
                            submission=str(submission_dir), started_at=started_at,
                            duration=round(time.monotonic() - started, 3),
                            score=sum(r.points for r in results),
-                           max_score=sum(spec.points for spec in checks), results=results, **fields)
+                           max_score=sum(spec.points for spec in checks) - sum(
+                               r.evidence.get("points_left_out", 0) for r in results if r.unavailable),
+                           results=results, **fields)
 
     try:
         checks = options.checks_of(exercise)
@@ -93,11 +95,13 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         try:
             lab.up(images, Submission.for_exercise(exercise, submission_dir, env=options.env), progress=say)
         except ServerStartError as error:
-            return report(gradable=False, error=f"the server did not start: {error}")
+            return report(gradable=False, error=f"the server did not start: {error}", backend=lab.backend.name,
+                          limits=lab.backend.limits_by())
         run = Run(lab, exercise, budget=options.budget or exercise.budget, started=started, say=say,
                   tell=on_result if on_result is not None else (lambda result: None))
         results = [run.next(check) for check in checks]
         return report(gradable=True, results=results, budget_exhausted=run.exhausted,
+                      backend=lab.backend.name, limits=lab.backend.limits_by(),
                       server_usage=run.meter.summary(),
                       server_log_tail=lab.log_tail(lab.spec.server.name, LOG_TAIL_LINES))
     except LabctlError as error:
@@ -133,6 +137,9 @@ class Run:
             self.exhausted = True
             return _not_run(check, "timed_out",
                             f"not run: the grading's time budget of {self.budget:g} s ran out before this check")
+        missing = REGISTRY[check.check].needs - self.lab.backend.offers()
+        if missing:
+            return _unavailable(check, self.lab.backend.name, missing)
         self.say(f"check {check.name}")
         result = run_check(self.lab, self.exercise, check, min(check.budget, left))
         if left < check.budget and result.status == "timed_out":
@@ -151,7 +158,7 @@ class Run:
 def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> CheckResult:
     """Run one check in a thread, within `budget` seconds (+ GRACE), and turn it into a CheckResult."""
     definition = REGISTRY[spec.check]
-    ctx = CheckContext.of(lab, port=exercise.submission.port, deadline=time.monotonic() + budget,
+    ctx = CheckContext.of(lab, port=lab.server_port, deadline=time.monotonic() + budget,
                           exercise_dir=exercise.dir, docroot=exercise.docroot)
     box: dict[str, object] = {}
 
@@ -184,6 +191,18 @@ def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> C
                        points=spec.points if status == "passed" else 0.0, max_points=spec.points,
                        visibility=spec.visibility, duration=duration, message=outcome.message,
                        evidence=outcome.evidence, description=spec.description or definition.summary)
+
+
+def _unavailable(spec: CheckSpec, backend: str, missing: frozenset[Feature]) -> CheckResult:
+    """A check this backend cannot run: said as such, its points out of the total (never a silent 0)."""
+    lacks = "; ".join(FEATURES[feature] for feature in sorted(missing))
+    return CheckResult(name=spec.name, check=spec.check, status="unavailable", points=0.0, max_points=0.0,
+                       visibility=spec.visibility, duration=0.0,
+                       message=f"not available on the {backend} backend: it needs {lacks}. Its "
+                               f"{spec.points:g} point{'s' if spec.points != 1 else ''} are left out of the total; "
+                               "`--backend docker` runs it.",
+                       evidence={"points_left_out": spec.points, "needs": sorted(missing)},
+                       description=spec.description or REGISTRY[spec.check].summary)
 
 
 def _not_run(spec: CheckSpec, status: str, message: str) -> CheckResult:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from labctl import archive, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
-from labctl.errors import ContainerGone, LabctlError, LabNotFound, ServerStartError, SubmissionError
+from labctl.errors import ContainerGone, LabctlError, LabNotFound, LimitAboveEngine, ServerStartError, SubmissionError
 from labctl.interrupts import uninterrupted
 from labctl.spec import DEFAULT_PORT, LabSpec, NodeSpec, sysctl_values
 
@@ -40,6 +40,8 @@ LABEL_OWNER = "labctl.owner"
 LABEL_CREATED = "labctl.created"
 LABEL_HOST = "labctl.host"
 LABEL_PID = "labctl.pid"
+#: On the server: the port it was given ($PORT), which a backend that shares the host's network picks.
+LABEL_PORT = "labctl.port"
 
 #: A lab id names containers and a network: what the engine accepts in both.
 LAB_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
@@ -113,6 +115,7 @@ class Lab:
         self.id = lab_id
         self.owner = owner or current_owner()
         self.submission: Submission | None = None
+        self._port: int | None = None
         self._say: Progress = lambda message: None
 
     # -- naming -----------------------------------------------------------------------------------
@@ -170,6 +173,7 @@ class Lab:
         network = self.backend.create_network(self.network_name, str(net.pool), net.prefix,
                                               self.labels(), internal=net.internal)
         say(f"network {self.network_name}: {network.subnet}")
+        self._port = self.backend.server_port(submission.port if submission else self.spec.server_port)
         plans = [self._plan(node, images, submission) for node in self.spec.nodes.values()]
         first = [plan for plan in plans if plan.pid_of is None]
         sidecars = [plan for plan in plans if plan.pid_of is not None]
@@ -188,16 +192,18 @@ class Lab:
             try:
                 self._start(plan)
             except LabctlError:
-                self._raise_if_server_exited(submission.port if submission else 0)
+                self._raise_if_server_exited(self.server_port)
                 raise
         say("containers started")
         if submission is not None and wait:
-            self.wait_listening(submission.port, self.spec.timeouts.up, say)
+            self.wait_listening(self.server_port, self.spec.timeouts.up, say)
 
     def _plan(self, node: NodeSpec, images: dict[str, str], submission: Submission | None) -> ContainerPlan:
+        labels = self.labels(node)
         if node.role == "server":
             workdir = SUBMISSION_DIR
-            port = submission.port if submission else self.spec.server_port
+            port = self._port if self._port is not None else submission.port if submission else self.spec.server_port
+            labels[LABEL_PORT] = str(port)
             env = {"PORT": str(port), "DOCROOT": DOCROOT_DIR, "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "LANG": "C.UTF-8"}
             if submission:
                 env.update(submission.env)
@@ -212,7 +218,7 @@ class Lab:
             payload = _harness_archive()
         return ContainerPlan(
             name=self.container_name(node.name), node=node.name, image=images[node.image], command=command,
-            labels=self.labels(node), user=node.user, workdir=workdir, env=env, cap_add=tuple(node.capabilities),
+            labels=labels, user=node.user, workdir=workdir, env=env, cap_add=tuple(node.capabilities),
             cpus=node.limits.cpus, memory_bytes=node.limits.memory_bytes, pids=node.limits.pids,
             nofile=node.limits.nofile, sysctls=_sysctls(node, submission),
             network=None if node.role == "observer" else self.network_name,
@@ -236,6 +242,24 @@ class Lab:
                     f"holds {node.limits.disk} (lab.yaml: nodes.{node.name}.limits.disk)")
         return packed.data
 
+    @property
+    def server_port(self) -> int:
+        """The port the server listens on ($PORT): the one asked for, unless the backend had to pick one
+        (the local backend shares the host's ports); for a lab found again, read from its server's label."""
+        if self._port is not None:
+            return self._port
+        if self.submission is not None:  # planned, not made yet
+            return self.submission.port
+        label = self.server_info().labels.get(LABEL_PORT)
+        self._port = int(label) if label and label.isdigit() else self.spec.server_port
+        return self._port
+
+    @functools.cached_property
+    def server_host(self) -> str:
+        """Where the other nodes reach the server: its name on the lab's network, or the host's loopback."""
+        server = self.spec.server.name
+        return self.backend.host_of(self.container_name(server), server)
+
     def sysctls(self, node: str) -> dict[str, str]:
         """The sysctls a node's container is given: lab.yaml's, and for the server the submission's over them.
 
@@ -247,11 +271,11 @@ class Lab:
     def _start(self, plan: ContainerPlan) -> None:
         try:
             self.backend.start(plan.name)
-        except LabctlError as error:
-            if "rlimit type 7" not in str(error):
+        except LimitAboveEngine as error:
+            if error.limit != "nofile":
                 raise
             # The engine's own hard nofile limit is below what lab.yaml asks: clamp and say so.
-            limit = self.backend.engine_nofile_limit()
+            limit = error.engine_limit or self.backend.engine_nofile_limit()
             self.backend.remove({LABEL_LAB: self.id, LABEL_NODE: plan.node})
             clamped = ContainerPlan(**{**plan.__dict__, "nofile": min(plan.nofile, limit)})
             self._say(f"node {plan.node}: nofile {plan.nofile} is above the engine's own limit {limit}; "
@@ -281,7 +305,7 @@ class Lab:
                     f"(it is still running: is it listening on another port, or on 127.0.0.1 only?).\n"
                     f"Its log ends with:\n{self.log_tail(server.name)}")
             result = self.harness(prober.name, "wait_listening",
-                                  {"host": server.name, "port": port, "timeout": min(1.0, left)}, timeout=5)
+                                  {"host": self.server_host, "port": port, "timeout": min(1.0, left)}, timeout=5)
             if result.get("listening"):
                 waited = time.monotonic() - started
                 say(f"the server listens on port {port} ({waited:.2f} s)")

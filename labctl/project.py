@@ -43,9 +43,11 @@ def find_root(start: Path | None = None) -> Path:
 class Project:
     """lab.yaml, the images, the exercises and the engine, each loaded on first use."""
 
-    def __init__(self, root: Path, backend: Backend | None = None):
+    def __init__(self, root: Path, backend: Backend | None = None, backend_name: str | None = None):
+        """backend_name: which backend to open on first use (labctl.backends; None: $LABCTL_BACKEND or docker)."""
         self.root = root
         self._backend = backend
+        self.backend_name = backend_name
 
     @cached_property
     def spec(self) -> LabSpec:
@@ -70,9 +72,9 @@ class Project:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            from labctl.backends.docker import DockerBackend
+            from labctl.backends import open_backend
 
-            self._backend = DockerBackend()
+            self._backend = open_backend(self.backend_name)
         return self._backend
 
     @property
@@ -80,15 +82,19 @@ class Project:
         return self.root / "images"
 
     def image_builder(self, progress: Progress | None = None, extra: dict[str, Path] | None = None) -> ImageBuilder:
-        """The images of images/, and `extra` ones (an exercise's own image: name -> folder)."""
-        return ImageBuilder(self.backend.stream_client, self.images_dir, progress,  # type: ignore[attr-defined]
-                            extra=extra)
+        """The images of images/, and `extra` ones (an exercise's own image: name -> folder), on an engine that
+        builds images (`labctl images`); a clear error on a backend that has none."""
+        images = self.backend.images(self.images_dir, progress, extra)
+        if not isinstance(images, ImageBuilder):
+            raise LabctlError(f"the {self.backend.name} backend runs no images: its nodes use this host's own "
+                              "programs (labctl doctor says which are missing)")
+        return images
 
     def ensure_images(self, progress: Progress | None = None, names: list[str] | None = None,
                       extra: dict[str, Path] | None = None) -> dict[str, str]:
         """The tags of the images the lab needs, building what is missing (first use)."""
         names = names or sorted({node.image for node in self.spec.nodes.values()})
-        return self.image_builder(progress, extra).ensure(names)
+        return self.backend.images(self.images_dir, progress, extra).ensure(names)
 
     # -- exercises --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Visibility = Literal["public", "hidden"]
-Status = Literal["passed", "failed", "timed_out", "error"]
+Status = Literal["passed", "failed", "timed_out", "error", "unavailable"]
 
 SCHEMA_VERSION = 1
 
@@ -23,7 +23,9 @@ class CheckResult(BaseModel):
     name: str = Field(description="The check's name in the exercise (unique within it).")
     check: str = Field(description="The catalog check it ran (http, slow_client, blocked_in, ...).")
     status: Status = Field(description="passed; failed (the server is wrong); timed_out (the check's time "
-                                       "budget ran out); error (the check itself could not run).")
+                                       "budget ran out); error (the check itself could not run); unavailable "
+                                       "(the backend lacks what the check needs: not run, its points left out "
+                                       "of the total).")
     points: float = Field(ge=0, description="Points earned: max_points when passed, else 0.")
     max_points: float = Field(ge=0)
     visibility: Visibility = "public"
@@ -42,7 +44,18 @@ class CheckResult(BaseModel):
     def lesson(self) -> bool:
         """Worth 0 points: a demonstration (e.g. "a slow client blocks a blocking server"), shown for what it
         teaches and never a failure, whatever its status, in any report."""
-        return self.max_points == 0
+        return self.max_points == 0 and not self.unavailable
+
+    @property
+    def unavailable(self) -> bool:
+        """Not run: the backend lacks what it needs (raw packets, say). Neither a pass nor a failure; its
+        points are out of the total (max_points 0) and `evidence["points_left_out"]` says how many."""
+        return self.status == "unavailable"
+
+    @property
+    def graded(self) -> bool:
+        """It counts: neither a lesson nor unavailable."""
+        return not self.lesson and not self.unavailable
 
 
 class ServerUsage(BaseModel):
@@ -77,12 +90,15 @@ class GradeReport(BaseModel):
                                                       "some checks did not run.")
     server_usage: ServerUsage | None = Field(None, description="The server's CPU over the checks (None: not "
                                                                "graded, or its cgroup could not be read).")
+    backend: str = Field("docker", description="Where the lab ran: docker (containers) or local (this host's "
+                                               "processes, no engine).")
+    limits: str = Field("", description="How the server's limits were enforced (cgroups, rlimits...).")
 
     @property
     def all_passed(self) -> bool:
         """Every graded check passed. A check worth 0 points is a demonstration (shown for the
         lesson, e.g. "a slow client blocks a blocking server") and never counts."""
-        return self.gradable and all(result.passed for result in self.results if not result.lesson)
+        return self.gradable and all(result.passed for result in self.results if result.graded)
 
     @property
     def exit_code(self) -> int:

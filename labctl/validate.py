@@ -61,7 +61,7 @@ class Row:
     @property
     def failing(self) -> set[str]:
         """The graded checks that failed (a 0-point demonstration check is shown, never compared)."""
-        return {result.name for result in self.report.results if not result.passed and not result.lesson}
+        return {result.name for result in self.report.results if not result.passed and result.graded}
 
     def cell_differs(self, check: str) -> bool:
         expected = self.subject.expect_failing

@@ -1,15 +1,32 @@
 """What a lab asks of a backend, in plain data: the backend-neutral side of the contract.
 
 lab.py decides WHAT to run (a ContainerPlan per node, labels, order); a backend
-decides HOW on its engine. Only the Docker backend exists today; the plans hold no
-Docker types so that a local or distributed backend can be added beside it.
+decides HOW on its engine: the Docker Engine (docker.py) or this host's own processes
+(local.py, where no engine exists: inside Gradescope's and PrairieLearn's graders). The
+plans hold no engine's types; a "container" is a node, whatever the backend makes of it.
+
+What a backend cannot do is said, never faked: each one declares the FEATURES it offers,
+each check the ones it needs (labctl.checks), and a check whose needs a backend lacks is
+reported as not available there, its points left out of the total.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, get_args
+
+#: What a check may need of a backend beyond running nodes and connecting to the server: the one
+#: place these words are defined. A backend offers a subset (Backend.offers).
+Feature = Literal["raw_packets", "own_network", "server_sysctls", "thread_waits"]
+FEATURES: dict[Feature, str] = {
+    "raw_packets": "hand-made packets (scapy) and firewall rules in a node of the lab's own",
+    "own_network": "a network of the lab's own, which nothing else on the host shares",
+    "server_sysctls": "kernel settings (net.* sysctls) of the server's own network namespace",
+    "thread_waits": "what each server thread waits in (its syscall and descriptors, /proc/<tid>/syscall)",
+}
+ALL_FEATURES: frozenset[Feature] = frozenset(FEATURES)
 
 
 @dataclass(frozen=True)
@@ -116,8 +133,36 @@ class ExecResult:
         return self.stdout.decode(errors="replace")
 
 
+class Images(Protocol):
+    """Where a backend's node images come from: `ensure` gives {name: tag}, making what is missing."""
+
+    def ensure(self, names: list[str] | None = None, force: bool = False) -> dict[str, str]: ...
+
+
 class Backend(Protocol):
     """The engine operations a Lab needs; one implementation per engine kind."""
+
+    #: Its name in the registry (labctl.backends.BACKENDS) and in reports: "docker", "local".
+    name: str
+
+    def offers(self) -> frozenset[Feature]:
+        """The FEATURES checks can count on here."""
+
+    def limits_by(self) -> str:
+        """How the server's limits (tasks, memory, files) are enforced, in a few words for reports."""
+
+    def images(self, images_dir: Path, progress=None, extra: dict[str, Path] | None = None) -> Images:
+        """The node images of images/ (and an exercise's own, `extra`) for this backend."""
+
+    def server_port(self, wanted: int) -> int:
+        """The port the server is given (in $PORT): `wanted` where the lab has a network of its own,
+        a free one where the lab shares the host's."""
+
+    def host_of(self, container: str, node: str) -> str:
+        """The address other nodes reach `container` (lab.yaml's `node`) at."""
+
+    def interactive(self, container: str, command: list[str], user: str | None = None) -> int:
+        """Run `command` in the node attached to this terminal (`labctl shell`); its exit code."""
 
     def create_network(self, name: str, pool: str, prefix: int, labels: dict[str, str],
                        internal: bool) -> NetworkInfo: ...

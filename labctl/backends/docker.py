@@ -25,8 +25,18 @@ import requests.exceptions
 from docker.types import EndpointConfig, LogConfig, Ulimit
 
 from labctl import cgroups
-from labctl.backends.base import ContainerInfo, ContainerPlan, EngineFacts, ExecResult, NetworkInfo, Usage, container_state
-from labctl.errors import EngineUnreachable, LabctlError
+from labctl.backends.base import (
+    ALL_FEATURES,
+    ContainerInfo,
+    ContainerPlan,
+    EngineFacts,
+    ExecResult,
+    Feature,
+    NetworkInfo,
+    Usage,
+    container_state,
+)
+from labctl.errors import EngineUnreachable, LabctlError, LimitAboveEngine
 
 #: Seconds any one engine call may take before labctl gives up on the engine.
 CALL_TIMEOUT = 60
@@ -78,6 +88,8 @@ def _raw(sock):
 class DockerBackend:
     """The Backend protocol (labctl.backends.base) on one Docker Engine."""
 
+    name = "docker"
+
     def __init__(self, client: docker.DockerClient | None = None):
         self.client = client or connect()
         self._stream_client: docker.DockerClient | None = None
@@ -91,6 +103,33 @@ class DockerBackend:
         if self._stream_client is None:
             self._stream_client = docker.from_env(timeout=STREAM_TIMEOUT)  # same engine, same TLS settings
         return self._stream_client
+
+    def offers(self) -> frozenset[Feature]:
+        """Everything: each node is a container with its own network namespace and capabilities."""
+        return ALL_FEATURES
+
+    def limits_by(self) -> str:
+        return "the engine (cgroups: tasks, memory, CPU; tmpfs sizes; nofile)"
+
+    def images(self, images_dir, progress=None, extra=None):
+        from labctl.images import ImageBuilder
+
+        return ImageBuilder(self.stream_client, images_dir, progress, extra=extra)
+
+    def server_port(self, wanted: int) -> int:
+        return wanted  # the lab's network is its own: any port is free there
+
+    def host_of(self, container: str, node: str) -> str:
+        return node  # the node's DNS alias on the lab network
+
+    def interactive(self, container: str, command: list[str], user: str | None = None) -> int:
+        import sys
+
+        from labctl import tty
+
+        exec_id, sock = self.exec_stream(container, command, user=user, tty=sys.stdin.isatty(), stdin=True)
+        tty.pump(sock)
+        return self.exec_exit_code(exec_id) or 0
 
     # -- networks -------------------------------------------------------------------------------
 
@@ -187,6 +226,9 @@ class DockerBackend:
                 sock.sendall(payload)
                 sock.shutdown(socket.SHUT_WR)
         except docker.errors.APIError as error:
+            if "rlimit type 7" in str(error):  # runc's words for RLIMIT_NOFILE above the engine's own
+                raise LimitAboveEngine(f"cannot start container {container}: its nofile limit is above the "
+                                       "engine's own", limit="nofile") from error
             raise LabctlError(f"cannot start container {container}: {error.explanation or error}") from error
         except TimeoutError:
             raise LabctlError(f"copying {len(payload or b'') / 2**20:.1f} MiB of files into {container} took longer "

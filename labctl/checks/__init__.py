@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from labctl.backends.base import Feature
 from labctl.lab import Lab
 from labctl.spec import Role
 
@@ -52,6 +53,7 @@ class CheckContext:
     injector: str = "injector"
     observer: str = "observer"
     server: str = "server"
+    host: str = "server"                  # where the client and injector reach the server (Lab.server_host)
 
     @classmethod
     def of(cls, lab: Lab, port: int, deadline: float, **more: Any) -> CheckContext:
@@ -62,7 +64,7 @@ class CheckContext:
 
         return cls(lab=lab, port=port, deadline=deadline, client=named("client", "client"),
                    injector=named("injector", "injector"), observer=named("observer", "observer"),
-                   server=lab.spec.server.name, **more)
+                   server=lab.spec.server.name, host=lab.server_host, **more)
 
     @property
     def remaining(self) -> float:
@@ -84,18 +86,22 @@ class CheckDef(Generic[P]):
     run: Callable[[CheckContext, P], Outcome]
     summary: str                          # one line: what it looks for and why
     default_timeout: float = 30.0
+    #: What it needs of a backend beyond nodes and a connection to the server (base.FEATURES): where one
+    #: is missing the check is not run and its points are left out ("not available on this backend").
+    needs: frozenset[Feature] = frozenset()
 
 
 REGISTRY: dict[str, CheckDef] = {}
 
 
-def check(name: str, params: type[P], summary: str, default_timeout: float = 30.0):
-    """Register a check function under `name` (decorator)."""
+def check(name: str, params: type[P], summary: str, default_timeout: float = 30.0,
+          needs: frozenset[Feature] = frozenset()):
+    """Register a check function under `name` (decorator); `needs`: what it needs of a backend."""
 
     def register(function: Callable[[CheckContext, P], Outcome]) -> Callable[[CheckContext, P], Outcome]:
         if name in REGISTRY and REGISTRY[name].run is not function:
             raise ValueError(f"check {name!r} is registered twice")
-        REGISTRY[name] = CheckDef(name, params, function, summary, default_timeout)
+        REGISTRY[name] = CheckDef(name, params, function, summary, default_timeout, frozenset(needs))
         return function
 
     return register

@@ -67,7 +67,7 @@ def probe_evidence(probe: TimedRequest) -> dict[str, Any]:
 
 def measure(ctx: CheckContext, command: str, params: dict[str, Any]) -> Any:
     """A concurrency harness command in the client, at the server, within the check's budget."""
-    return run_harness(ctx, ctx.client, command, {"host": ctx.server, "port": ctx.port, **params,
+    return run_harness(ctx, ctx.client, command, {"host": ctx.host, "port": ctx.port, **params,
                                                   "budget": max(1.0, harness_budget(ctx))})
 
 

@@ -141,7 +141,7 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
     if ctx.remaining < needed:
         raise BudgetTooShort(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to hold "
                           f"connections for {hold:.1f} s: give the check a longer timeout")
-    params = {"host": ctx.server, "port": ctx.port, "connections": connections, "hold": hold,
+    params = {"host": ctx.host, "port": ctx.port, "connections": connections, "hold": hold,
               "probe": probe, "probe_after": HOLD_LEAD * 0.6, "probe_timeout": 1.0, "request": request,
               "probe_request": probe_request}
     outcome: dict[str, Any] = {}
@@ -170,7 +170,7 @@ def warm_up(ctx: CheckContext, request: str | None = None) -> dict:
     """One request before watching: what a server does on its first request (a runtime paging in its
     HTTP code, starting its I/O helpers) is over before it is watched, whichever checks ran before.
     Its answer is evidence, never judged."""
-    return run_harness(ctx, ctx.client, "probe", {"host": ctx.server, "port": ctx.port, "timeout": WARM_UP,
+    return run_harness(ctx, ctx.client, "probe", {"host": ctx.host, "port": ctx.port, "timeout": WARM_UP,
                                                "request": request}, work=WARM_UP)
 
 
@@ -306,7 +306,7 @@ class BlockedInParams(CheckParams):
 @check("blocked_in", BlockedInParams,
        "When no client is connected, every server thread is asleep (state S) in one of the named syscalls "
        "(checked by number for the kernel's architecture); a thread that runs is a busy loop.",
-       default_timeout=20.0)
+       default_timeout=20.0, needs=frozenset({"thread_waits"}))
 def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
     seen = sample(ctx, params.window)
     arch = seen.machine
@@ -435,7 +435,7 @@ def connections_to_hold(idle: observe.Sample, asked: int) -> int:
 @check("io_model", IoModelParams,
        "Tells how the server serves clients (blocking, a thread or a process per client, a pool of either, one "
        "or several event loops, or busy polling) from what each of its threads waits on, idle and with clients "
-       "held, and its CPU, and compares with the exercise.", default_timeout=30.0)
+       "held, and its CPU, and compares with the exercise.", default_timeout=30.0, needs=frozenset({"thread_waits"}))
 def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
     probe_request = (decode_escapes(params.probe_request).decode("latin-1")

@@ -410,7 +410,7 @@ def run_steps(ctx: CheckContext, steps: list[dict], cap: float | None = None) ->
     """Run request steps from the client (one harness call); the data is given as bytes."""
     wire = [{**step, "data": base64.b64encode(step["data"]).decode()} for step in steps]
     result = run_harness(ctx, ctx.client, "http_sequence",
-                         {"host": ctx.server, "port": ctx.port, "steps": wire, "budget": harness_budget(ctx, cap)})
+                         {"host": ctx.host, "port": ctx.port, "steps": wire, "budget": harness_budget(ctx, cap)})
     return result["steps"]
 
 
@@ -643,7 +643,7 @@ def judge_trickle(results: list[Exchange], params: TrickleParams, port: int, dig
 
 @check("syn_flood", SynFloodParams,
        "While a SYN flood fills the server's SYN queue with half-open connections, a normal client still gets in.",
-       default_timeout=40.0)
+       default_timeout=40.0, needs=frozenset({"raw_packets", "own_network", "server_sysctls"}))
 def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     observe = ctx.observer in ctx.lab.spec.nodes
     syncookies, syncookies_source = server_syncookies(ctx)
@@ -663,7 +663,7 @@ def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     cleanup: dict = {}
     try:
         flood = run_harness(ctx, ctx.injector, "syn_flood", {
-            "host": ctx.server, "port": ctx.port, "count": params.syns, "listen": params.listen,
+            "host": ctx.host, "port": ctx.port, "count": params.syns, "listen": params.listen,
             "seed": params.seed, "budget": harness_budget(ctx, 5.0 + params.syns * 0.02 + params.listen)})
         snapshot("during")
         [probe] = run_steps(ctx, [{"name": "probe", "data": _get(params.probe_path, ctx.server),
@@ -671,7 +671,7 @@ def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     finally:
         try:
             cleanup = run_harness(ctx, ctx.injector, "syn_flood_cleanup",
-                                  {"host": ctx.server, "port": ctx.port, "budget": min(5.0, harness_budget(ctx))})
+                                  {"host": ctx.host, "port": ctx.port, "budget": min(5.0, harness_budget(ctx))})
         except LabctlError as error:
             cleanup = {"error": str(error)}
     return judge_syn_flood(flood, probe, stats, cleanup, params, ctx.port, syncookies, syncookies_source)

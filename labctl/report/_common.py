@@ -16,7 +16,8 @@ from typing import Any
 from labctl.results import CheckResult, GradeReport
 from labctl.untrusted import neutralize, printable_all, shown  # noqa: F401  (the renderers' one text filter)
 
-STATUS_WORDS = {"passed": "passed", "failed": "failed", "timed_out": "timed out", "error": "error"}
+STATUS_WORDS = {"passed": "passed", "failed": "failed", "timed_out": "timed out", "error": "error",
+                "unavailable": "not available on this backend"}
 
 # The most of one evidence value shown by default (a long text keeps its last lines).
 _LONG_VALUE = 600
@@ -40,7 +41,7 @@ def status_word(result: CheckResult) -> str:
 
 def failed(report: GradeReport) -> list[CheckResult]:
     """The graded checks that did not pass: what every format calls a failure (a lesson never is one)."""
-    return [result for result in report.results if not result.passed and not result.lesson]
+    return [result for result in report.results if not result.passed and result.graded]
 
 
 def lessons_shown(report: GradeReport) -> list[CheckResult]:
@@ -55,11 +56,13 @@ def unpassed(report: GradeReport) -> list[CheckResult]:
 
 def counts(report: GradeReport) -> str:
     """ "3 of 5 checks passed", lessons apart: "3 of 4 checks passed, and 1 lesson" """
-    graded = [result for result in report.results if not result.lesson]
+    graded = [result for result in report.results if result.graded]
     passed = sum(1 for result in graded if result.passed)
     text = f"{passed} of {len(graded)} check{'s' if len(graded) != 1 else ''} passed"
-    lessons = len(report.results) - len(graded)
-    return text + (f", and {lessons} lesson{'s' if lessons != 1 else ''}" if lessons else "")
+    lessons = sum(1 for result in report.results if result.lesson)
+    away = sum(1 for result in report.results if result.unavailable)
+    text += f", and {lessons} lesson{'s' if lessons != 1 else ''}" if lessons else ""
+    return text + (f", {away} not available on this backend" if away else "")
 
 
 def score_line(report: GradeReport) -> str:

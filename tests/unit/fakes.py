@@ -41,8 +41,17 @@ from typing import Any
 
 import yaml
 
-from labctl.backends.base import ContainerInfo, ContainerPlan, EngineFacts, ExecResult, NetworkInfo, Usage
-from labctl.errors import LabctlError
+from labctl.backends.base import (
+    ALL_FEATURES,
+    ContainerInfo,
+    ContainerPlan,
+    EngineFacts,
+    ExecResult,
+    Feature,
+    NetworkInfo,
+    Usage,
+)
+from labctl.errors import LabctlError, LimitAboveEngine
 from labctl.lab import LABEL_NODE, LABEL_ROLE, Lab
 from labctl.project import Project
 from labctl.spec import LabSpec, load_lab
@@ -161,8 +170,15 @@ def matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
 class FakeBackend:
     """The Backend protocol in memory. Safe to call from several threads at once (Lab.up does)."""
 
-    def __init__(self, nofile_limit: int = NO_NOFILE_CEILING, facts: EngineFacts | None = None):
+    name = "fake"
+
+    def __init__(self, nofile_limit: int = NO_NOFILE_CEILING, facts: EngineFacts | None = None,
+                 features: frozenset[Feature] = ALL_FEATURES, port: int | None = None):
         self.nofile_limit = nofile_limit
+        #: What it offers checks (a test takes some away to play a backend without them).
+        self.features = features
+        #: The port it gives the server whatever is asked (None: the one asked), as the local backend does.
+        self.port = port
         self.facts = facts or EngineFacts(kind="Fake engine", version="0", api_version="", os="memory",
                                           cgroup_version="2", storage_driver="memory", data_root="", local=True)
         self.containers: dict[str, FakeContainer] = {}
@@ -261,7 +277,7 @@ class FakeBackend:
             self.containers[plan.name] = FakeContainer(plan)
 
     def start(self, container: str) -> None:
-        """Run it, as the engine would: refuse a nofile above the engine's own limit ("rlimit type 7") and
+        """Run it, as the engine would: refuse a nofile above the engine's own limit (LimitAboveEngine) and
         a sidecar whose PID namespace's container does not run; then its payload goes in ("copy")."""
         with self._lock:
             fake = self.containers.get(container)
@@ -269,10 +285,8 @@ class FakeBackend:
             if fake is None:
                 raise LabctlError(f"cannot start container {container}: No such container: {container}")
             if fake.plan.nofile > self.nofile_limit:
-                raise LabctlError(f"cannot start container {container}: failed to create task for container: "
-                                  "runc create failed: unable to start container process: error during container "
-                                  "init: error setting rlimits for ready process: error setting rlimit type 7: "
-                                  "operation not permitted")
+                raise LimitAboveEngine(f"cannot start container {container}: its nofile limit is above the "
+                                       "engine's own", limit="nofile")
             joined = self.containers.get(fake.plan.pid_of) if fake.plan.pid_of else None
             if fake.plan.pid_of and (joined is None or joined.status != "running"):
                 raise LabctlError(f"cannot start container {container}: cannot join PID of a non running "
@@ -286,6 +300,24 @@ class FakeBackend:
         hook = self.on_start.get(fake.node)
         if hook is not None:
             hook(fake)
+
+    def offers(self) -> frozenset[Feature]:
+        return self.features
+
+    def limits_by(self) -> str:
+        return "the fake engine"
+
+    def images(self, images_dir: Path, progress=None, extra: dict[str, Path] | None = None):
+        raise LabctlError("the fake engine builds no images (FakeProject gives their tags)")
+
+    def server_port(self, wanted: int) -> int:
+        return self.port if self.port is not None else wanted
+
+    def host_of(self, container: str, node: str) -> str:
+        return node
+
+    def interactive(self, container: str, command: list[str], user: str | None = None) -> int:
+        raise LabctlError("the fake engine has no terminal")
 
     def engine_nofile_limit(self) -> int:
         with self._lock:
