@@ -20,6 +20,11 @@ Which processes are the server's (`server_pids`):
     (docker-init, tini, dumb-init, catatonit): a lab started without an init runs the
     server as PID 1.
 
+On a host with no containers (labctl's local backend) there is no namespace of the server's:
+there the server's processes are the descendants of its node's supervisor, whose pid the
+backend gives in $LABCTL_PROC_TREE, and the supervisor plays the init shim (it starts the
+server, reaps orphans, and is labctl's, not the submission's).
+
 One command also runs in the CLIENT: `hold_connections` opens N connections to the
 server and holds them (optionally with a partial request, and one full "probe" request
 while they are held), so the observer can look at the server while it has clients.
@@ -36,6 +41,9 @@ from .wire import Hold, Probe, ProcSnapshot, ServerProcess, Task
 
 #: What a PID 1 that only starts the real server and forwards signals is called.
 INIT_SHIMS = frozenset({"docker-init", "tini", "dumb-init", "catatonit"})
+
+#: Where the server's process tree starts when it is not PID 1 of a namespace (the local backend).
+TREE_ROOT_ENV = "LABCTL_PROC_TREE"
 
 #: How much of a command line is reported.
 CMDLINE_MAX = 200
@@ -104,18 +112,26 @@ def parse_syscall(text: str) -> dict:
     return {"syscall": nr, "arg0": args[0] if args else None, "args": args}
 
 
-def server_pids(parents: dict[int, int], comms: dict[int, str]) -> tuple[int | None, list[int]]:
+def server_pids(parents: dict[int, int], comms: dict[int, str], root: int = 1) -> tuple[int | None, list[int]]:
     """(the init shim's pid or None, the server's pids): PID 1's tree, less a shim at PID 1.
 
     `parents` maps every visible pid to its ppid. See the module's docstring for why
-    the rule is "descendants of PID 1", not "uid 1000".
+    the rule is "descendants of PID 1", not "uid 1000". With another `root` (a supervisor's
+    pid, the local backend), its tree less the root itself, which is always the shim.
     """
-    if 1 not in parents:
+    if root not in parents:
         return None, []
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         if pid != ppid:
             children.setdefault(ppid, []).append(pid)
+    if root != 1:
+        tree, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return root, sorted(pid for pid in tree if pid != root)
     tree, todo = [], [1]
     while todo:
         pid = todo.pop()
@@ -206,7 +222,8 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
             continue
         stat = parse_stat(text)
         parents[pid], stats[pid] = stat["ppid"], stat
-    shim, pids = server_pids(parents, {pid: stat["comm"] for pid, stat in stats.items()})
+    root = int(os.environ.get(TREE_ROOT_ENV) or 1)
+    shim, pids = server_pids(parents, {pid: stat["comm"] for pid, stat in stats.items()}, root)
     rules = (fd_rules or {}).get(_machine()) if fd_rules else None
     sockets = waits.socket_kinds(proc_root, pids[0]) if rules is not None and pids else {}
     processes: list[ServerProcess] = []
@@ -235,7 +252,7 @@ def proc_snapshot(proc_root: str = "/proc", fd_rules: dict[str, dict[str, str]] 
     init = None
     if shim is not None:
         init = {"pid": shim, "comm": stats[shim]["comm"], "cmdline": _cmdline(proc_root, shim)}
-    elif 1 in stats:
+    elif 1 in stats and root == 1:
         init = {"pid": 1, "comm": stats[1]["comm"], "cmdline": _cmdline(proc_root, 1), "is_server": True}
     return {
         "machine": _machine(),
