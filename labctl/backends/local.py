@@ -259,7 +259,7 @@ class LocalBackend:
         """CPU of the node's processes so far (their own and their reaped children's, and the orphans its
         supervisor reaped) and their threads now, from /proc."""
         state = self._state(container)
-        supervisor = state.get("supervisor")
+        supervisor = int(state.get("supervisor") or 0)
         if state.get("status") != "running" or not _alive(supervisor):
             raise LabctlError(f"node {container} is no longer running")
         ticks, tasks = _ticks(supervisor, children_only=True)
@@ -339,7 +339,7 @@ class LocalBackend:
             node = json.loads((folder / "plan.json").read_text())
         except (OSError, ValueError):
             node = {}
-        supervisor = self._state(container).get("supervisor")
+        supervisor = int(self._state(container).get("supervisor") or 0)
         if _alive(supervisor):
             os.kill(supervisor, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE
@@ -447,7 +447,7 @@ def _unpack(payload: bytes, files: Path) -> None:
 
 
 def _chown_tree(folder: Path, uid: int, gid: int) -> None:
-    for top, dirs, names in os.walk(folder):
+    for top, _dirs, names in os.walk(folder):
         os.chown(top, uid, gid)
         for name in names:
             os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)

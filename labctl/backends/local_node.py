@@ -124,7 +124,7 @@ def _kill_uid(uid: int) -> None:
 
 def _reap() -> dict[int, int]:
     """Reap every child that ended (orphans included: this is their subreaper); pid -> wait status."""
-    ended = {}
+    ended: dict[int, int] = {}
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -149,7 +149,7 @@ def resident_bytes(pids: list[int]) -> int:
 def folder_bytes(folder: str, uid: int | None = None) -> int:
     """Bytes of the files below `folder` (of `uid` only, when given), links not followed."""
     total = 0
-    for top, dirs, files in os.walk(folder, onerror=lambda error: None):
+    for top, _dirs, files in os.walk(folder, onerror=lambda error: None):
         for name in files:
             try:
                 info = os.lstat(os.path.join(top, name))
