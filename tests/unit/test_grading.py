@@ -272,7 +272,7 @@ def test_a_server_that_exits_at_start_makes_the_grading_not_gradable(fake, tmp_p
 
     report = run_grading(fake, tmp_path, [probe_check("first", points=3)])
 
-    assert not report.gradable and report.exit_code == 2
+    assert not report.gradable and report.exit_code == 2 and report.failure == "submission"
     assert report.error.startswith("the server did not start: the server exited with code 1 before it listened "
                                    "on port 8080")
     assert "NameError: name 'sockt' is not defined" in report.error
@@ -287,17 +287,18 @@ def test_a_server_that_never_listens_makes_the_grading_not_gradable(fake, tmp_pa
     report = run_grading(fake, tmp_path, [probe_check("first")],
                          spec_edit=lambda data: data["timeouts"].update(up=0.3))
 
-    assert not report.gradable and report.exit_code == 2
+    assert not report.gradable and report.exit_code == 2 and report.failure == "submission"
     assert report.error.startswith("the server did not start: the server did not listen on port 8080 within 0.3 s")
     assert report.results == [] and asked == []
 
 
-def test_an_engine_failure_while_making_the_lab_is_not_gradable_and_leaves_nothing(fake, tmp_path):
+def test_an_engine_failure_while_making_the_lab_is_an_infrastructure_failure_and_leaves_nothing(fake, tmp_path):
     fake.fail_on("create_container", container="client")
 
     report = run_grading(fake, tmp_path, [probe_check("first")])
 
-    assert not report.gradable and report.exit_code == 2
+    # the machine's doing, not the submission's: exit 3, and no platform keeps a score for it
+    assert not report.gradable and report.exit_code == 3 and report.failure == "infrastructure"
     assert report.error.startswith("fake engine: create_container labctl-")
 
 
