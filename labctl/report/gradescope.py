@@ -5,7 +5,8 @@ Decisions (students read this file through Gradescope's UI):
   students only once the instructor publishes grades. ("hidden" would hide it from students for
   good; "after_due_date" would show it while late submissions are still possible.)
 - The top-level `score` is the whole score, hidden checks included (Gradescope records it as the
-  grade); `output` speaks of public checks only.
+  grade); `output` speaks of public checks only, and a visible test's text never names a hidden check
+  (they are told as `report.for_students()` tells them).
 - `stdout_visibility` is "hidden": what labctl printed while grading may name hidden checks.
 - The server's log tail is a test of its own without points, visible when the exercise has no
   hidden checks and "after_published" when it has: a student's server can log every request a
@@ -74,11 +75,11 @@ def results(report: GradeReport) -> dict[str, Any]:
     if report.infrastructure_failed:
         return _infrastructure(report)
     has_hidden = bool(report.hidden)
-    public = public_part(report)
+    public = public_part(report.for_students())
     tests: list[dict[str, Any]] = []
     if report.gradable:
         score = report.score
-        tests = [_test(result, number) for number, result in enumerate(report.results, start=1)]
+        tests = [_test(_as_shown(result, public), number) for number, result in enumerate(report.results, start=1)]
         lines = [f"{report.exercise}: public checks {score_line(public)}, {counts(public)}."]
         if has_hidden:
             lines.append("Some checks are hidden: their results appear once grades are published.")
@@ -109,6 +110,14 @@ def results(report: GradeReport) -> dict[str, Any]:
         "extra_data": _extra_data(report),
         "tests": tests,
     }
+
+
+def _as_shown(result: CheckResult, public: GradeReport) -> CheckResult:
+    """A public check as the student's view tells it (where its message named a hidden check, it says "a hidden
+    check": a visible test must not name one); a hidden check whole, for after grades are published."""
+    if result.visibility == "hidden":
+        return result
+    return next((shown for shown in public.results if shown.name == result.name), result)
 
 
 def _extra_data(report: GradeReport) -> dict[str, Any]:
