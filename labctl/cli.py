@@ -483,7 +483,8 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
     on_console = any(item.renderer.name == "terminal" and item.target is None for item in parse_specs(specs))
     if not report.gradable and not on_console:
         # The terminal report says why in its footer; without it the reason still reaches the console, once.
-        err.print(f"[bold red]not gradable:[/] {e(report.error or '')}", highlight=False)
+        what = "not graded, infrastructure failure" if report.infrastructure_failed else "not gradable"
+        err.print(f"[bold red]{what}:[/] {e(report.error or '')}", highlight=False)
     sys.exit(report.exit_code)
 
 
