@@ -1,6 +1,7 @@
 """The command line: parse, call, print. No logic lives here.
 
-Every error a user can meet is a LabctlError: printed as one clear message, exit 2.
+Every error a user can meet is a LabctlError: printed as one clear message, exit 2 (3 for an
+infrastructure failure: labctl.errors.EXIT_INFRASTRUCTURE).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from labctl import __version__, backends
-from labctl.errors import LabctlError
+from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError
 from labctl.interrupts import stop_on_interrupts
 from labctl.project import Project, find_root
 from labctl.spec import DEFAULT_PORT
@@ -49,8 +50,9 @@ def e(text: object) -> str:
 
 
 class LabctlGroup(click.Group):
-    """Turns LabctlError into one red line and exit 2, SIGTERM into a clean Ctrl-C, and labctl's own
-    bugs into two lines and exit 2 (an infrastructure failure: "not gradable"), the traceback in a file."""
+    """Turns LabctlError into one red line and its exit code (2, or 3 for the infrastructure's), SIGTERM into a
+    clean Ctrl-C, and labctl's own bugs into two lines and exit 3 (an infrastructure failure: nobody's submission
+    is at fault), the traceback in a file."""
 
     def invoke(self, ctx: click.Context):
         stop_on_interrupts()
@@ -69,7 +71,7 @@ class LabctlGroup(click.Group):
             err.print(f"[bold red]labctl failed:[/] {e(type(error).__name__)}: {e(str(error)[:500])}\n"
                       f"This is a bug in labctl, not in what it ran; the traceback is in {e(saved)}.",
                       highlight=False, soft_wrap=True)
-            sys.exit(2)
+            sys.exit(EXIT_INFRASTRUCTURE)
 
 
 def _save_traceback() -> str:
@@ -453,13 +455,14 @@ def _exercise_ids(incomplete: str) -> list[str]:
 
 
 def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, include_hidden: bool,
-                 only: tuple[str, ...], reports: tuple[str, ...]) -> None:
+                 only: tuple[str, ...], reports: tuple[str, ...], student_view: bool) -> None:
     from labctl.grading import GradeOptions, grade
     from labctl.report import parse_specs, write_reports
+    from labctl.results import HIDDEN_NAME
 
     proj = project(ctx)
     exercise = proj.exercise(exercise_name)
-    options = GradeOptions(include_hidden=include_hidden, only=list(only) or None)
+    options = GradeOptions(include_hidden=include_hidden, only=list(only) or None, student_view=student_view)
     options.checks_of(exercise)  # --only's names are checked before a lab is made
     shown = "all checks" if include_hidden else "public checks"
     say_line(f"[bold]{e(exercise.id)}[/]: {e(exercise.title)} — {shown} on {e(str(submission))}")
@@ -467,17 +470,19 @@ def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, inclu
     def on_result(result) -> None:
         mark = "[green]pass[/]" if result.passed else ("[yellow]time[/]" if result.status == "timed_out"
                                                        else "[red]FAIL[/]")
-        say_line(f"  {mark} {e(result.name):28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s")
+        name = HIDDEN_NAME if student_view and result.visibility == "hidden" else result.name
+        say_line(f"  {mark} {e(name):28} {result.points:g}/{result.max_points:g}  {result.duration:5.1f}s")
 
     with progress_display("grading") as say:
         report = grade(proj, exercise, submission, options, progress=say, on_result=on_result)
-    report = report.visible(include_hidden)
+    report = report.for_students() if student_view else report
     specs = list(reports) or ["terminal"]
     write_reports(report, specs, out)
     on_console = any(item.renderer.name == "terminal" and item.target is None for item in parse_specs(specs))
     if not report.gradable and not on_console:
         # The terminal report says why in its footer; without it the reason still reaches the console, once.
-        err.print(f"[bold red]not gradable:[/] {e(report.error or '')}", highlight=False)
+        what = "not graded, infrastructure failure" if report.infrastructure_failed else "not gradable"
+        err.print(f"[bold red]{what}:[/] {e(report.error or '')}", highlight=False)
     sys.exit(report.exit_code)
 
 
@@ -487,7 +492,7 @@ _submission_option = click.option(
 _only_option = click.option("--only", multiple=True, metavar="CHECK", help="Run only this check (repeatable).")
 _report_option = click.option(
     "--report", "reports", multiple=True, metavar="FORMAT[:PATH]",
-    help="Write a report: terminal, json, junit, gradescope, prairielearn, github (repeatable; "
+    help="Write a report: terminal, json, junit, gradescope, prairielearn, github, classroom (repeatable; "
          "default: terminal).")
 
 
@@ -501,9 +506,10 @@ _report_option = click.option(
 def test(ctx, exercise, submission, only, reports) -> None:
     """Run an exercise's public checks on your server, with explanations.
 
-    Exit 0: every check passed; 1: some failed; 2: could not grade (the message says why).
+    Exit 0: every check passed; 1: some failed; 2: could not grade your server (the message says
+    why); 3: the grading machine failed, not your server.
     """
-    _run_grading(ctx, exercise, submission, include_hidden=False, only=only, reports=reports)
+    _run_grading(ctx, exercise, submission, include_hidden=False, only=only, reports=reports, student_view=True)
 
 
 @main.command()
@@ -511,14 +517,24 @@ def test(ctx, exercise, submission, only, reports) -> None:
 @_submission_option
 @_only_option
 @_report_option
+@click.option("--student-view", is_flag=True,
+              help="Every check runs and counts, but no report or progress line names a hidden check or shows "
+                   "its message or evidence: one line sums them (\"hidden checks: 6/10 points (3 checks)\"). "
+                   "For reports a student reads (their repository's CI).")
 @click.pass_context
-def grade(ctx, exercise, submission, only, reports) -> None:
+def grade(ctx, exercise, submission, only, reports, student_view) -> None:
     """Grade a submission with all checks, public and hidden; write reports for CI and graders.
 
-    Exit 0: every check passed; 1: graded with failures; 2: not gradable (bad input, the
-    server never started, the engine unreachable), always with a clear message.
+    \b
+    Exit 0: every check passed; 1: graded with failures;
+    2: not gradable: bad input, or the submission (its server never started or never
+       listened, it is over a limit, its folder is missing);
+    3: an infrastructure failure (the engine unreachable, an image that would not build,
+       labctl's own bug): nobody's submission is at fault; grade it again once fixed.
+    Always with a clear message; reports say which (`failure` in the json report).
     """
-    _run_grading(ctx, exercise, submission, include_hidden=True, only=only, reports=reports)
+    _run_grading(ctx, exercise, submission, include_hidden=True, only=only, reports=reports,
+                 student_view=student_view)
 
 
 # -- authoring ----------------------------------------------------------------------------------------

@@ -2,16 +2,31 @@
 
 Every error a user can cause or meet (a bad YAML file, an engine that does not answer,
 a server that never listens) is one of these; the CLI prints the message and exits
-with the error's exit code (2: not gradable / cannot run).
+with the error's exit code: 2 (not gradable / cannot run: bad input, a server that never
+starts), 3 (an infrastructure failure: the engine, an image, labctl itself; nobody's
+submission is at fault, and it is to be graded again once the machine is fixed).
 """
 
 from __future__ import annotations
+
+#: labctl's exit codes, one per fact (`labctl grade --help`, README "Exit codes").
+EXIT_PASSED = 0           # graded, and every graded check passed
+EXIT_FAILED = 1           # graded, with failures
+EXIT_NOT_GRADABLE = 2     # not gradable: bad input, or the submission could not be graded (its server never listened)
+EXIT_INFRASTRUCTURE = 3   # the machine under the grading failed (engine, images, labctl's own bug)
 
 
 class LabctlError(Exception):
     """An error with a message written for the person at the terminal."""
 
-    exit_code = 2
+    exit_code = EXIT_NOT_GRADABLE
+
+
+class InfrastructureError(LabctlError):
+    """The machine under labctl failed, not what labctl was asked to run or grade: exit 3, so a grading
+    platform can tell "grade this again later" from "this submission is not gradable"."""
+
+    exit_code = EXIT_INFRASTRUCTURE
 
 
 class SpecError(LabctlError):
@@ -25,11 +40,11 @@ class SpecError(LabctlError):
         super().__init__("\n".join(problems))
 
 
-class EngineUnreachable(LabctlError):
+class EngineUnreachable(InfrastructureError):
     """The Docker Engine could not be reached (not running, no permission, bad DOCKER_HOST)."""
 
 
-class ImageBuildError(LabctlError):
+class ImageBuildError(InfrastructureError):
     """An image could not be built; the message names the path taken and the fix."""
 
 

@@ -7,7 +7,8 @@ Rules this module keeps:
   runs out fails with a message saying so; checks already finished keep their results
   when the grading's budget runs out, and the checks that could not run say why;
 - a server that never starts makes the grading "not gradable" (exit 2) with its exit
-  code and log, not a list of failed checks;
+  code and log, not a list of failed checks; the report says whose doing it was
+  (`failure`: "submission", or "infrastructure" for the engine, images, labctl: exit 3);
 - a server that dies during grading fails the remaining checks at once, saying when it
   died, instead of letting each one time out.
 """
@@ -24,11 +25,11 @@ from pathlib import Path
 from labctl import __version__
 from labctl.backends.base import FEATURES, Feature, Usage
 from labctl.checks import REGISTRY, CheckContext, Outcome
-from labctl.errors import BudgetTooShort, LabctlError, ServerStartError
+from labctl.errors import BudgetTooShort, LabctlError, ServerStartError, SubmissionError
 from labctl.exercise import CheckSpec, Exercise
 from labctl.lab import Lab, Submission
 from labctl.project import Project
-from labctl.results import CheckResult, GradeReport, ServerUsage
+from labctl.results import HIDDEN_NAME, CheckResult, Failure, GradeReport, ServerUsage
 
 #: Seconds a check may overrun its budget before grading stops waiting for it (its
 #: harness commands are killed inside the containers on their own timeouts).
@@ -47,6 +48,7 @@ class GradeOptions:
     only: list[str] | None = None          # run only these check names (debugging an exercise)
     budget: float | None = None            # override the exercise's total budget
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server (a mutant's)
+    student_view: bool = False             # progress never names a hidden check (the log is the student's)
 
     def checks_of(self, exercise: Exercise) -> list[CheckSpec]:
         """The checks this grading runs, in order. `labctl test` offers the public checks only: there a
@@ -60,6 +62,16 @@ class GradeOptions:
                                   f"(its {'' if self.include_hidden else 'public '}checks: "
                                   f"{', '.join(check.name for check in offered)})")
         return [check for check in offered if not self.only or check.name in self.only]
+
+
+#: The errors that are the submission's doing; every other LabctlError while grading is the machine's.
+SUBMISSION_ERRORS: tuple[type[LabctlError], ...] = (ServerStartError, SubmissionError)
+
+
+def failure_of(error: LabctlError) -> Failure:
+    """Whose doing an error that stopped a grading was: the submission's (its server never listened, it
+    is over a limit) or the infrastructure's (the engine, an image, the lab's setup, a bad call)."""
+    return "submission" if isinstance(error, SUBMISSION_ERRORS) else "infrastructure"
 
 
 def grade(project: Project, exercise: Exercise, submission_dir: Path, options: GradeOptions | None = None,
@@ -83,10 +95,11 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
 
     try:
         checks = options.checks_of(exercise)
-    except LabctlError as error:
-        return report(gradable=False, error=str(error))
+    except LabctlError as error:  # a check name the caller made up: the caller's, not the student's
+        return report(gradable=False, failure="infrastructure", error=str(error))
     if not submission_dir.is_dir():
-        return report(gradable=False, error=f"the submission folder {submission_dir} does not exist")
+        return report(gradable=False, failure="submission",
+                      error=f"the submission folder {submission_dir} does not exist")
     lab: Lab | None = None
     try:
         image, extra = exercise.server_image()
@@ -95,17 +108,18 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
         try:
             lab.up(images, Submission.for_exercise(exercise, submission_dir, env=options.env), progress=say)
         except ServerStartError as error:
-            return report(gradable=False, error=f"the server did not start: {error}", backend=lab.backend.name,
-                          limits=lab.backend.limits_by())
+            return report(gradable=False, failure="submission", error=f"the server did not start: {error}",
+                          backend=lab.backend.name, limits=lab.backend.limits_by())
         run = Run(lab, exercise, budget=options.budget or exercise.budget, started=started, say=say,
-                  tell=on_result if on_result is not None else (lambda result: None))
+                  tell=on_result if on_result is not None else (lambda result: None),
+                  student_view=options.student_view)
         results = [run.next(check) for check in checks]
         return report(gradable=True, results=results, budget_exhausted=run.exhausted,
                       backend=lab.backend.name, limits=lab.backend.limits_by(),
                       server_usage=run.meter.summary(),
                       server_log_tail=lab.log_tail(lab.spec.server.name, LOG_TAIL_LINES))
     except LabctlError as error:
-        return report(gradable=False, error=str(error))
+        return report(gradable=False, failure=failure_of(error), error=str(error))
     finally:
         if lab is not None:
             say("removing the lab")
@@ -116,9 +130,11 @@ class Run:
     """The checks of one grading, one after the other, within the grading's budget: what each one's result
     is, given what the ones before it found (a server gone, a budget used up)."""
 
-    def __init__(self, lab: Lab, exercise: Exercise, budget: float, started: float, say: Progress, tell: OnResult):
+    def __init__(self, lab: Lab, exercise: Exercise, budget: float, started: float, say: Progress, tell: OnResult,
+                 student_view: bool = False):
         self.lab, self.exercise, self.budget, self.started = lab, exercise, budget, started
         self.say, self.tell = say, tell
+        self.student_view = student_view
         self.exhausted = False                 # the grading's budget ran out before every check had run
         self.server_gone: str | None = None    # why the server can no longer be graded
         self.meter = UsageMeter(lab, lab.spec.server.name)
@@ -140,7 +156,7 @@ class Run:
         missing = REGISTRY[check.check].needs - self.lab.backend.offers()
         if missing:
             return _unavailable(check, self.lab.backend.name, missing)
-        self.say(f"check {check.name}")
+        self.say(f"check {HIDDEN_NAME if self.student_view and check.visibility == 'hidden' else check.name}")
         result = run_check(self.lab, self.exercise, check, min(check.budget, left))
         if left < check.budget and result.status == "timed_out":
             # It had only what was left of the grading's budget, and that was not enough. (An error with

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from labctl.errors import EXIT_FAILED, EXIT_INFRASTRUCTURE, EXIT_NOT_GRADABLE, EXIT_PASSED
 
 Visibility = Literal["public", "hidden"]
 Status = Literal["passed", "failed", "timed_out", "error", "unavailable"]
+#: Why a grading could not happen: the submission's doing, or the machine's (see GradeReport.failure).
+Failure = Literal["submission", "infrastructure"]
+
+#: The `check` of the one result that stands for every hidden check in a student's view.
+HIDDEN_CHECKS = "hidden_checks"
+#: What a student's view says instead of a hidden check's name, wherever another text names it.
+HIDDEN_NAME = "a hidden check"
 
 SCHEMA_VERSION = 1
 
@@ -78,7 +87,13 @@ class GradeReport(BaseModel):
     title: str = ""
     submission: str = Field(description="The submission folder as given.")
     gradable: bool = Field(description="False when grading could not happen (bad input, the server never "
-                                       "started, engine trouble); `error` says why.")
+                                       "started, engine trouble); `error` says why, `failure` whose doing it was.")
+    failure: Failure | None = Field(None, description=(
+        "Whose doing it was that grading could not happen (None when gradable): \"submission\" (the server "
+        "never started or never listened, a submission over limits, a missing folder: the student's to fix, "
+        "and it counts as a not-gradable attempt) or \"infrastructure\" (the engine unreachable, an image "
+        "that would not build, labctl's own trouble: nobody's submission is at fault, no score is to be "
+        "kept, and it is to be graded again). Not gradable without a failure given means infrastructure."))
     error: str | None = None
     started_at: str = Field(description="ISO 8601, UTC.")
     duration: float = Field(ge=0)
@@ -94,6 +109,21 @@ class GradeReport(BaseModel):
                                                "processes, no engine).")
     limits: str = Field("", description="How the server's limits were enforced (cgroups, rlimits...).")
 
+    @model_validator(mode="after")
+    def _failure_goes_with_gradable(self) -> GradeReport:
+        """A graded report has no failure; one that is not gradable always has one (infrastructure when the
+        maker did not say: no score is kept for it, the safe side for a student)."""
+        if self.gradable and self.failure is not None:
+            raise ValueError(f"a gradable report has no failure, found {self.failure!r}")
+        if not self.gradable and self.failure is None:
+            self.failure = "infrastructure"
+        return self
+
+    @property
+    def infrastructure_failed(self) -> bool:
+        """Grading could not happen and the machine, not the submission, is why."""
+        return self.failure == "infrastructure"
+
     @property
     def all_passed(self) -> bool:
         """Every graded check passed. A check worth 0 points is a demonstration (shown for the
@@ -102,16 +132,76 @@ class GradeReport(BaseModel):
 
     @property
     def exit_code(self) -> int:
-        """labctl grade's exit code: 0 all passed, 1 graded with failures, 2 not gradable."""
+        """labctl grade's exit code: 0 all passed, 1 graded with failures, 2 not gradable (the submission),
+        3 not graded because the infrastructure failed."""
         if not self.gradable:
-            return 2
-        return 0 if self.all_passed else 1
+            return EXIT_INFRASTRUCTURE if self.infrastructure_failed else EXIT_NOT_GRADABLE
+        return EXIT_PASSED if self.all_passed else EXIT_FAILED
 
-    def visible(self, include_hidden: bool) -> GradeReport:
-        """The same report without hidden checks (a student's view: `labctl test`)."""
-        if include_hidden:
+    @property
+    def hidden(self) -> list[CheckResult]:
+        return [result for result in self.results if result.visibility == "hidden"]
+
+    @property
+    def public(self) -> list[CheckResult]:
+        return [result for result in self.results if result.visibility == "public"]
+
+    def for_students(self) -> GradeReport:
+        """What a student may see of this report, the one place that decides it (`--student-view`, `labctl
+        test`, and the reports a student's repository or platform shows whatever the caller asked).
+
+        Every check still counts: the score and max_score do not change. The hidden checks become ONE result,
+        "hidden checks", with their summed points and how many there were, never a name, message or evidence;
+        a public check's texts and the error say "a hidden check" where they named one (a server that died
+        during a hidden check says so in the checks after it); the server's log goes when there are hidden
+        checks (it can show every request they made). The same view of a view is itself."""
+        hidden = self.hidden
+        if not hidden or all(result.check == HIDDEN_CHECKS for result in hidden):
             return self
-        shown = [result for result in self.results if result.visibility == "public"]
-        return self.model_copy(update={"results": shown,
-                                       "score": sum(r.points for r in shown),
-                                       "max_score": sum(r.max_points for r in shown)})
+        names = sorted({result.name for result in hidden}, key=len, reverse=True)
+        public = [_redacted_result(result, names) for result in self.public]
+        return self.model_copy(update={
+            "results": public + [hidden_summary(hidden)],
+            "error": _redact(self.error, names) if self.error is not None else None,
+            "server_log_tail": "",
+        })
+
+
+def hidden_summary(hidden: list[CheckResult]) -> CheckResult:
+    """The one result a student sees for every hidden check: "hidden checks: 6/10 points (3 checks)".
+    Passed when every graded hidden check passed; worth 0 (a lesson) when they all are."""
+    earned = round(sum(result.points for result in hidden), 6)
+    possible = round(sum(result.max_points for result in hidden), 6)
+    graded = [result for result in hidden if not result.lesson]
+    status: Status = "passed" if all(result.passed for result in graded) else "failed"
+    count = f"{len(hidden)} check{'s' if len(hidden) != 1 else ''}"
+    return CheckResult(name="hidden checks", check=HIDDEN_CHECKS, status=status, points=earned,
+                       max_points=possible, visibility="hidden",
+                       duration=round(sum(result.duration for result in hidden), 3),
+                       message=f"hidden checks: {_number(earned)}/{_number(possible)} points ({count})",
+                       evidence={"checks": len(hidden), "passed": sum(1 for result in hidden if result.passed)},
+                       description="Checks whose names and details are not shown; their points count.")
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
+
+
+def _redact(value: Any, names: list[str]) -> Any:
+    """value with every hidden check's name replaced by HIDDEN_NAME (strings inside lists and dicts too)."""
+    if isinstance(value, str):
+        for name in names:
+            if name:
+                value = value.replace(name, HIDDEN_NAME)
+        return value
+    if isinstance(value, list):
+        return [_redact(item, names) for item in value]
+    if isinstance(value, dict):
+        return {_redact(key, names): _redact(item, names) for key, item in value.items()}
+    return value
+
+
+def _redacted_result(result: CheckResult, names: list[str]) -> CheckResult:
+    return result.model_copy(update={"message": _redact(result.message, names),
+                                     "evidence": _redact(result.evidence, names),
+                                     "description": _redact(result.description, names)})

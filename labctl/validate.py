@@ -71,7 +71,10 @@ class Row:
 
     @property
     def problems(self) -> list[str]:
-        """What differs from the expectation, in words (empty: as expected)."""
+        """What differs from the expectation, in words (empty: as expected). An infrastructure failure never is
+        what a mutant declared `not_gradable` means: that is its server's doing (report.failure "submission")."""
+        if self.report.infrastructure_failed:
+            return [f"not graded, infrastructure failure: {self.report.error or 'no reason was given'}"]
         if self.expect_gradable != self.report.gradable:
             return [f"expected {'gradable' if self.expect_gradable else 'not gradable'}, got "
                     f"{'gradable' if self.report.gradable else 'not gradable: ' + (self.report.error or '')}"]

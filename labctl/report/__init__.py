@@ -11,15 +11,19 @@ A spec is FORMAT[:PATH], as given to `--report`. Without PATH each format has it
     gradescope     /autograder/results/results.json when /autograder exists, else results.json
     prairielearn   /grade/results/results.json when /grade exists, else results.json
     github         appended to $GITHUB_STEP_SUMMARY (else printed), ::error annotations on stdout
+    classroom      `result=BASE64` appended to $GITHUB_OUTPUT (else printed), then "Points X/Y" on stdout
 
 PATH "-" writes a file format to standard output. Relative paths are relative to the current
 folder; missing parent folders are made. Every spec is checked before anything is written: an
 unknown format, an empty path, or two reports aimed at one file is a LabctlError. A report that
 cannot be written does not stop the others; one LabctlError then names every failure.
 
-Which checks a report shows is the caller's choice (`report.visible(include_hidden)`), except for
-gradescope and prairielearn, whose files students read: they keep hidden checks' points in the
-score and hide their details themselves (see those modules).
+What a student may see is decided in one place, `GradeReport.for_students()` (labctl.results): every
+check counts, hidden ones are one "hidden checks" result without names, messages or evidence. The
+caller gives that view to every report with `--student-view` (and always in `labctl test`).
+prairielearn and classroom, whose output the student reads, always render that view themselves;
+gradescope keeps hidden checks for instructors and shows them to students only once grades are
+published (`after_published`), and renders the view when it is given one.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 
 from labctl.errors import LabctlError
-from labctl.report import github, gradescope, json_report, junit, prairielearn, terminal
+from labctl.report import classroom, github, gradescope, json_report, junit, prairielearn, terminal
 from labctl.report._common import write_text
 from labctl.results import GradeReport
 
@@ -87,6 +91,8 @@ RENDERERS: dict[str, Renderer] = {
                  prairielearn.render, prairielearn.default_path, schema=prairielearn.SCHEMA_FILE),
         Renderer("github", "GitHub Actions job summary and ::error annotations",
                  github.render, github.default_path, emit=github.emit),
+        Renderer("classroom", "GitHub Classroom autograding: the `result` step output its reporter reads",
+                 classroom.render, classroom.default_path, emit=classroom.emit, schema=classroom.SCHEMA_FILE),
     )
 }
 

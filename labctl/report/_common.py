@@ -130,9 +130,28 @@ def check_text(result: CheckResult, *, description: bool = True, evidence_limit:
 
 
 def not_gradable_text(report: GradeReport) -> str:
-    return (f"labctl could not grade this submission: {report.error or 'no reason was given'}\n"
-            "No points were given for this run. If the reason lies in your server, fix it and submit "
-            "again; if not, tell your instructor.")
+    """Why there is no grade, in words for the student, saying whose doing it was (GradeReport.failure)."""
+    reason = report.error or "no reason was given"
+    if report.infrastructure_failed:
+        return (f"labctl could not grade this submission because the grading machine failed, not because of "
+                f"your submission: {reason}\n"
+                "No score was recorded for this run: it is to be graded again once the machine is fixed "
+                "(tell your instructor if it is not).")
+    return (f"labctl could not grade this submission: {reason}\n"
+            "No points were given for this run: the reason lies in your submission; fix it and submit again.")
+
+
+def failure_title(report: GradeReport) -> str:
+    """A not-gradable report in three words, for titles: whose doing it was."""
+    return ("not graded: infrastructure failure" if report.infrastructure_failed
+            else "not gradable: the submission")
+
+
+def public_part(report: GradeReport) -> GradeReport:
+    """The public checks alone, with their own score: what a platform's always-visible summary counts."""
+    public = report.public
+    return report.model_copy(update={"results": public, "score": sum(r.points for r in public),
+                                     "max_score": sum(r.max_points for r in public)})
 
 
 def first_line(text: str, limit: int = 200) -> str:

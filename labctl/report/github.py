@@ -8,7 +8,8 @@
   `::notice` per lesson (a 0-point check is never an error), goes to standard output,
   escaped as GitHub's runner expects: in the message
   % -> %25, CR -> %0D, LF -> %0A; in the title also : -> %3A and , -> %2C.
-Like the terminal report it shows the report it is given (the caller hides hidden checks).
+Like the terminal report it shows the report it is given: with `--student-view` the caller gives
+`report.for_students()`, so neither the summary nor an annotation names a hidden check.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from labctl.report._common import (
     counts,
     evidence_lines,
     failed,
+    failure_title,
     lessons_shown,
     longest_run,
     points,
@@ -62,7 +64,7 @@ def annotation_lines(report: GradeReport) -> list[str]:
     and `::notice` per lesson: a 0-point demonstration is never an error."""
     errors = []
     if not report.gradable:
-        errors.append(_annotation("error", f"labctl {report.exercise}: not gradable",
+        errors.append(_annotation("error", f"labctl {report.exercise}: {failure_title(report)}",
                                   report.error or "labctl could not grade this submission"))
     errors += [_annotation("error", f"labctl {report.exercise}: {result.name} ({status_word(result)})",
                            result.message.strip()) for result in failed(report)]
@@ -107,7 +109,7 @@ def render(report: GradeReport) -> str:
     name = report.exercise + (f": {report.title}" if report.title else "")
     parts = [f"## {icon} labctl {_cell(name)}: {score_line(report)}", ""]
     if not report.gradable:
-        parts += [f"**Not gradable:** {_cell(report.error or 'no reason was given')}", ""]
+        parts += [f"**{failure_title(report).capitalize()}:** {_cell(report.error or 'no reason was given')}", ""]
     if report.budget_exhausted:
         parts += ["⚠️ The time budget ran out: some checks did not run.", ""]
     if report.results:

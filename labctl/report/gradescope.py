@@ -5,12 +5,21 @@ Decisions (students read this file through Gradescope's UI):
   students only once the instructor publishes grades. ("hidden" would hide it from students for
   good; "after_due_date" would show it while late submissions are still possible.)
 - The top-level `score` is the whole score, hidden checks included (Gradescope records it as the
-  grade); `output` speaks of public checks only.
+  grade); `output` speaks of public checks only, and a visible test's text never names a hidden check
+  (they are told as `report.for_students()` tells them).
 - `stdout_visibility` is "hidden": what labctl printed while grading may name hidden checks.
 - The server's log tail is a test of its own without points, visible when the exercise has no
   hidden checks and "after_published" when it has: a student's server can log every request a
   hidden check made.
-- Not gradable: score 0, one failed test "grading" saying why, the reason in `output`.
+- Not gradable because of the submission (its server never listened, it is over a limit): score 0,
+  one failed test "grading" saying why, the reason in `output`, visible: the student's to fix.
+- Not graded because the infrastructure failed (engine, images, labctl): NO score at all, neither at
+  the top nor in a test, and no tests. Gradescope takes the score from the top-level `score` or from
+  every test's `score` ("optional, but required if not on each test case"; `tests` "required if no
+  top-level score": https://gradescope-autograders.readthedocs.io/en/latest/specs/), so this file gives
+  it none to keep: Gradescope reports that the autograder failed, which its staff see and rerun
+  (Regrade), instead of a 0 the student would have to dispute. The reason is in `output` and in
+  labctl's stdout (shown to instructors). `run_autograder` may also exit with labctl's 3.
 - Gradescope has no top-level max_score (the assignment's settings hold it): labctl's own facts
   (max_score, exercise, version, gradable, error) go in the documented `extra_data`.
 - timed_out and error checks are "failed" (Gradescope knows no other status); the output says which.
@@ -24,7 +33,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from labctl.report._common import check_text, counts, failed, not_gradable_text, printable_all, score_line, tail
+from labctl.report._common import (
+    check_text,
+    counts,
+    failed,
+    not_gradable_text,
+    printable_all,
+    public_part,
+    score_line,
+    tail,
+)
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "gradescope-results.schema.json"
@@ -54,12 +72,14 @@ def _test(result: CheckResult, number: int) -> dict[str, Any]:
 
 def results(report: GradeReport) -> dict[str, Any]:
     """The results.json content as a dict."""
-    has_hidden = any(result.visibility == "hidden" for result in report.results)
-    public = report.visible(include_hidden=False)
+    if report.infrastructure_failed:
+        return _infrastructure(report)
+    has_hidden = bool(report.hidden)
+    public = public_part(report.for_students())
     tests: list[dict[str, Any]] = []
     if report.gradable:
         score = report.score
-        tests = [_test(result, number) for number, result in enumerate(report.results, start=1)]
+        tests = [_test(_as_shown(result, public), number) for number, result in enumerate(report.results, start=1)]
         lines = [f"{report.exercise}: public checks {score_line(public)}, {counts(public)}."]
         if has_hidden:
             lines.append("Some checks are hidden: their results appear once grades are published.")
@@ -87,13 +107,32 @@ def results(report: GradeReport) -> dict[str, Any]:
         "test_output_format": "text",
         "visibility": "visible",
         "stdout_visibility": "hidden",
-        "extra_data": {"labctl": {"exercise": report.exercise, "max_score": report.max_score,
-                                  "gradable": report.gradable, "error": report.error,
-                                  "budget_exhausted": report.budget_exhausted,
-                                  "labctl_version": report.labctl_version,
-                                  "schema_version": report.schema_version}},
+        "extra_data": _extra_data(report),
         "tests": tests,
     }
+
+
+def _as_shown(result: CheckResult, public: GradeReport) -> CheckResult:
+    """A public check as the student's view tells it (where its message named a hidden check, it says "a hidden
+    check": a visible test must not name one); a hidden check whole, for after grades are published."""
+    if result.visibility == "hidden":
+        return result
+    return next((shown for shown in public.results if shown.name == result.name), result)
+
+
+def _extra_data(report: GradeReport) -> dict[str, Any]:
+    return {"labctl": {"exercise": report.exercise, "max_score": report.max_score,
+                       "gradable": report.gradable, "failure": report.failure, "error": report.error,
+                       "budget_exhausted": report.budget_exhausted,
+                       "labctl_version": report.labctl_version,
+                       "schema_version": report.schema_version}}
+
+
+def _infrastructure(report: GradeReport) -> dict[str, Any]:
+    """An infrastructure failure: no score anywhere and no tests, so Gradescope keeps no grade (see above)."""
+    return {"execution_time": max(0, math.ceil(report.duration)), "output": not_gradable_text(report),
+            "output_format": "text", "visibility": "visible", "stdout_visibility": "hidden",
+            "extra_data": _extra_data(report)}
 
 
 def render(report: GradeReport) -> str:

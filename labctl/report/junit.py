@@ -11,7 +11,9 @@
 
 Per-check properties live on the suite: junit-10.xsd allows <properties> only there (a testcase
 <properties>, as pytest's record_property writes, fails that schema). A report that is not gradable
-gets one extra testcase, "grading", with an <error> saying why, so a CI shows it red.
+gets one extra testcase, "grading", saying why, so a CI shows it red: a <failure type="not_gradable">
+when the submission is why (JUnit's word for "what was tested is wrong"), an <error type="infrastructure">
+when the machine is (JUnit's word for "the test could not run"); the suite's `failure` property names it.
 Characters XML 1.0 cannot carry (ANSI escapes, NUL, ...) are written as \\xNN text.
 """
 
@@ -81,8 +83,8 @@ def _testcase(suite: ET.Element, classname: str, result: CheckResult) -> None:
 def build(report: GradeReport) -> ET.Element:
     classname = f"labctl.{report.exercise}"
     results = report.results
-    failures = sum(1 for r in failed(report) if r.status == "failed")
-    errors = len(failed(report)) - failures + (0 if report.gradable else 1)   # timed_out, error; not gradable
+    failures = sum(1 for r in failed(report) if r.status == "failed") + int(report.failure == "submission")
+    errors = sum(1 for r in failed(report) if r.status != "failed") + int(report.infrastructure_failed)
     skipped = len(lessons_shown(report))
     tests = len(results) + (0 if report.gradable else 1) + (1 if report.server_log_tail else 0)
     counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
@@ -102,6 +104,8 @@ def build(report: GradeReport) -> ET.Element:
     prop("score", points(report.score))
     prop("max_score", points(report.max_score))
     prop("gradable", str(report.gradable).lower())
+    if report.failure:
+        prop("failure", report.failure)
     if report.error:
         prop("error", report.error)
     prop("budget_exhausted", str(report.budget_exhausted).lower())
@@ -118,9 +122,9 @@ def build(report: GradeReport) -> ET.Element:
 
     if not report.gradable:
         case = ET.SubElement(suite, "testcase", classname=classname, name="grading", time=_time(report.duration))
-        error = ET.SubElement(case, "error", type="not_gradable",
-                              message=xml_text(first_line(report.error or "not gradable", 1000)))
-        error.text = xml_text(not_gradable_text(report))
+        tag, kind = ("error", "infrastructure") if report.infrastructure_failed else ("failure", "not_gradable")
+        outcome = ET.SubElement(case, tag, type=kind, message=xml_text(first_line(report.error or kind, 1000)))
+        outcome.text = xml_text(not_gradable_text(report))
     for result in results:
         _testcase(suite, classname, result)
     if report.server_log_tail:

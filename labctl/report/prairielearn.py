@@ -7,8 +7,18 @@ Decisions (PrairieLearn shows this file to the student at once and has no per-te
   messages or evidence, so the score adds up and nothing about them leaks.
 - The server's log tail goes in `output` only when the exercise has no hidden checks (a student's
   server can log every request a hidden check made).
-- Not gradable -> "gradable": false, the reason in `message` and `format_errors`; PrairieLearn then
-  gives no points and does not count the attempt (a server that never starts is a free retry).
+- It always renders `report.for_students()` (labctl.results): the one student's view.
+- Not gradable because of the submission -> "gradable": false, the reason in `message` and
+  `format_errors`; PrairieLearn then marks it "invalid, not gradable", gives no points and does not
+  count the attempt (docs/externalGrading.md, "Grading results"): a server that never starts is a free retry.
+- Not graded because the infrastructure failed -> the same "gradable": false file, saying it was the
+  machine, AND labctl exits 3. PrairieLearn's grader host reads results.json only when the container
+  exits 0 (apps/grader-host/src/index.ts: `succeeded = !timedOut && ExitCode === 0`); otherwise the
+  job is `succeeded: false`, which PrairieLearn shows as a failed grading job with score 0 for that
+  submission (apps/prairielearn/src/lib/externalGraderCommon.ts, makeGradingResult) that staff can
+  regrade. `succeeded` is the host's field, not one results.json can set: the exit code is how. An
+  entrypoint that maps 1 and 2 to 0 and keeps 3 gets exactly this; one that maps every code to 0
+  still charges the student nothing (gradable false).
 - Outputs are cut so the file stays well under PrairieLearn's 1 MB limit.
 """
 
@@ -18,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from labctl.report._common import check_text, counts, not_gradable_text, points, printable_all, score_line, tail
+from labctl.report._common import check_text, counts, not_gradable_text, printable_all, public_part, score_line, tail
 from labctl.results import CheckResult, GradeReport
 
 SCHEMA_FILE = "prairielearn-results.schema.json"
@@ -49,21 +59,17 @@ def results(report: GradeReport) -> dict[str, Any]:
         return {"gradable": False, "score": 0.0, "message": message,
                 "format_errors": [report.error or "labctl could not grade this submission"],
                 "tests": []}
-    hidden = [result for result in report.results if result.visibility == "hidden"]
-    public = report.visible(include_hidden=False)
+    report = report.for_students()
+    hidden = report.hidden
+    public = public_part(report)
     tests = [_test(result) for result in public.results]
-    if hidden:
-        earned = sum(result.points for result in hidden)
-        possible = sum(result.max_points for result in hidden)
-        tests.append({"name": "hidden checks", "points": earned, "max_points": possible,
-                      "message": f"{len(hidden)} hidden check{'s' if len(hidden) != 1 else ''}: "
-                                 f"{points(earned)}/{points(possible)} points. Their details are not shown.",
-                      "output": ""})
+    tests += [{"name": result.name, "points": result.points, "max_points": result.max_points,
+               "message": result.message + ". Their details are not shown.", "output": ""} for result in hidden]
     message = f"{report.exercise}: {score_line(report)}; public checks: {counts(public)}."
     if report.budget_exhausted:
         message += " The time budget ran out: some checks did not run."
     output = ""
-    if report.server_log_tail and not hidden:
+    if report.server_log_tail:  # the student's view keeps it only when no check is hidden
         output = "server log (last lines):\n" + tail(report.server_log_tail, LOG_LIMIT, "the log")
     result: dict[str, Any] = {"gradable": True, "score": fraction(report), "message": message, "tests": tests}
     if output:

@@ -1,7 +1,7 @@
 """The terminal report: a table of checks, then why each failed check failed, then the score.
 
 It shows the report it is given: hiding hidden checks is the caller's choice
-(`report.visible(include_hidden)`; `labctl test` shows only public checks).
+(`report.for_students()`: `--student-view`, and always for `labctl test`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def renderable(report: GradeReport) -> RenderableType:
         parts.append(block)
     footer = Text("\n")
     if not report.gradable:
-        footer.append("not gradable: ", style="bold red")
+        footer.append("not graded, infrastructure failure (not the submission): " if report.infrastructure_failed
+                      else "not gradable: ", style="bold red")
         footer.append(shown(report.error or "no reason was given"))
         footer.append("\n")
     if report.budget_exhausted:

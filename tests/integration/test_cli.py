@@ -84,9 +84,9 @@ def test_ctrl_c_during_up_removes_what_was_made(project):
     assert project.backend.find_networks({"labctl.lab": f"intr-{OWNER}"}) == []
 
 
-def test_an_unreachable_engine_is_one_clear_line_and_exit_2():
+def test_an_unreachable_engine_is_one_clear_line_and_exit_3():
     result = labctl("status", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert result.returncode == 2
+    assert result.returncode == 3  # an infrastructure failure (labctl.errors.EXIT_INFRASTRUCTURE)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Docker Engine at "
                                                    "unix:///nonexistent/docker.sock"), result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -63,13 +64,57 @@ def test_grade_runs_hidden_checks_writes_every_report_and_exits_1_on_failures(tm
     assert prairielearn["gradable"] is True and 0 <= prairielearn["score"] < 1
 
 
-def test_a_server_that_never_listens_is_not_gradable_exit_2():
+def test_a_server_that_never_listens_is_not_gradable_exit_2(tmp_path):
     result = labctl("grade", "blocking", "--submission", str(BLOCKING / "mutants" / "never_listens"),
-                    "--only", "get-index")
+                    "--only", "get-index", "--report", "terminal", "--report", f"json:{tmp_path / 'report.json'}",
+                    "--report", f"gradescope:{tmp_path / 'gradescope.json'}")
     assert result.returncode == 2, result.stdout + result.stderr
     both = result.stdout + result.stderr
     assert both.count("not gradable") == 1, both  # said once: in the terminal report's footer
     assert "did not listen on port 8080" in result.stdout and "bound, but never listening" in both
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["gradable"], report["failure"]) == (False, "submission")  # the student's to fix
+    gradescope = json.loads((tmp_path / "gradescope.json").read_text())
+    assert gradescope["score"] == 0 and "did not listen on port 8080" in gradescope["output"]
+
+
+def test_an_unreachable_engine_is_an_infrastructure_failure_exit_3_and_no_score_is_kept(tmp_path):
+    result = labctl("grade", "blocking", "--submission", str(BLOCKING / "solution"),
+                    "--report", f"json:{tmp_path / 'report.json'}", "--report", f"gradescope:{tmp_path / 'gs.json'}",
+                    "--report", f"prairielearn:{tmp_path / 'pl.json'}", "--report", f"junit:{tmp_path / 'junit.xml'}",
+                    env={"DOCKER_HOST": "unix:///nonexistent"})
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "cannot reach the Docker Engine" in result.stderr and "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["gradable"], report["failure"]) == (False, "infrastructure")
+    # Gradescope takes a score from the top level or from every test: the file offers neither, so none is kept.
+    gradescope = json.loads((tmp_path / "gs.json").read_text())
+    assert "score" not in gradescope and "tests" not in gradescope
+    assert gradescope["extra_data"]["labctl"]["failure"] == "infrastructure"
+    assert json.loads((tmp_path / "pl.json").read_text())["gradable"] is False  # and exit 3: succeeded false
+    error = ET.parse(tmp_path / "junit.xml").getroot().find(".//testcase[@name='grading']/error")
+    assert error is not None and error.get("type") == "infrastructure"
+
+
+def test_student_view_runs_hidden_checks_and_no_output_names_them(tmp_path):
+    exercise = load_exercise(BLOCKING)
+    hidden = exercise.hidden_checks[0]
+    summary, output = tmp_path / "summary.md", tmp_path / "github_output"
+    result = labctl("grade", "blocking", "--submission", str(BLOCKING / "solution"), "--student-view",
+                    "--only", "get-index", "--only", hidden.name, "--report", "terminal", "--report", "github",
+                    "--report", "classroom", "--report", f"json:{tmp_path / 'report.json'}",
+                    env={"GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["get-index", "hidden checks"]
+    index = next(check for check in exercise.checks if check.name == "get-index")
+    assert report["score"] == report["max_score"] == index.points + hidden.points  # hidden points count
+    decoded = base64.b64decode(output.read_text().partition("result=")[2].strip()).decode()
+    for text in (result.stdout, result.stderr, summary.read_text(), json.dumps(report), decoded):
+        assert hidden.name not in text
+    assert "hidden checks (hidden)" in result.stdout
+    assert f"hidden checks: {hidden.points:g}/{hidden.points:g} points (1 check)" in decoded
+    assert f"Points {report['score']:g}/{report['max_score']:g}" in result.stdout
 
 
 def test_bad_input_is_exit_2_with_a_clear_message(tmp_path):

@@ -26,7 +26,7 @@ def test_an_error_with_brackets_is_shown_whole(tmp_path):
     assert "found 'a'" in result.output
 
 
-def test_a_bug_in_labctl_is_two_lines_exit_2_and_the_traceback_kept(monkeypatch, tmp_path):
+def test_a_bug_in_labctl_is_two_lines_exit_3_and_the_traceback_kept(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
@@ -36,7 +36,7 @@ def test_a_bug_in_labctl_is_two_lines_exit_2_and_the_traceback_kept(monkeypatch,
 
     monkeypatch.setattr(cli, "project", broken)
     result = CliRunner().invoke(cli.main, ["list"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output  # an infrastructure failure: nobody's submission is at fault
     assert "labctl failed: RecursionError: maximum recursion depth exceeded" in result.output
     assert "This is a bug in labctl" in result.output and "Traceback" not in result.output
     [saved] = tmp_path.glob("labctl-crash-*.txt")

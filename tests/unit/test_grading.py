@@ -272,7 +272,7 @@ def test_a_server_that_exits_at_start_makes_the_grading_not_gradable(fake, tmp_p
 
     report = run_grading(fake, tmp_path, [probe_check("first", points=3)])
 
-    assert not report.gradable and report.exit_code == 2
+    assert not report.gradable and report.exit_code == 2 and report.failure == "submission"
     assert report.error.startswith("the server did not start: the server exited with code 1 before it listened "
                                    "on port 8080")
     assert "NameError: name 'sockt' is not defined" in report.error
@@ -287,21 +287,69 @@ def test_a_server_that_never_listens_makes_the_grading_not_gradable(fake, tmp_pa
     report = run_grading(fake, tmp_path, [probe_check("first")],
                          spec_edit=lambda data: data["timeouts"].update(up=0.3))
 
-    assert not report.gradable and report.exit_code == 2
+    assert not report.gradable and report.exit_code == 2 and report.failure == "submission"
     assert report.error.startswith("the server did not start: the server did not listen on port 8080 within 0.3 s")
     assert report.results == [] and asked == []
 
 
-def test_an_engine_failure_while_making_the_lab_is_not_gradable_and_leaves_nothing(fake, tmp_path):
+def test_an_engine_failure_while_making_the_lab_is_an_infrastructure_failure_and_leaves_nothing(fake, tmp_path):
     fake.fail_on("create_container", container="client")
 
     report = run_grading(fake, tmp_path, [probe_check("first")])
 
-    assert not report.gradable and report.exit_code == 2
+    # the machine's doing, not the submission's: exit 3, and no platform keeps a score for it
+    assert not report.gradable and report.exit_code == 3 and report.failure == "infrastructure"
     assert report.error.startswith("fake engine: create_container labctl-")
 
 
 # -- what a graded report carries ---------------------------------------------------------------
+
+def test_a_submission_over_a_limit_is_the_submissions_doing(fake, tmp_path, monkeypatch):
+    from labctl import archive
+
+    monkeypatch.setattr(archive, "MAX_FILES", 0)  # the one server.py is already too many
+    report = run_grading(fake, tmp_path, [probe_check("first")])
+
+    assert not report.gradable and report.failure == "submission" and report.exit_code == 2
+    assert "(the limit)" in (report.error or "")
+
+
+def test_a_missing_submission_folder_is_the_submissions_doing(fake, tmp_path):
+    project = FakeProject(tmp_path / "project", fake, write_lab(tmp_path / "project"))
+    exercise = Exercise(title="Test exercise", model="blocking", checks=[probe_check("first")], id="test",
+                        dir=tmp_path)
+    report = grade(project, exercise, tmp_path / "nowhere")
+
+    assert not report.gradable and report.failure == "submission" and report.exit_code == 2
+    assert "does not exist" in (report.error or "") and fake.containers == {}
+
+
+def test_an_unreachable_engine_is_an_infrastructure_failure(fake, tmp_path):
+    from labctl.errors import EngineUnreachable
+
+    fake.fail_on("create_network", error=EngineUnreachable("cannot reach the Docker Engine at unix:///nonexistent"))
+    report = run_grading(fake, tmp_path, [probe_check("first")])
+
+    assert not report.gradable and report.failure == "infrastructure" and report.exit_code == 3
+    assert "cannot reach the Docker Engine" in (report.error or "")
+
+
+def test_student_view_progress_never_names_a_hidden_check(fake, tmp_path, asked):
+    answers(fake, asked, "first")
+    answers(fake, asked, "zz-unique-hidden-name")
+    said: list[str] = []
+    folder = tmp_path / "submission"
+    folder.mkdir()
+    (folder / "server.py").write_text("print('serving')\n")
+    project = FakeProject(tmp_path / "project", fake, write_lab(tmp_path / "project"))
+    exercise = Exercise(title="Test exercise", model="blocking", id="test", dir=tmp_path,
+                        checks=[probe_check("first"), probe_check("zz-unique-hidden-name", visibility="hidden")])
+    report = grade(project, exercise, folder, GradeOptions(student_view=True), progress=said.append)
+
+    assert [r.name for r in report.results] == ["first", "zz-unique-hidden-name"]  # it ran, and counts
+    assert "check first" in said and not any("zz-unique-hidden-name" in line for line in said)
+    assert "check a hidden check" in said
+
 
 def test_a_graded_report_carries_the_servers_log_tail_and_the_cpu_it_used(fake, tmp_path):
     fake.on_start["server"] = lambda container: fake.log(container.name, "listening on 0.0.0.0:8080\n")

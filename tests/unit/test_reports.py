@@ -67,8 +67,16 @@ def all_passed() -> GradeReport:
 
 @pytest.fixture
 def not_gradable() -> GradeReport:
-    return report_of([], gradable=False, error="the server never listened on port 8080: exited with 1",
-                     score=0.0, max_score=10.0)
+    """The submission's doing: its server never listened."""
+    return report_of([], gradable=False, failure="submission",
+                     error="the server never listened on port 8080: exited with 1", score=0.0, max_score=10.0)
+
+
+@pytest.fixture
+def infrastructure() -> GradeReport:
+    """The machine's doing: the engine did not answer."""
+    return report_of([], gradable=False, failure="infrastructure", server_log_tail="",
+                     error="cannot reach the Docker Engine at unix:///nonexistent", score=0.0, max_score=10.0)
 
 
 def schema(name: str) -> dict:
@@ -183,17 +191,19 @@ def test_junit_valid_and_exact(mixed):
     assert "<boom> & more" in out and "\\x1b[31mTraceback" in out
 
 
-def test_junit_not_gradable_is_one_error(not_gradable):
+def test_junit_not_gradable_is_one_failure(not_gradable):
     text = RENDERERS["junit"].render(not_gradable)
     xsd_validate(text)
     root = ET.fromstring(text)
     strict_structure(root)
     suite = root.find("testsuite")
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "0", "1")  # grading, the log
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0")  # grading, the log
     assert [case.get("name") for case in suite.findall("testcase")] == ["grading", "server log"]
-    error = suite.find("testcase/error")
-    assert error.get("type") == "not_gradable"
-    assert error.get("message") == "the server never listened on port 8080: exited with 1"
+    failure = suite.find("testcase/failure")
+    assert failure.get("type") == "not_gradable" and suite.find("testcase/error") is None
+    assert failure.get("message") == "the server never listened on port 8080: exited with 1"
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["failure"] == "submission"
 
 
 def test_junit_all_passed_has_no_outcomes(all_passed):
@@ -433,7 +443,7 @@ def test_parse_spec_paths():
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("xml", ["'xml'", "terminal, json, junit, gradescope, prairielearn, github"]),
+    ("xml", ["'xml'", "terminal, json, junit, gradescope, prairielearn, github, classroom"]),
     ("xml:out.xml", ["'xml'", "choose one of"]),
     ("", ["no format given", "junit"]),
     (":out.xml", ["no format given"]),
@@ -498,7 +508,7 @@ def test_unwritable_path_is_a_clear_error(mixed, tmp_path, monkeypatch):
 
 
 def test_every_format_has_a_renderer_and_schema_files_exist(mixed, not_gradable, all_passed):
-    assert list(RENDERERS) == ["terminal", "json", "junit", "gradescope", "prairielearn", "github"]
+    assert list(RENDERERS) == ["terminal", "json", "junit", "gradescope", "prairielearn", "github", "classroom"]
     for renderer in RENDERERS.values():
         if renderer.schema:
             assert renderer.schema_path.is_file()

@@ -27,6 +27,7 @@ def report_of(ex, failing: set[str], gradable: bool = True) -> GradeReport:
                            duration=0.1, message=f"{check.name} {'failed' if check.name in failing else 'passed'}")
                for check in ex.checks] if gradable else []
     return GradeReport(labctl_version="0", exercise=ex.id, submission="s", gradable=gradable,
+                       failure=None if gradable else "submission",
                        error=None if gradable else "the server did not start", started_at="2026-01-01T00:00:00Z",
                        duration=1.0, score=sum(r.points for r in results), max_score=ex.max_points, results=results)
 
@@ -66,6 +67,16 @@ def test_gradable_once_and_not_the_next_time_is_a_flip():
                     Row(starter, report_of(ex, set(), gradable=False), 1)]
     [flip] = outcome.flips
     assert (flip.check, flip.passed, flip.gradings) == ("gradable", 1, 2)
+
+
+def test_an_infrastructure_failure_is_never_what_a_not_gradable_mutant_declares():
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    mutant = next(subject for subject in outcome.subjects if not subject.expect_gradable)
+    broken = report_of(ex, set(), gradable=False).model_copy(
+        update={"failure": "infrastructure", "error": "cannot reach the Docker Engine"})
+    assert Row(mutant, report_of(ex, set(), gradable=False), 0).problems == []
+    assert Row(mutant, broken, 0).problems == ["not graded, infrastructure failure: cannot reach the Docker Engine"]
 
 
 def test_a_mutant_that_fails_other_checks_than_declared_differs():
