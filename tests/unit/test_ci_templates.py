@@ -221,3 +221,23 @@ def test_chosen_exercises_without_any_is_an_error(tmp_path):
     (tmp_path / "lab.yaml").write_text((ROOT / "lab.yaml").read_text())
     with pytest.raises(LabctlError, match="no exercises under"):
         ci_templates.chosen_exercises(Project(tmp_path), None)
+
+
+def test_the_readmes_ci_commands_work_as_written(tmp_path, monkeypatch):
+    """The README's "Grading in a student repository's CI" commands, run in a new folder of an instructor's."""
+    import shlex
+
+    section = (ROOT / "README.md").read_text().split("## Grading in a student repository's CI", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.+?)\n```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABCTL_PROJECT", str(ROOT))  # the instructor runs the first command in the course's clone
+    for line in block.splitlines():
+        for command in line.split("#", 1)[0].split("&&"):
+            words = shlex.split(command)
+            assert words[0] == "labctl"
+            result = CliRunner().invoke(main, words[1:])
+            assert result.exit_code == 0, (command, result.output)
+    workflow = yaml.safe_load((tmp_path / "handout" / ".github" / "workflows" / "labctl.yml").read_text())
+    assert workflow["jobs"]["grade"]["strategy"]["matrix"]["exercise"] == EXERCISES
+    gitlab_ci = yaml.safe_load((tmp_path / "handout" / ".gitlab-ci.yml").read_text())
+    assert gitlab_ci["grade"]["parallel"]["matrix"] == [{"EXERCISE": ["polling"]}]
