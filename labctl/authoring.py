@@ -54,9 +54,7 @@ def export_student(root: Path, target: Path) -> list[str]:
     for name in HANDOUT_TOP:
         source = root / name
         if source.is_dir():
-            # labctl/templates holds the `labctl new` scaffold, with its solution: instructors only.
-            shutil.copytree(source, target / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "templates"))
+            shutil.copytree(source, target / name, ignore=_handout_ignore(root))
         elif source.is_file():
             shutil.copy2(source, target / name)
     exercises_dir = root / "exercises"
@@ -72,6 +70,21 @@ def export_student(root: Path, target: Path) -> list[str]:
         (destination / "exercise.yaml").write_text(_student_yaml(exercise.dir / "exercise.yaml"))
         load_exercise(destination)  # the handout's YAML must still load
     return [exercise.id for exercise in exercises]
+
+
+def _handout_ignore(root: Path):
+    """What copytree leaves out of the tool's folders: caches, and labctl/templates/exercise (the `labctl new`
+    scaffold, with its solution: instructors only). labctl/templates/ci stays: `labctl ci` works in a handout."""
+    plain = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    scaffold = (root / "labctl" / "templates").resolve()
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        left_out = set(plain(folder, names))
+        if Path(folder).resolve() == scaffold:
+            left_out |= {"exercise"} & set(names)
+        return left_out
+
+    return ignore
 
 
 def _student_yaml(path: Path) -> str:

@@ -155,15 +155,20 @@ def images() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when an image with the same content exists.")
 @click.option("--base", type=click.Choice(["auto", "pull", "bootstrap"]), default="auto", show_default=True,
               help="Where the Debian base comes from: a registry, debootstrap offline, or pull-else-bootstrap.")
+@click.option("--exercise", default=None, shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete),
+              help="Only the images this exercise's grading runs on, with their parents (a CI job).")
 @click.pass_context
-def images_build(ctx: click.Context, force: bool, base: str) -> None:
+def images_build(ctx: click.Context, force: bool, base: str, exercise: str | None) -> None:
     """Build the images from images/ (reused at once when unchanged)."""
+    from labctl.grading import grading_images
+
     proj = project(ctx)
+    names, extra = grading_images(proj.exercise(exercise)) if exercise else (None, None)
     with progress_display("images") as say:
-        builder = proj.image_builder(say)
+        builder = proj.image_builder(say, extra)
         builder.base_path = base if base != "auto" else builder.base_path
-        todo = builder.missing()
-        tags = builder.ensure(force=force)
+        todo = builder.missing(names)
+        tags = builder.ensure(names, force=force)
     for name, tag in tags.items():
         state = "built" if force or name in todo else "up to date"
         out.print(f"{tag:40} {state}", highlight=False)
@@ -176,6 +181,61 @@ def images_list(ctx: click.Context) -> None:
     builder = project(ctx).image_builder()
     for tag in builder.tags.values():
         out.print(f"{tag:40} {'present' if builder.exists(tag) else 'missing'}", highlight=False)
+
+
+@images.command("tags")
+@click.argument("exercises", nargs=-1, shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
+@click.option("--json", "as_json", is_flag=True, help="A JSON object: image name -> tag.")
+@click.pass_context
+def images_tags(ctx: click.Context, exercises: tuple[str, ...], as_json: bool) -> None:
+    """The tags the gradings of EXERCISES (default: every exercise) run on, with their parents, one a line.
+
+    Content hashes of images/, computed without an engine: a CI job's image cache key.
+    """
+    from labctl.ci_templates import grading_tags
+
+    tags = grading_tags(project(ctx), list(exercises))
+    click.echo(json.dumps(tags, indent=2) if as_json else "\n".join(tags.values()))
+
+
+# -- ci -----------------------------------------------------------------------------------------------
+
+@main.group()
+def ci() -> None:
+    """Write the CI configuration that grades a student repository (GitHub Actions, GitLab CI)."""
+
+
+def _ci_command(name: str, where: str):
+    """`labctl ci NAME`: the same options for every platform, one template each."""
+    @ci.command(name, help=f"Write {where} that runs EXERCISE's public checks (default: every exercise's, "
+                           "one job each) on every push, with the reports as artifacts.")
+    @click.argument("exercise", required=False, shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
+    @click.option("-o", "--output", default=None, metavar="PATH",
+                  help="Where to write it ('-' prints it). Default: its place in the project's root.")
+    @click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+    @click.option("--submission", default=None, metavar="PATH",
+                  help="Where the student's server is, {exercise} for the exercise's id. "
+                       "Default: exercises/{exercise}/starter (the starter, edited in place).")
+    @click.pass_context
+    def command(ctx: click.Context, exercise: str | None, output: str | None, force: bool,
+                submission: str | None) -> None:
+        from labctl import ci_templates
+
+        proj = project(ctx)
+        platform = ci_templates.PLATFORMS[name]
+        text = ci_templates.render(platform, ci_templates.chosen_exercises(proj, exercise),
+                                   submission or ci_templates.DEFAULT_SUBMISSION)
+        target = ci_templates.target_path(proj, platform, output)
+        if target is None:
+            click.echo(text, nl=False)
+            return
+        ci_templates.write(text, target, force)
+        out.print(f"wrote {e(str(target))}: commit it to the student repository", highlight=False)
+    return command
+
+
+_ci_command("github", "a GitHub Actions workflow (.github/workflows/labctl.yml)")
+_ci_command("gitlab", "a GitLab CI configuration (.gitlab-ci.yml, on a docker:dind service)")
 
 
 # -- doctor -------------------------------------------------------------------------------------------

@@ -102,8 +102,9 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
                       error=f"the submission folder {submission_dir} does not exist")
     lab: Lab | None = None
     try:
-        image, extra = exercise.server_image()
-        images = project.ensure_images(say, names=sorted({image, "tools"}), extra=extra)
+        image, _ = exercise.server_image()
+        names, extra = grading_images(exercise)
+        images = project.ensure_images(say, names=names, extra=extra)
         lab = Lab.create(with_server_image(project.spec, image), project.backend)
         try:
             lab.up(images, Submission.for_exercise(exercise, submission_dir, env=options.env), progress=say)
@@ -274,6 +275,14 @@ class UsageMeter:
         return ServerUsage(seconds=round(last.at - first.at, 3), cpu_seconds=round(last.cpu_seconds - first.cpu_seconds, 4),
                            peak_tasks=max(tasks) if tasks else None,
                            precise=all(reading.precise for reading in self.readings))
+
+
+def grading_images(exercise: Exercise) -> tuple[list[str], dict[str, Path]]:
+    """(the images a grading of `exercise` runs on, the exercise's own image folder: name -> folder): the
+    server's image and the tools image of the client, injector and observer. One answer for grading, for
+    `labctl images build --exercise` and for the image cache of a CI job, so the cache holds what grading asks."""
+    image, extra = exercise.server_image()
+    return sorted({image, "tools"}), extra
 
 
 def with_server_image(spec, image: str):

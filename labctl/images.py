@@ -145,6 +145,25 @@ def image_tags(images_dir: Path, extra: dict[str, Path] | None = None) -> dict[s
     return tags
 
 
+def needed_tags(images_dir: Path, names: list[str], extra: dict[str, Path] | None = None) -> dict[str, str]:
+    """The tags of the named images and of their parents, parents first: everything that must be on an engine
+    before they run (a grading checks the parents too), so what a CI cache saves and loads. No engine is asked:
+    a tag is content alone, so a CI job knows its cache key before Docker is even up."""
+    images = discover(images_dir, extra)
+    unknown = sorted(set(names) - set(images))
+    if unknown:
+        raise ImageBuildError(f"no image {', '.join(unknown)}: there is no {images_dir}/{unknown[0]}/Dockerfile "
+                              f"(images: {', '.join(images)})")
+    wanted: set[str] = set()
+    for name in names:
+        current: str | None = name
+        while current:
+            wanted.add(current)
+            current = images[current].parent
+    tags = image_tags(images_dir, extra)
+    return {name: tags[name] for name in images if name in wanted}
+
+
 class ImageBuilder:
     """Finds or builds the images of one images/ folder on one engine."""
 
