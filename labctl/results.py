@@ -66,6 +66,15 @@ class CheckResult(BaseModel):
         """It counts: neither a lesson nor unavailable."""
         return not self.lesson and not self.unavailable
 
+    @property
+    def aside(self) -> str | None:
+        """Why it is not graded, in the words every report uses (None: it is graded)."""
+        if self.lesson:
+            return "a lesson, not graded"
+        if self.unavailable:
+            return "not available on this backend, not graded"
+        return None
+
 
 class ServerUsage(BaseModel):
     """What the server used while it was graded, from its container's cgroup, read by the host:

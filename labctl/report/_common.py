@@ -44,9 +44,10 @@ def failed(report: GradeReport) -> list[CheckResult]:
     return [result for result in report.results if not result.passed and result.graded]
 
 
-def lessons_shown(report: GradeReport) -> list[CheckResult]:
-    """The lessons (0-point checks) whose demonstration did not pass: told as notes, never as failures."""
-    return [result for result in report.results if not result.passed and result.lesson]
+def set_aside(report: GradeReport) -> list[CheckResult]:
+    """The checks that did not pass and are not graded (lessons, checks not available on this backend): told
+    as notes, never as failures."""
+    return [result for result in report.results if not result.passed and not result.graded]
 
 
 def unpassed(report: GradeReport) -> list[CheckResult]:

@@ -61,13 +61,13 @@ VERSION = 1
 
 def _status(result: CheckResult) -> str:
     """pass, fail, or error (the check itself could not run or ran out of time); a lesson always passes."""
-    if result.passed or result.lesson:
+    if result.passed or not result.graded:
         return "pass"
     return "fail" if result.status == "failed" else "error"
 
 
 def _test(result: CheckResult) -> dict[str, Any]:
-    return {"name": result.name + (" (a lesson, not graded)" if result.lesson else ""),
+    return {"name": result.name + (f" ({result.aside})" if result.aside else ""),
             "status": _status(result), "score": result.points, "message": result.message,
             "test_code": f"labctl check {result.check}", "filename": "", "line_no": 0,
             "duration": round(result.duration * 1000)}

@@ -25,11 +25,11 @@ from labctl.report._common import (
     evidence_lines,
     failed,
     failure_title,
-    lessons_shown,
     longest_run,
     points,
     score_line,
     seconds,
+    set_aside,
     shown,
     status_word,
     unpassed,
@@ -73,8 +73,8 @@ def annotation_lines(report: GradeReport) -> list[str]:
         errors = errors[:MAX_ERRORS] + [_annotation(
             "error", f"labctl {report.exercise}: {more} more failed check{'s' if more != 1 else ''}",
             f"{more} more failed check{'s are' if more != 1 else ' is'} in the job summary, with every message.")]
-    notices = [_annotation("notice", f"labctl {report.exercise}: {result.name} (a lesson, not graded)",
-                           result.message.strip()) for result in lessons_shown(report)]
+    notices = [_annotation("notice", f"labctl {report.exercise}: {result.name} ({result.aside})",
+                           result.message.strip()) for result in set_aside(report)]
     return errors + notices
 
 
@@ -89,8 +89,8 @@ def _fence(text: str) -> str:
 
 
 def _icon(result: CheckResult) -> str:
-    """✅ passed, ❌ failed, 💡 a lesson that showed what it teaches (never a failure)."""
-    return "✅" if result.passed else "💡" if result.lesson else "❌"
+    """✅ passed, ❌ failed, 💡 a lesson that showed what it teaches (never a failure), ⏭️ not available here."""
+    return "✅" if result.passed else "💡" if result.lesson else "⏭️" if result.unavailable else "❌"
 
 
 def _details(result: CheckResult) -> str:
@@ -99,7 +99,7 @@ def _details(result: CheckResult) -> str:
     if lines:
         body += "\n\n" + "\n".join(lines)
     summary = f"{_icon(result)} {html.escape(shown(result.name), quote=False)} ({status_word(result)}" \
-              f"{', a lesson, not graded' if result.lesson else ''})"
+              f"{', ' + result.aside if result.aside else ''})"
     return f"<details><summary>{summary}</summary>\n\n{_fence(shown(body))}\n\n</details>"
 
 

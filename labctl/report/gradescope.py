@@ -55,7 +55,7 @@ VISIBILITY = {"public": "visible", "hidden": "after_published"}
 
 def _test(result: CheckResult, number: int) -> dict[str, Any]:
     test: dict[str, Any] = {
-        "name": result.name + (" (a lesson, not graded)" if result.lesson else ""),
+        "name": result.name + (f" ({result.aside})" if result.aside else ""),
         "number": str(number),
         "score": result.points,
         "max_score": result.max_points,
@@ -65,7 +65,7 @@ def _test(result: CheckResult, number: int) -> dict[str, Any]:
         "tags": [result.check],
         "visibility": VISIBILITY[result.visibility],
     }
-    if result.lesson:
+    if not result.graded:
         del test["status"]  # a lesson never shows as failed: with no status, 0/0 is shown as neither
     return test
 

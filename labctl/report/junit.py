@@ -28,9 +28,9 @@ from labctl.report._common import (
     evidence_lines,
     failed,
     first_line,
-    lessons_shown,
     not_gradable_text,
     points,
+    set_aside,
     shown,
     tail,
 )
@@ -69,10 +69,11 @@ def _testcase(suite: ET.Element, classname: str, result: CheckResult) -> None:
                          time=_time(result.duration))
     if result.status == "passed":
         return
-    if result.lesson:
-        # A lesson is never a failure: test reporters fail a job on <failure>, and show <skipped> as a note.
+    if not result.graded:
+        # A lesson (or a check this backend cannot run) is never a failure: test reporters fail a job on
+        # <failure>, and show <skipped> as a note.
         skipped = ET.SubElement(case, "skipped", message=xml_text(first_line(
-            f"a lesson, not graded ({STATUS_WORDS[result.status]}): {result.message}", 1000)))
+            f"{result.aside} ({STATUS_WORDS[result.status]}): {result.message}", 1000)))
         skipped.text = _body(result)
         return
     tag = "failure" if result.status == "failed" else "error"
@@ -85,7 +86,7 @@ def build(report: GradeReport) -> ET.Element:
     results = report.results
     failures = sum(1 for r in failed(report) if r.status == "failed") + int(report.failure == "submission")
     errors = sum(1 for r in failed(report) if r.status != "failed") + int(report.infrastructure_failed)
-    skipped = len(lessons_shown(report))
+    skipped = len(set_aside(report))
     tests = len(results) + (0 if report.gradable else 1) + (1 if report.server_log_tail else 0)
     counts = {"tests": str(tests), "failures": str(failures), "errors": str(errors)}
 

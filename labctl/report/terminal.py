@@ -34,7 +34,7 @@ LESSON_STYLE = "cyan"
 
 
 def _style(result: CheckResult) -> str:
-    return LESSON_STYLE if result.lesson and not result.passed else STYLES.get(result.status, "")
+    return LESSON_STYLE if not result.graded and not result.passed else STYLES.get(result.status, "")
 
 
 def renderable(report: GradeReport) -> RenderableType:
@@ -54,8 +54,8 @@ def renderable(report: GradeReport) -> RenderableType:
             name = Text(shown(result.name))
             if result.visibility == "hidden":
                 name.append(" (hidden)", style="dim")
-            if result.lesson:
-                name.append(" (lesson, not graded)", style="dim")
+            if result.aside:
+                name.append(f" ({result.aside})", style="dim")
             table.add_row(name,
                           Text(f"{MARKS.get(result.status, '?')} {status_word(result)}", style=_style(result)),
                           Text(f"{points(result.points)}/{points(result.max_points)}"),
@@ -64,7 +64,7 @@ def renderable(report: GradeReport) -> RenderableType:
     for result in unpassed(report):
         block = Text("\n")
         block.append(f"{MARKS.get(result.status, '?')} {shown(result.name)}", style=f"bold {_style(result)}")
-        lesson = ", a lesson: shown, not graded" if result.lesson else ""
+        lesson = f", {result.aside}" if result.aside else ""
         block.append(f" ({status_word(result)}{lesson})\n", style="dim")
         block.append(shown(result.message.rstrip()))
         for line in evidence_lines(result.evidence, long_limit=400):

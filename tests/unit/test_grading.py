@@ -8,6 +8,7 @@ when the answer says ok; `sleep` stays on the host for a while (a check stuck in
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -415,3 +416,47 @@ def test_a_check_too_short_of_time_to_begin_is_a_matter_of_time_not_an_error(fak
     report = run_grading(fake, tmp_path, [own])
     assert report.results[0].status == "timed_out" and not report.budget_exhausted
     assert "is too short for its 10 s of work: give the check a longer timeout" in report.results[0].message
+
+
+# -- what a backend offers ------------------------------------------------------------------------
+
+def test_a_check_the_backend_cannot_run_is_unavailable_with_its_points_out_of_the_total(tmp_path, asked):
+    from labctl.report import RENDERERS
+
+    fake = FakeBackend(features=frozenset())     # a backend with none of the features (raw packets, thread waits)
+    fake.harness["client"]["wait_listening"] = lambda params: {"listening": True}
+    answers(fake, asked, "first")
+    REGISTRY["test_probe_needs"] = REGISTRY["test_probe"].__class__(
+        "test_probe_needs", ProbeParams, probe, "test-only: needs thread waits", 30.0, frozenset({"thread_waits"}))
+    try:
+        report = run_grading(fake, tmp_path, [probe_check("first", points=2),
+                                              CheckSpec(name="waits", check="test_probe_needs", points=3,
+                                                        params={"command": "waits"})])
+    finally:
+        REGISTRY.pop("test_probe_needs", None)
+    first, waits = report.results
+    assert first.passed and waits.status == "unavailable" and waits.unavailable and not waits.lesson
+    assert asked == ["first"], "an unavailable check runs nothing"
+    assert (waits.points, waits.max_points, waits.evidence["points_left_out"]) == (0, 0, 3)
+    assert "not available on the fake backend" in waits.message and "what each server thread waits in" \
+        in waits.message
+    assert (report.score, report.max_score, report.exit_code) == (2, 2, 0), "left out, never a silent 0"
+    junit = RENDERERS["junit"].render(report)
+    assert 'failures="0"' in junit and 'errors="0"' in junit and "<skipped" in junit
+    assert "1 of 1 check passed, 1 not available on this backend" in RENDERERS["terminal"].render(report)
+    gradescope = json.loads(RENDERERS["gradescope"].render(report))
+    shown = next(test for test in gradescope["tests"] if test["name"].startswith("waits"))
+    assert "status" not in shown and shown["name"] == "waits (not available on this backend, not graded)"
+
+
+def test_checks_reach_the_server_where_the_backend_says_on_the_port_it_gave(tmp_path):
+    fake = FakeBackend(port=23456)
+    seen: list[dict] = []
+    ports: list[str] = []
+    fake.on_start["server"] = lambda container: ports.append(container.plan.env["PORT"])
+    fake.harness["client"]["wait_listening"] = lambda params: seen.append(params) or {"listening": True}
+    fake.harness["client"]["where"] = lambda params: seen.append(params) or {"ok": True, "message": "here"}
+    report = run_grading(fake, tmp_path, [probe_check("where")])
+    assert report.results[0].passed
+    assert seen[0]["port"] == 23456 and seen[-1]["port"] == 23456
+    assert ports == ["23456"], "the server is told the port the backend gave it"
