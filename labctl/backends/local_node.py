@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from pathlib import Path
 PR_SET_CHILD_SUBREAPER = 36
 #: How often memory is looked at, and disk (a walk of folders) every DISK_EVERY looks.
 WATCH_INTERVAL = 0.1
-DISK_EVERY = 10
+DISK_EVERY = 5
 #: The host's folders anyone may write to: a node's uid's files there count as its disk, and go with it.
 SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -147,9 +148,13 @@ def resident_bytes(pids: list[int]) -> int:
 
 
 def folder_bytes(folder: str, uid: int | None = None) -> int:
-    """Bytes of the files below `folder` (of `uid` only, when given), links not followed."""
+    """Bytes of the files below `folder`, links not followed. With `uid`, only that uid's files in a shared
+    folder, looking only where it can have put them: folders it owns or that anyone may write to (a walk
+    of a busy /tmp stays cheap)."""
     total = 0
-    for top, _dirs, files in os.walk(folder, onerror=lambda error: None):
+    for top, dirs, files in os.walk(folder, onerror=lambda error: None):
+        if uid is not None:
+            dirs[:] = [name for name in dirs if _may_hold(os.path.join(top, name), uid)]
         for name in files:
             try:
                 info = os.lstat(os.path.join(top, name))
@@ -160,18 +165,33 @@ def folder_bytes(folder: str, uid: int | None = None) -> int:
     return total
 
 
+def _may_hold(path: str, uid: int) -> bool:
+    """Can `uid` have made files in this folder? (its own, or one that anyone may write to)"""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return info.st_uid == uid or bool(info.st_mode & 0o002)
+
+
 def remove_files_of(uid: int, folders: tuple[str, ...] = SHARED_TEMP) -> None:
     """Delete what `uid` left in the host's shared temporary folders (a node's files go with it)."""
     for folder in folders:
-        for top, dirs, files in os.walk(folder, topdown=False, onerror=lambda error: None):
-            for name in files + dirs:
+        for top, dirs, files in os.walk(folder, onerror=lambda error: None):
+            dirs[:] = [name for name in dirs if _may_hold(os.path.join(top, name), uid)]
+            for name in files:
                 path = os.path.join(top, name)
                 try:
                     if os.lstat(path).st_uid == uid:
-                        if os.path.isdir(path) and not os.path.islink(path):
-                            os.rmdir(path)
-                        else:
-                            os.unlink(path)
+                        os.unlink(path)
+                except OSError:
+                    continue
+        for top, dirs, _files in os.walk(folder, topdown=False, onerror=lambda error: None):
+            for name in dirs:  # its folders, now empty of its files (deepest first)
+                path = os.path.join(top, name)
+                try:
+                    if os.lstat(path).st_uid == uid:
+                        shutil.rmtree(path, ignore_errors=True)
                 except OSError:
                     continue
 
