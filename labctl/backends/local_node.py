@@ -175,23 +175,27 @@ def _may_hold(path: str, uid: int) -> bool:
 
 
 def remove_files_of(uid: int, folders: tuple[str, ...] = SHARED_TEMP) -> None:
-    """Delete what `uid` left in the host's shared temporary folders (a node's files go with it)."""
+    """Delete what `uid` left in the host's shared temporary folders (a node's files go with it): its files,
+    and its folders whole."""
     for folder in folders:
         for top, dirs, files in os.walk(folder, onerror=lambda error: None):
-            dirs[:] = [name for name in dirs if _may_hold(os.path.join(top, name), uid)]
+            keep = []
+            for name in dirs:
+                path = os.path.join(top, name)
+                try:
+                    owned = os.lstat(path).st_uid == uid
+                except OSError:
+                    continue
+                if owned:
+                    shutil.rmtree(path, ignore_errors=True)
+                elif _may_hold(path, uid):
+                    keep.append(name)
+            dirs[:] = keep
             for name in files:
                 path = os.path.join(top, name)
                 try:
                     if os.lstat(path).st_uid == uid:
                         os.unlink(path)
-                except OSError:
-                    continue
-        for top, dirs, _files in os.walk(folder, topdown=False, onerror=lambda error: None):
-            for name in dirs:  # its folders, now empty of its files (deepest first)
-                path = os.path.join(top, name)
-                try:
-                    if os.lstat(path).st_uid == uid:
-                        shutil.rmtree(path, ignore_errors=True)
                 except OSError:
                     continue
 
