@@ -118,6 +118,13 @@ class LocalBackend:
         os.chmod(self.root, 0o711)  # a server's uid may pass through to its own folder, and see nothing else
         os.chmod(self.root / "nodes", 0o711)
         self.as_root = os.geteuid() == 0
+        if self.as_root:
+            closed = next((folder for folder in self.root.resolve().parents if not os.stat(folder).st_mode & 0o001),
+                          None)
+            if closed is not None:
+                raise LabctlError(f"the local backend's state folder {self.root} is below {closed}, which other users "
+                                  f"may not pass through (no o+x): the server's own uid could not reach its files. "
+                                  f"Set ${STATE_ENV} to a folder elsewhere (default /var/lib/labctl/local)")
 
     # -- what it offers ------------------------------------------------------------------------------
 
