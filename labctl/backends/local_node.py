@@ -42,7 +42,6 @@ WATCH_INTERVAL = 0.1
 DISK_EVERY = 5
 #: The host's folders anyone may write to: a node's uid's files there count as its disk, and go with it.
 SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- a node's processes, from /proc ----------------------------------------------------------------
@@ -137,14 +136,29 @@ def _reap() -> dict[int, int]:
 
 
 def resident_bytes(pids: list[int]) -> int:
+    """The memory the processes use together, each shared page counted once in all (their proportional set
+    sizes, as a cgroup counts them): a fork bomb's copies of one interpreter weigh one interpreter."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/statm") as statm:
-                total += int(statm.read().split()[1]) * PAGE
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except PermissionError:  # no CAP_SYS_PTRACE for another uid's maps: its resident size (shared pages
+            total += _resident(pid)  # counted in each process: stricter, never blind)
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def _resident(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def folder_bytes(folder: str, uid: int | None = None) -> int:
@@ -235,6 +249,7 @@ class Supervisor:
     def limits(self) -> None:
         """In the child, before exec: what rlimits can bound, per process or per uid."""
         limits = self.plan["limits"]
+        os.umask(0o022)
         for which, value in ((resource.RLIMIT_NOFILE, limits["nofile"]), (resource.RLIMIT_FSIZE, limits["file_bytes"]),
                              (resource.RLIMIT_AS, limits["address_bytes"]), (resource.RLIMIT_CORE, 0)):
             _, hard = resource.getrlimit(which)
@@ -244,6 +259,7 @@ class Supervisor:
             resource.setrlimit(resource.RLIMIT_NPROC, (limits["tasks"], limits["tasks"]))
 
     def run(self) -> int:
+        os.umask(0o077)  # its log and state are nobody else's to read (the server's uid least of all)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         signal.signal(signal.SIGTERM, self._stop)
