@@ -63,8 +63,19 @@ class Row:
         """The graded checks that failed (a 0-point demonstration check is shown, never compared)."""
         return {result.name for result in self.report.results if not result.passed and result.graded}
 
-    def cell_differs(self, check: str) -> bool:
+    @property
+    def unavailable(self) -> set[str]:
+        """The checks this backend could not run: no verdict to compare (they are shown as such)."""
+        return {result.name for result in self.report.results if result.unavailable}
+
+    @property
+    def expected_failing(self) -> set[str] | None:
+        """The declared failures among the checks that ran."""
         expected = self.subject.expect_failing
+        return None if expected is None else expected - self.unavailable
+
+    def cell_differs(self, check: str) -> bool:
+        expected = self.expected_failing
         if not self.expect_gradable or not self.report.gradable or expected is None:
             return False
         return (check in self.failing) != (check in expected)
@@ -80,7 +91,7 @@ class Row:
                     f"{'gradable' if self.report.gradable else 'not gradable: ' + (self.report.error or '')}"]
         if not self.report.gradable:
             return []
-        expected = self.subject.expect_failing
+        expected = self.expected_failing
         if expected is None:
             return [] if self.failing else ["expected not full marks, but every check passed"]
         problems = []
@@ -217,7 +228,7 @@ def matrix(outcome: ExerciseValidation) -> Matrix:
     columns, legend = _columns(outcome.subjects)
     rows = [_gradable_row(outcome)] + [_check_row(outcome, check) for check in outcome.exercise.checks]
     return Matrix(title=f"{outcome.exercise.id}: checks x submissions ('!' = differs from expected, "
-                        f"'~' = not the same every time)",
+                        f"'~' = not the same every time, 'n/a' = not available on this backend)",
                   columns=["check", *columns], rows=rows, legend=legend, problems=_problems(outcome.rows))
 
 
@@ -265,6 +276,8 @@ def _check_cell(rows: list[Row], check: CheckSpec) -> Cell:
     results = [result for row in rows for result in row.report.results if result.name == check.name]
     if not results:
         return Cell("-")
+    if all(result.unavailable for result in results):
+        return Cell("n/a", demonstration=True)  # this backend cannot run it: no verdict
     text = _tally([result.passed for result in results], "pass", "FAIL")
     graded = check.points > 0
     if "~" in text or (graded and any(row.cell_differs(check.name) for row in rows)):

@@ -142,3 +142,21 @@ def test_a_cell_that_differs_or_changes_is_marked_and_each_problem_said_once():
     assert shown.problems == [("solution", f"{first}: failed, expected to pass — {first} failed"),
                               ("solution", f"{second}: failed, expected to pass — {second} failed"),
                               ("starter", "expected gradable, got not gradable: the server did not start")]
+
+
+def test_a_declared_failure_of_a_check_the_backend_cannot_run_is_no_surprise_and_shows_na():
+    from labctl.validate import matrix
+
+    ex = exercise()
+    outcome = ExerciseValidation(ex, subjects_of(ex))
+    mutant = next(subject for subject in outcome.subjects if subject.expect_failing and "io-model" in
+                  subject.expect_failing)
+    report = report_of(ex, set(mutant.expect_failing) - {"io-model"})
+    report.results = [result.model_copy(update={"status": "unavailable", "points": 0.0, "max_points": 0.0})
+                      if result.name == "io-model" else result for result in report.results]
+    row = Row(mutant, report)
+    outcome.rows = [row]
+    assert row.problems == [] and not row.cell_differs("io-model")
+    io_row = next(cells for cells in matrix(outcome).rows if cells[0].text == "io-model")
+    column = outcome.subjects.index(mutant) + 1
+    assert io_row[column].text == "n/a" and not io_row[column].differs
