@@ -56,6 +56,9 @@ class Facts:
     project_error: str | None = None         # lab.yaml could not be read
     lab_nofile: dict[str, int] = field(default_factory=dict)          # node -> limits.nofile in lab.yaml
     connections_needed: list[tuple[str, str, int]] = field(default_factory=list)  # (exercise, check, n)
+    backend: str = "docker"                  # which backend was asked (labctl.backends)
+    limits_by: str = ""                      # how that backend enforces the server's limits
+    lacks: list[str] = field(default_factory=list)  # the FEATURES it does not offer (checks left out there)
 
 
 def judge(facts: Facts) -> list[Finding]:
@@ -70,6 +73,8 @@ def judge(facts: Facts) -> list[Finding]:
                              "group), or point DOCKER_HOST at an engine"))
         return found
     engine = facts.engine
+    if facts.backend == "local":
+        return found + _local(facts)
     found.append(Finding("engine", "ok", f"{engine.kind} {engine.version} on {engine.os}"
                                          + ("" if engine.local else " (a remote engine)")))
     found.append(_api(engine))
@@ -84,6 +89,21 @@ def judge(facts: Facts) -> list[Finding]:
     found.append(_images(facts))
     found.append(_disk(facts))
     return [finding for finding in found if finding is not None]
+
+
+def _local(facts: Facts) -> list[Finding]:
+    """The local backend: no engine, no images; what it enforces and which checks it must leave out."""
+    from labctl.backends.base import FEATURES
+
+    assert facts.engine is not None
+    found = [Finding("backend", "ok", f"local: the lab's nodes are processes on {facts.engine.os}; "
+                                      f"limits by {facts.limits_by}")]
+    if facts.lacks:
+        found.append(Finding("checks", "warning", "not available here, and left out of the total where an exercise "
+                                                  "uses them: " + "; ".join(FEATURES[name] for name in facts.lacks),
+                             ("run as root with CAP_SYS_PTRACE for what each thread waits in; "
+                              if "thread_waits" in facts.lacks else "") + "--backend docker runs every check"))
+    return found
 
 
 def _api(engine: EngineFacts) -> Finding:
@@ -175,6 +195,12 @@ def gather(project=None, backend=None) -> Facts:
         facts.engine = backend.engine_facts()
     except LabctlError as error:
         facts.engine_error = str(error)
+        return facts
+    facts.backend, facts.limits_by = backend.name, backend.limits_by()
+    if backend.name == "local":
+        from labctl.backends.base import ALL_FEATURES
+
+        facts.lacks = sorted(ALL_FEATURES - backend.offers())
         return facts
     if facts.engine.local:
         facts.engine_free = _free(facts.engine.data_root)

@@ -75,3 +75,15 @@ def test_a_remote_engine_is_said_and_its_disk_not_measured():
 def test_a_broken_lab_yaml_is_an_error():
     finding = by_name(ready_machine(project_error="lab.yaml:3: nodes: expected a mapping\nmore"))["lab.yaml"]
     assert finding.level == "error" and finding.detail == "lab.yaml:3: nodes: expected a mapping"
+
+
+def test_the_local_backend_says_how_it_limits_and_which_checks_it_leaves_out():
+    host = EngineFacts(kind="this host (no engine)", version="6.18", api_version="", os="Linux", cgroup_version="1",
+                       storage_driver="files", data_root="/var/lib/labctl/local", local=True)
+    everything = by_name(ready_machine(engine=host, backend="local", limits_by="rlimits", lacks=[]))
+    assert list(everything) == ["labctl", "backend"] and "limits by rlimits" in everything["backend"].detail
+    no_ptrace = judge(ready_machine(engine=host, backend="local", limits_by="rlimits",
+                                    lacks=["raw_packets", "thread_waits"]))
+    checks = next(finding for finding in no_ptrace if finding.name == "checks")
+    assert ready(no_ptrace) and checks.level == "warning"
+    assert "what each server thread waits in" in checks.detail and "CAP_SYS_PTRACE" in checks.fix
