@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from labctl import __version__
-from labctl.backends.base import EngineFacts
+from labctl.backends.base import EngineFacts, Feature
 
 Level = Literal["ok", "warning", "error"]
 
@@ -58,7 +58,7 @@ class Facts:
     connections_needed: list[tuple[str, str, int]] = field(default_factory=list)  # (exercise, check, n)
     backend: str = "docker"                  # which backend was asked (labctl.backends)
     limits_by: str = ""                      # how that backend enforces the server's limits
-    lacks: list[str] = field(default_factory=list)  # the FEATURES it does not offer (checks left out there)
+    lacks: list[Feature] = field(default_factory=list)  # the FEATURES it does not offer (checks left out there)
 
 
 def judge(facts: Facts) -> list[Finding]:
