@@ -354,6 +354,9 @@ class Lab:
         The harness sniffs in the node (client or injector: NET_RAW) and sends the pcap
         back in its JSON answer: no file, no host path involved.
         """
+        if "raw_packets" not in self.backend.offers():
+            raise LabctlError(f"capturing needs a network of the lab's own: the {self.backend.name} backend shares the "
+                              "host's (use --backend docker, or tcpdump on the host's loopback)")
         answer = self.harness(node, "capture", {"seconds": seconds, "packet_filter": packet_filter},
                               timeout=seconds + 20)
         if "error" in answer:

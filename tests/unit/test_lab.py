@@ -335,3 +335,14 @@ def test_alive_means_one_thing_for_every_state_an_engine_can_say():
     alive = {state for state in CONTAINER_STATES
              if ContainerInfo("c", "server", "server", container_state(state), None, None, {}).running}
     assert alive == ALIVE == {"created", "running", "restarting"}
+
+
+# -- a backend that shares the host's network ---------------------------------------------------------
+
+def test_a_capture_on_a_backend_without_a_network_of_its_own_is_refused_before_anything_runs(spec, submission):
+    fake = FakeBackend(features=frozenset({"thread_waits"}))
+    fake.harness["client"]["wait_listening"] = lambda params: {"listening": True}
+    lab = Lab(spec, fake, LAB).up(IMAGES, submission)
+    with pytest.raises(LabctlError, match="capturing needs a network of the lab's own: the fake backend"):
+        lab.capture("client", 1.0)
+    assert not [e for e in fake.execs if e.harness_command == "capture"]
