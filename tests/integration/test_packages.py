@@ -206,7 +206,7 @@ def gradescope_run(engine: Docker, image: str, submission: Path, environment: di
                       environment=environment)
 
 
-def tests_by_name(results: dict) -> dict[str, dict]:
+def by_test_name(results: dict) -> dict[str, dict]:
     return {test["name"].split(" (")[0]: test for test in results["tests"]}
 
 
@@ -215,7 +215,7 @@ def test_gradescope_gives_the_solution_every_available_point(engine, gradescope_
     assert run.exit_code == 0, run.logs[-4000:]
     results = run.results
     assert results is not None, run.logs[-4000:]
-    tests = tests_by_name(results)
+    tests = by_test_name(results)
     unavailable = {name for name, test in tests.items() if "not available on this backend" in test["name"]}
     assert unavailable == NEEDS_PTRACE  # Docker's default caps: no SYS_PTRACE, told as such, not as failures
     assert all(test.get("status") != "failed" for test in tests.values()), results["output"]
@@ -229,7 +229,7 @@ def test_gradescope_fails_the_crashing_server_on_its_declared_checks(engine, gra
     run = gradescope_run(engine, gradescope_image, CRASH)
     assert run.exit_code == 0, run.logs[-4000:]
     assert run.results is not None, run.logs[-4000:]
-    tests = tests_by_name(run.results)
+    tests = by_test_name(run.results)
     failed = {name for name, test in tests.items() if test.get("status") == "failed"}
     assert failed == declared_failures("mutants/crash_on_request") - NEEDS_PTRACE
     assert run.results["score"] < run.results["extra_data"]["labctl"]["max_score"]
@@ -243,7 +243,7 @@ def test_gradescope_scores_a_server_that_never_listens_0_saying_why(engine, grad
     assert results["score"] == 0
     assert results["extra_data"]["labctl"]["gradable"] is False
     assert results["extra_data"]["labctl"]["failure"] == "submission"
-    grading = tests_by_name(results)["grading"]
+    grading = by_test_name(results)["grading"]
     assert grading["status"] == "failed" and grading["visibility"] == "visible"
     assert "could not grade this submission" in results["output"] and "your submission" in results["output"]
 
