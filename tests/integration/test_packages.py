@@ -99,11 +99,12 @@ class Docker:
         return tag
 
     def run(self, image: str, command: list[str], files: dict[str, bytes], result: str,
-            network: bool = False, commit_as: str | None = None, environment: dict[str, str] | None = None) -> Run:
+            network: bool = False, commit_as: str | None = None, environment: dict[str, str] | None = None,
+            cap_add: list[str] | None = None) -> Run:
         """Run `command` in a new container of `image` with `files` put in first; the file at `result` read back."""
         container = self.client.containers.create(image, command=command, user="root", labels=self.labels,
                                                   network_mode="bridge" if network else "none",
-                                                  environment=environment or {})
+                                                  environment=environment or {}, cap_add=cap_add or [])
         try:
             container.put_archive("/", tar_of(files))
             container.start()
@@ -271,11 +272,11 @@ def prairielearn_image(engine: Docker, base_image: str, tmp_path_factory) -> tup
 
 
 def prairielearn_run(engine: Docker, built: tuple[str, dict], submission: Path,
-                     environment: dict[str, str] | None = None) -> Run:
+                     environment: dict[str, str] | None = None, cap_add: list[str] | None = None) -> Run:
     image, options = built
     assert image == options["image"]
     return engine.run(image, [options["entrypoint"]], folder_files(submission, "grade/student"), PL_RESULTS,
-                      environment=environment)
+                      environment=environment, cap_add=cap_add)
 
 
 def test_prairielearn_gives_the_solution_full_marks_over_the_available_checks(engine, prairielearn_image):
@@ -288,6 +289,16 @@ def test_prairielearn_gives_the_solution_full_marks_over_the_available_checks(en
     by_name = {test["name"]: test for test in results["tests"]}
     assert {name for name in NEEDS_PTRACE - HIDDEN if by_name[name]["max_points"] == 0} == NEEDS_PTRACE - HIDDEN
     assert "not available" in by_name["asleep-in-accept"]["message"]
+
+
+def test_with_sys_ptrace_every_check_runs_and_the_solution_still_gets_full_marks(engine, prairielearn_image):
+    run = prairielearn_run(engine, prairielearn_image, SOLUTION, cap_add=["SYS_PTRACE"])
+    assert run.exit_code == 0, run.logs[-4000:]
+    results = run.results
+    assert results is not None and results["gradable"] is True and results["score"] == 1.0, run.logs[-4000:]
+    by_name = {test["name"]: test for test in results["tests"]}
+    assert by_name["asleep-in-accept"]["points"] == by_name["asleep-in-accept"]["max_points"] == 2
+    assert by_name["hidden checks"]["max_points"] == 1  # io-model ran: nothing left out
 
 
 def test_prairielearn_fails_the_crashing_server_on_its_declared_checks(engine, prairielearn_image):

@@ -183,6 +183,18 @@ def test_the_entrypoint_exits_0_whenever_it_wrote_results_and_keeps_an_infrastru
     assert not list(tmp_path.glob("labctl-submission.*"))  # its copy of the submission is removed
 
 
+def test_the_readmes_package_commands_work_as_written(tmp_path, monkeypatch):
+    section = (ROOT / "README.md").read_text().split("## Grading on Gradescope and PrairieLearn", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    for line in block.splitlines():
+        words = line.split("#", 1)[0].split()
+        assert words[:2] == ["labctl", "package"], line
+        result = invoke(*words[1:])
+        assert result.exit_code == 0, (line, result.output)
+    assert zipfile.is_zipfile(tmp_path / "autograder.zip") and (tmp_path / "pl-blocking" / "Dockerfile").is_file()
+
+
 # -- the local backend's unpacking on Pythons without tar filters (the platforms' Debian 3.11.2) -----------
 
 def _tar(*members: tarfile.TarInfo) -> tarfile.TarFile:
