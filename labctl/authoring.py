@@ -54,7 +54,7 @@ def export_student(root: Path, target: Path) -> list[str]:
     for name in HANDOUT_TOP:
         source = root / name
         if source.is_dir():
-            shutil.copytree(source, target / name, ignore=_handout_ignore(root))
+            shutil.copytree(source, target / name, ignore=handout_ignore(root))
         elif source.is_file():
             shutil.copy2(source, target / name)
     exercises_dir = root / "exercises"
@@ -72,7 +72,7 @@ def export_student(root: Path, target: Path) -> list[str]:
     return [exercise.id for exercise in exercises]
 
 
-def _handout_ignore(root: Path):
+def handout_ignore(root: Path):
     """What copytree leaves out of the tool's folders: caches, and labctl/templates/exercise (the `labctl new`
     scaffold, with its solution: instructors only). labctl/templates/ci stays: `labctl ci` works in a handout."""
     plain = shutil.ignore_patterns("__pycache__", "*.egg-info")

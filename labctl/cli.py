@@ -238,6 +238,48 @@ _ci_command("github", "a GitHub Actions workflow (.github/workflows/labctl.yml)"
 _ci_command("gitlab", "a GitLab CI configuration (.gitlab-ci.yml, on a docker:dind service)")
 
 
+# -- package ------------------------------------------------------------------------------------------
+
+@main.group()
+def package() -> None:
+    """Package an exercise's grader for a grading platform (Gradescope, PrairieLearn): the local backend inside."""
+
+
+@package.command("gradescope")
+@click.argument("exercise", shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("autograder.zip"), show_default=True,
+              help="The zip to write (upload it as the assignment's autograder).")
+@click.option("--force", is_flag=True, help="Replace the zip if it exists.")
+@click.pass_context
+def package_gradescope(ctx: click.Context, exercise: str, output: Path, force: bool) -> None:
+    """Write a Gradescope autograder zip grading EXERCISE (all checks, hidden ones after publishing)."""
+    from labctl import package as packaging
+
+    written = packaging.gradescope(project(ctx), exercise, output, force)
+    out.print(f"wrote {e(str(written.path))}: upload it in the assignment's Configure Autograder page "
+              "(Ubuntu base image)", highlight=False)
+
+
+@package.command("prairielearn")
+@click.argument("exercise", shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The folder to write (new or empty).")
+@click.option("--image", default=None, help="The image name info.json names (default: labctl-grader-EXERCISE:VERSION).")
+@click.option("--base-image", default=None, help="The Dockerfile's FROM: a Debian-based image with python3 "
+                                                 "(default: python:3.12-slim-bookworm).")
+@click.option("--force", is_flag=True, help="Replace the folder's contents if it is not empty.")
+@click.pass_context
+def package_prairielearn(ctx: click.Context, exercise: str, output: Path, image: str | None, base_image: str | None,
+                         force: bool) -> None:
+    """Write a PrairieLearn external grader for EXERCISE: Dockerfile, entrypoint, info.json.snippet, README.md."""
+    from labctl import package as packaging
+
+    written = packaging.prairielearn(project(ctx), exercise, output, image,
+                                     base_image or packaging.DEFAULT_BASE_IMAGE, force)
+    out.print(f"wrote {e(str(written.path))}: build and push {e(written.image)}, then merge info.json.snippet "
+              f"(timeout {written.timeout} s) into the question's info.json ({e(str(written.path))}/README.md)",
+              highlight=False)
+
+
 # -- doctor -------------------------------------------------------------------------------------------
 
 @main.command()

@@ -148,15 +148,17 @@ class Run:
 
     def _result(self, check: CheckSpec) -> CheckResult:
         left = self.budget - (time.monotonic() - self.started)
+        # Unavailable first: a check this backend cannot run is left out of every submission's total alike,
+        # whether or not the server is still up (else a crashed server would be graded out of more points).
+        missing = REGISTRY[check.check].needs - self.lab.backend.offers()
+        if missing:
+            return _unavailable(check, self.lab.backend.name, missing)
         if self.server_gone is not None:
             return _not_run(check, "failed", f"not run: {self.server_gone}")
         if left <= 1.0:
             self.exhausted = True
             return _not_run(check, "timed_out",
                             f"not run: the grading's time budget of {self.budget:g} s ran out before this check")
-        missing = REGISTRY[check.check].needs - self.lab.backend.offers()
-        if missing:
-            return _unavailable(check, self.lab.backend.name, missing)
         self.say(f"check {HIDDEN_NAME if self.student_view and check.visibility == 'hidden' else check.name}")
         result = run_check(self.lab, self.exercise, check, min(check.budget, left))
         if left < check.budget and result.status == "timed_out":

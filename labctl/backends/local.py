@@ -450,7 +450,29 @@ def _remap(text: str, writable: tuple[str, ...] | list[str], files: Path) -> str
 def _unpack(payload: bytes, files: Path) -> None:
     """The plan's tar (paths below /) into the node's files folder; nothing may land outside it."""
     with tarfile.open(fileobj=io.BytesIO(payload)) as tar:
-        tar.extractall(files, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(files, filter="data")
+        else:  # Python before 3.10.12 / 3.11.4 (Debian bookworm's 3.11.2) has no filters: the same rules by hand
+            tar.extractall(files, members=_data_members(tar, files))
+
+
+def _data_members(tar: tarfile.TarFile, files: Path) -> list[tarfile.TarInfo]:
+    """The members the "data" filter would let through, refused whole otherwise: plain files, folders and links
+    that stay inside `files`, no devices, no set-uid bits."""
+    root = files.resolve()
+    members = []
+    for member in tar.getmembers():
+        target = (root / member.name.lstrip("/")).resolve()
+        linked = (target.parent / member.linkname).resolve() if member.issym() else (
+            (root / member.linkname.lstrip("/")).resolve() if member.islnk() else target)
+        for path in (target, linked):
+            if path != root and root not in path.parents:
+                raise LabctlError(f"a node's files: {member.name!r} would land outside its folder")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise LabctlError(f"a node's files: {member.name!r} is a device or a pipe")
+        member.mode &= 0o777
+        members.append(member)
+    return members
 
 
 def _chown_tree(folder: Path, uid: int, gid: int) -> None:
