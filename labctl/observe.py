@@ -21,6 +21,7 @@ names differ between kernel builds. Syscall NUMBERS are what is graded.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ WAIT_WORDS = {
     "unknown": "not known",
 }
 #: Waits that serve clients: a thread in one of them holds a client while the check holds clients.
+#: Seconds a window's reader waits for the sampler's log to catch up with the window's end.
+CATCH_UP = 1.0
+
 SERVING = frozenset({"one-client", "many-sockets"})
 #: Kinds of descriptors that reach the network. A unix socket is local, like a pipe: a socketpair to
 #: a child (socat's relay to its shell) or a log socket, never one of the lab's clients.
@@ -468,9 +472,7 @@ class Window:
 
     def close(self) -> Sample:
         last = self.lab.usage(self.server)
-        # The engine stamps a log line when it receives it, a little after the look: read a margin.
-        text = b"".join(self.lab.logs(self.observer, since=self.first.at - 1, until=last.at + 2))
-        looks = agent.looks_between(text.decode(errors="replace"), self.first.at, last.at)
+        looks = self._looks(self.first.at, last.at)
         try:
             snapshots = tuple(Snapshot.from_json(look) for look in looks)
         except syscalls.UnknownArchitecture as error:
@@ -480,3 +482,16 @@ class Window:
                               "did the server exit? (the observer's log: `labctl logs observer`)")
         return Sample(snapshots, elapsed=last.at - self.first.at, cpu_seconds=last.cpu_seconds - self.first.cpu_seconds,
                       precise=self.first.precise and last.precise)
+
+    def _looks(self, since: float, until: float) -> list[dict]:
+        """The sampler's looks from `since` to `until`. Its log may lag behind its looks (a busy machine, a
+        log that goes through a pipe): while none of the window is in it, it is read again, for at most
+        CATCH_UP seconds (a sampler that stopped with its server never writes one)."""
+        give_up = time.monotonic() + CATCH_UP
+        while True:
+            # The engine stamps a log line when it receives it, a little after the look: read a margin.
+            text = b"".join(self.lab.logs(self.observer, since=since - 1, until=until + 2))
+            looks = agent.looks_between(text.decode(errors="replace"), since, until)
+            if looks or time.monotonic() >= give_up:
+                return looks
+            time.sleep(0.1)

@@ -218,6 +218,8 @@ class LocalBackend:
             "command": [_remap(word, plan.writable, files) for word in self._python(plan.command, plan)],
             "env": env, "cwd": cwd, "user": list(user) if user else None, "own_uid": own_uid,
             "files_root": str(files), "log_bytes": plan.log_bytes, "writable": list(plan.writable),
+            # Memory and files are watched where the submission runs; the harness nodes are labctl's own code.
+            "watch": plan.labels.get("labctl.role") == "server",
             "limits": {"nofile": plan.nofile, "file_bytes": plan.disk_bytes, "tasks": plan.pids,
                        "memory_bytes": plan.memory_bytes, "address_bytes": plan.memory_bytes * ADDRESS_SPACE_FACTOR,
                        "disk_total_bytes": initial + plan.disk_bytes},

@@ -297,16 +297,14 @@ class Supervisor:
             if open_reader:
                 ready, _, _ = select.select([reader], [], [], WATCH_INTERVAL)
                 if ready:
-                    data = os.read(reader, 65536)
-                    if data:
-                        log.write(data)
-                    else:
-                        open_reader = False
+                    open_reader = _copy_available(reader, log)
             else:
                 time.sleep(WATCH_INTERVAL)
             status = _reap().get(child.pid)
             if status is not None:
                 return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            if not self.plan.get("watch", True):
+                continue
             looks += 1
             members = tree(os.getpid())
             if resident_bytes(members) > limits["memory_bytes"]:
@@ -329,6 +327,23 @@ class Supervisor:
 
     def _stop(self, signum, frame) -> None:
         self.stopping = True
+
+
+def _copy_available(reader: int, log: Log) -> bool:
+    """Copy everything the node has written so far (not one chunk: a writer must never wait on this
+    supervisor, or what it writes reaches the log late). False once the node closed its output."""
+    os.set_blocking(reader, False)
+    try:
+        while True:
+            try:
+                data = os.read(reader, 1 << 20)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            log.write(data)
+    finally:
+        os.set_blocking(reader, True)
 
 
 def _drain(reader: int, log: Log) -> None:
