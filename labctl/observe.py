@@ -51,7 +51,7 @@ WAIT_WORDS = {
 }
 #: Waits that serve clients: a thread in one of them holds a client while the check holds clients.
 #: Seconds a window's reader waits for the sampler's log to catch up with the window's end.
-CATCH_UP = 1.0
+CATCH_UP = 3.0
 
 SERVING = frozenset({"one-client", "many-sockets"})
 #: Kinds of descriptors that reach the network. A unix socket is local, like a pipe: a socketpair to
