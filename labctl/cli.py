@@ -743,7 +743,8 @@ def checks(name, markdown) -> None:
         if name not in catalog:
             raise LabctlError(f"no check {name!r}; the catalog: {', '.join(catalog)}")
         definition = catalog[name]
-        out.print(f"[bold]{name}[/]: {e(definition.summary)}  (budget {definition.default_timeout:g} s)",
+        needs = f"; needs {', '.join(sorted(definition.needs))}" if definition.needs else ""
+        out.print(f"[bold]{name}[/]: {e(definition.summary)}  (budget {definition.default_timeout:g} s{needs})",
                   highlight=False)
         table = Table(box=None, padding=(0, 2))
         for column in ("parameter", "type", "default", "meaning"):
