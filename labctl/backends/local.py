@@ -215,7 +215,8 @@ class LocalBackend:
         initial = local_node.folder_bytes(str(files))
         node = {
             "name": plan.name, "labels": plan.labels, "node": plan.node, "pid_of": plan.pid_of,
-            "command": [_remap(word, plan.writable, files) for word in self._python(plan.command, plan)],
+            # Container paths first, then labctl's own Python: it may itself live below one of them (/tmp).
+            "command": self._python([_remap(word, plan.writable, files) for word in plan.command], plan),
             "env": env, "cwd": cwd, "user": list(user) if user else None, "own_uid": own_uid,
             "files_root": str(files), "log_bytes": plan.log_bytes, "writable": list(plan.writable),
             # Memory and files are watched where the submission runs; the harness nodes are labctl's own code.

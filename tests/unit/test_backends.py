@@ -44,3 +44,26 @@ def test_the_servers_processes_below_a_supervisor_are_its_tree_less_the_supervis
     assert server_pids(parents, comms, root=100) == (100, [101, 102])
     assert server_pids(parents, comms, root=999) == (None, [])
     assert server_pids(parents, comms) == (None, [1, 50, 100, 101, 102, 200, 300]), "PID 1's tree by default"
+
+
+def test_a_harness_node_runs_labctls_own_python_even_when_labctl_lives_below_a_container_path(monkeypatch):
+    import json
+    import shutil
+    import sys
+    import tempfile
+
+    from labctl.backends.base import ContainerPlan
+    from labctl.backends.local import LocalBackend
+
+    root = Path(tempfile.mkdtemp(prefix="labctl-unit-", dir="/tmp"))
+    try:
+        monkeypatch.setattr(sys, "executable", "/tmp/clone/.venv/bin/python")  # a CI clone below /tmp
+        backend = LocalBackend(root)
+        backend.create_container(ContainerPlan(
+            name="labctl-u-observer", node="observer", image="host", command=["python3", "-m", "harness", "proc_agent"],
+            labels={"labctl.role": "observer"}, env={"PYTHONPATH": "/opt/labctl"}, writable=("/tmp", "/opt/labctl")))
+        plan = json.loads((root / "nodes" / "labctl-u-observer" / "plan.json").read_text())
+        assert plan["command"] == ["/tmp/clone/.venv/bin/python", "-m", "harness", "proc_agent"]
+        assert plan["env"]["PYTHONPATH"] == f"{root}/nodes/labctl-u-observer/files/opt/labctl"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
