@@ -52,6 +52,7 @@ from labctl.backends.base import (
     container_state,
 )
 from labctl.errors import LabctlError
+from labctl.harness.proc import TREE_ROOT_ENV
 
 STATE_ENV = "LABCTL_STATE_DIR"
 #: The uids a server may be given (systemd's range for dynamic users: no account has one of these).
@@ -215,8 +216,7 @@ class LocalBackend:
         initial = local_node.folder_bytes(str(files))
         node = {
             "name": plan.name, "labels": plan.labels, "node": plan.node, "pid_of": plan.pid_of,
-            # Container paths first, then labctl's own Python: it may itself live below one of them (/tmp).
-            "command": self._python([_remap(word, plan.writable, files) for word in plan.command], plan),
+            "command": _command(plan.command, plan.labels.get("labctl.role", ""), plan.writable, files),
             "env": env, "cwd": cwd, "user": list(user) if user else None, "own_uid": own_uid,
             "files_root": str(files), "log_bytes": plan.log_bytes, "writable": list(plan.writable),
             # Memory and files are watched where the submission runs; the harness nodes are labctl's own code.
@@ -238,7 +238,7 @@ class LocalBackend:
             watched = self._state(node["pid_of"])
             if watched.get("status") != "running" or not _alive(watched.get("supervisor")):
                 raise LabctlError(f"cannot start node {container}: the node it watches ({node['pid_of']}) is not running")
-            node["env"][local_node_tree_env()] = str(watched["supervisor"])
+            node["env"][TREE_ROOT_ENV] = str(watched["supervisor"])
             _write_private(folder / "plan.json", json.dumps(node))
         subprocess.Popen([sys.executable, "-m", "labctl.backends.local_node", str(folder)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -405,18 +405,8 @@ class LocalBackend:
                 continue
         raise LabctlError(f"no free uid in {OWN_UIDS.start}-{OWN_UIDS.stop - 1} for the server")
 
-    def _python(self, command: list[str], plan: ContainerPlan) -> list[str]:
-        """The harness nodes' `python3` is labctl's own Python (it has scapy); the server's is the host's."""
-        if plan.labels.get("labctl.role") != "server" and command and command[0] == "python3":
-            return [sys.executable, *command[1:]]
-        return list(command)
-
     def _argv(self, node: dict, command: list[str]) -> list[str]:
-        files = Path(node["files_root"])
-        words = [_remap(word, tuple(node["writable"]), files) for word in command]
-        if node["labels"].get("labctl.role") != "server" and words and words[0] == "python3":
-            words[0] = sys.executable
-        return words
+        return _command(command, node["labels"].get("labctl.role", ""), node["writable"], Path(node["files_root"]))
 
     def _identity(self, node: dict, user: str | None) -> dict:
         """Who an exec runs as: the node's user (the server's own uid), or the one asked for."""
@@ -433,10 +423,14 @@ class HostPrograms:
         return {name: "host" for name in names or []}
 
 
-def local_node_tree_env() -> str:
-    from labctl.harness.proc import TREE_ROOT_ENV
-
-    return TREE_ROOT_ENV
+def _command(words: list[str], role: str, writable: tuple[str, ...] | list[str], files: Path) -> list[str]:
+    """A node's command as it runs here: container paths as the node's own, then the harness nodes' `python3` as
+    labctl's own Python (it has scapy; the server's is the host's). In that order: labctl's Python may itself
+    live below a container path (a clone in /tmp)."""
+    mapped = [_remap(word, writable, files) for word in words]
+    if role != "server" and mapped and mapped[0] == "python3":
+        mapped[0] = sys.executable
+    return mapped
 
 
 def _remap(text: str, writable: tuple[str, ...] | list[str], files: Path) -> str:
