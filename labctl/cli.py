@@ -22,7 +22,7 @@ from rich.table import Table
 
 from labctl import __version__, backends
 from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError
-from labctl.interrupts import stop_on_interrupts
+from labctl.interrupts import exit_with_parent, stop_on_interrupts
 from labctl.project import Project, find_root
 from labctl.spec import DEFAULT_PORT
 from labctl.untrusted import printable
@@ -56,6 +56,7 @@ class LabctlGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         stop_on_interrupts()
+        exit_with_parent()
         try:
             return super().invoke(ctx)
         except LabctlError as error:
