@@ -183,10 +183,14 @@ class Children:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
         self.stopping = threading.Event()
+        #: The pid of every grading ever started here: the labctl.pid label of the labs they made, by
+        #: which a lab one of them could not remove (killed after its overrun) is found.
+        self.started: set[int] = set()
 
     def add(self, child: subprocess.Popen) -> None:
         with self._lock:
             self._running.add(child)
+            self.started.add(child.pid)
         if self.stopping.is_set():
             self._signal(child, signal.SIGTERM)
 
@@ -225,10 +229,10 @@ class Children:
 CHILDREN = Children()
 
 
-def grade_command(project_root: Path, job: Job, submission: Path, out: Path) -> list[str]:
-    """The `labctl grade` of a job: this Python, this project, its reports into `out`."""
-    command = [sys.executable, "-m", "labctl", "--quiet", "--project", str(project_root), "grade", job.exercise,
-               "--submission", str(submission)]
+def grade_command(project_root: Path, job: Job, submission: Path, out: Path, backend: str | None = None) -> list[str]:
+    """The `labctl grade` of a job: this Python, this project, this backend, its reports into `out`."""
+    command = [sys.executable, "-m", "labctl", "--quiet", "--project", str(project_root),
+               *(["--backend", backend] if backend else []), "grade", job.exercise, "--submission", str(submission)]
     for name in dict.fromkeys(("json", *job.reports)):
         command += ["--report", f"{name}:{out / REPORT_FILES[name]}"]
     return command
@@ -260,8 +264,9 @@ def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobR
         environment = {**os.environ, PARENT_VARIABLE: str(os.getpid())}
         environment.pop("GITHUB_ACTIONS", None)  # a batch's reports are files, never a CI step's annotations
         with open(log, "wb") as sink:
-            child = subprocess.Popen(grade_command(project.root, job, submission, out), stdin=subprocess.DEVNULL,
-                                     stdout=sink, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+            command = grade_command(project.root, job, submission, out, project.backend_name)
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                     env=environment, start_new_session=True)
             CHILDREN.add(child)
             try:
                 code = child.wait(timeout=budget + OVERRUN)
