@@ -33,18 +33,15 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from labctl import __version__, models
-from labctl.batch.job import LOG_FILE, REPORT_FILES, STATUSES
+from labctl.batch.job import GRADEBOOK_FILE, JOB_FILE, LOG_FILE, REPORT_FILES, STATUSES
+from labctl.checks.process import IO_MODEL_CHECK
 from labctl.exercise import Exercise
 from labctl.report._common import write_text
 from labctl.results import CheckResult, GradeReport
 from labctl.untrusted import shown
 
 PAGE_FILE = "index.html"
-GRADEBOOK_FILE = "gradebook.csv"
-JOB_FILE = "job.json"
 REPORT_FILE = REPORT_FILES["json"]
-#: The catalog check whose evidence says how a server serves its clients (labctl/checks/process.py).
-IO_MODEL_CHECK = "io_model"
 
 # What is read, at most: a bigger file is left out with a note, never read whole.
 MAX_GRADEBOOK_BYTES = 16 * 1024 * 1024
@@ -111,7 +108,7 @@ def read_class(out_dir: Path, exercise: Exercise) -> ClassData:
     seen: Counter[str] = Counter()
     students = []
     for row in rows:
-        seen[row["id"]] += 1
+        seen[row.get("id", "")] += 1
         students.append(_student(out_dir, row))
     repeated = sorted(name for name, count in seen.items() if count > 1)
     if repeated:
@@ -453,8 +450,7 @@ def _figure(width: float, height: float) -> Any:
     """A figure of matplotlib's object API (never pyplot: no display, no global figure)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
-    return figure
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _plots_context() -> Any:
@@ -537,7 +533,7 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def t(value: object, limit: int = MESSAGE_LIMIT) -> str:
+def esc(value: object, limit: int = MESSAGE_LIMIT) -> str:
     """Any text for the page: control characters made visible, cut to `limit`, then HTML-escaped (quotes too,
     so it is safe in an attribute). The cut comes first, so that an entity is never cut in half."""
     return html.escape(_cut(shown(str(value)), limit), quote=True)
@@ -590,7 +586,7 @@ MARKS = {"passed": ("p", "✓"), "failed": ("f", "✗"), "lesson": ("u", "○"),
 
 
 def render(data: ClassData, generated: datetime | None = None) -> str:
-    """The page's HTML: every text from the output folder through t(), every link through href()."""
+    """The page's HTML: every text from the output folder through esc(), every link through href()."""
     exercise = data.exercise
     generated = generated or datetime.now(timezone.utc)
     rates = pass_rates(data)
@@ -605,12 +601,12 @@ def render(data: ClassData, generated: datetime | None = None) -> str:
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
         "img-src data:\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        f"<title>{t(exercise.id)}: class page</title><style>{STYLE}</style></head><body><main>",
-        f"<h1>{t(exercise.title)}</h1>",
-        f"<p class=\"sub\">exercise <code>{t(exercise.id)}</code> · expected model <b>{t(exercise.model)}</b> "
-        f"({t(models.words(exercise.model))}) · batch finished {t(_when(last))}"
-        + (f" (first result {t(_when(first))})" if first and last and first != last else "")
-        + f" · page made {t(_when(generated))} by labctl {t(__version__)}</p>",
+        f"<title>{esc(exercise.id)}: class page</title><style>{STYLE}</style></head><body><main>",
+        f"<h1>{esc(exercise.title)}</h1>",
+        f"<p class=\"sub\">exercise <code>{esc(exercise.id)}</code> · expected model <b>{esc(exercise.model)}</b> "
+        f"({esc(models.words(exercise.model))}) · batch finished {esc(_when(last))}"
+        + (f" (first result {esc(_when(first))})" if first and last and first != last else "")
+        + f" · page made {esc(_when(generated))} by labctl {esc(__version__)}</p>",
         "<p class=\"banner\">The instructor's page: <b>hidden checks are shown</b> here, with their messages "
         "(marked <i>hidden</i>). Do not publish it to students.</p>",
     ]
@@ -634,7 +630,7 @@ def _tiles(data: ClassData, tally: Counter[str], scores: list[float]) -> str:
     if scores:
         tiles += [("mean score", f"{_points(statistics.fmean(scores))}{top}"),
                   ("median score", f"{_points(statistics.median(scores))}{top}")]
-    return "<div class=\"tiles\">" + "".join(f"<div class=\"tile\"><b>{t(value)}</b><span>{t(label)}</span></div>"
+    return "<div class=\"tiles\">" + "".join(f"<div class=\"tile\"><b>{esc(value)}</b><span>{esc(label)}</span></div>"
                                              for label, value in tiles) + "</div>"
 
 
@@ -646,7 +642,7 @@ def _notes(data: ClassData) -> list[str]:
     unreadable = [student for student in data.students if student.problems]
     if unreadable:
         notes.append(f"{len(unreadable)} student folder(s) could not be read in full (see their rows)")
-    return [f"<p class=\"note\">{t(note)}</p>" for note in notes]
+    return [f"<p class=\"note\">{esc(note)}</p>" for note in notes]
 
 
 def _scores_section(data: ClassData) -> list[str]:
@@ -663,13 +659,13 @@ def _checks_section(exercise: Exercise, rates: list[PassRate]) -> list[str]:
         percent = "" if rate.rate is None else f"{100 * rate.rate:.0f}%"
         aside = ", ".join(f"{number} {word}" for number, word in ((rate.unavailable, "not available"),
                                                                    (rate.missing, "not in the report")) if number)
-        rows.append(f"<tr><td class=\"name\">{t(rate.name)}</td><td><code>{t(rate.check)}</code></td><td class=\"n\">"
-                    f"{t(_points(rate.points))}</td><td>{t(kind)}</td><td class=\"n\">{t(percent)}</td>"
-                    f"<td class=\"n\">{rate.passed}</td><td class=\"n\">{rate.failed}</td><td>{t(aside)}</td></tr>")
+        rows.append(f"<tr><td class=\"name\">{esc(rate.name)}</td><td><code>{esc(rate.check)}</code></td><td class=\"n\">"
+                    f"{esc(_points(rate.points))}</td><td>{esc(kind)}</td><td class=\"n\">{esc(percent)}</td>"
+                    f"<td class=\"n\">{rate.passed}</td><td class=\"n\">{rate.failed}</td><td>{esc(aside)}</td></tr>")
     total = sum(spec.points for spec in exercise.checks)
     table = ("<table><tr><th>check</th><th>catalog</th><th>points</th><th>shown to students</th><th>pass rate</th>"
              "<th>passed</th><th>failed</th><th>not run</th></tr>" + "".join(rows)
-             + f"<tr><th colspan=\"2\">total</th><th class=\"n\">{t(_points(total))}</th><th colspan=\"5\"></th></tr>"
+             + f"<tr><th colspan=\"2\">total</th><th class=\"n\">{esc(_points(total))}</th><th colspan=\"5\"></th></tr>"
              "</table>")
     return ["<h2>Checks: how many passed</h2><p class=\"sub\">Of the graded students; failed includes timed out "
             "and errors.</p>", _side_by_side(table, pass_rate_plot(rates))]
@@ -689,12 +685,12 @@ def _models_section(data: ClassData, counts: list[ModelCount]) -> list[str]:
     classified = sum(count.students for count in counts if count.model != NOT_OBSERVED)
     expected = sum(count.students for count in counts if count.expected)
     out.append(f"<p class=\"sub\">From the io_model check's evidence (what each thread sleeps in, idle and with "
-               f"clients held, and the CPU). Expected: <b>{t(exercise.model)}</b>. {expected} of {classified} "
+               f"clients held, and the CPU). Expected: <b>{esc(exercise.model)}</b>. {expected} of {classified} "
                f"classified server(s) are; graded students only.</p>")
     if not counts:
         return out + ["<p>No student was graded yet.</p>"]
     rows = "".join(
-        f"<tr><td>{t(count.family)}</td><td><b>{t(count.model)}</b></td><td>{t(count.meaning)}</td>"
+        f"<tr><td>{esc(count.family)}</td><td><b>{esc(count.model)}</b></td><td>{esc(count.meaning)}</td>"
         f"<td class=\"n\">{count.students}</td><td class=\"{'ok' if count.expected else 'bad'}\">"
         f"{'yes' if count.expected else 'no'}</td></tr>" for count in counts)
     table = ("<table><tr><th>family</th><th>model found</th><th>what it means</th><th>servers</th>"
@@ -703,15 +699,19 @@ def _models_section(data: ClassData, counts: list[ModelCount]) -> list[str]:
 
 
 def _student_links(ids: Iterable[str], data: ClassData, limit: int = 6) -> str:
-    folders = {student.id: student.folder for student in data.students}
+    """Some of a group's students, each linked to their report."""
+    by_id = {student.id: student for student in data.students}
     ids = list(ids)
-    shown_ids = []
-    for student_id in ids[:limit]:
-        folder = folders.get(student_id)
-        name = t(student_id, NAME_LIMIT)
-        shown_ids.append(f"<a href=\"{href(folder, REPORT_FILE)}\">{name}</a>" if folder else name)
     more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
-    return ", ".join(shown_ids) + more
+    return ", ".join(_report_link(by_id[student_id]) for student_id in ids[:limit]) + more
+
+
+def _report_link(student: Student) -> str:
+    """The student's id, linked to their report.json when their folder holds one."""
+    name = esc(student.id, NAME_LIMIT)
+    if student.folder and REPORT_FILE in student.files:
+        return f"<a href=\"{href(student.folder, REPORT_FILE)}\">{name}</a>"
+    return name
 
 
 def _failures_section(groups: list[FailureGroup], data: ClassData) -> list[str]:
@@ -721,12 +721,11 @@ def _failures_section(groups: list[FailureGroup], data: ClassData) -> list[str]:
         return out + ["<p>No failures.</p>"]
     data_rows = []
     for group in groups[:TOP_GROUPS]:
-        checks = ", ".join(f"{t(name, NAME_LIMIT)}" + (f" ×{number}" if number > 1 else "")
-                           for name, number in group.checks.most_common(8))
+        checks = ", ".join(esc(name, NAME_LIMIT) for name, _ in group.checks.most_common(8))
         if len(group.checks) > 8:
             checks += f" and {len(group.checks) - 8} more"
         data_rows.append(f"<tr><td class=\"n\">{len(group.students)}</td><td class=\"in\">{checks}</td>"
-                         f"<td class=\"msg\" title=\"{t(group.pattern)}\">{t(group.example, EXAMPLE_LIMIT)}</td>"
+                         f"<td class=\"msg\" title=\"{esc(group.pattern)}\">{esc(group.example, EXAMPLE_LIMIT)}</td>"
                          f"<td class=\"id\">{_student_links(group.students, data)}</td></tr>")
     table = ("<table><tr><th>students</th><th>in</th><th>message (one of them; hover for the pattern)</th>"
              "<th>who</th></tr>" + "".join(data_rows) + "</table>")
@@ -738,8 +737,8 @@ def _failures_section(groups: list[FailureGroup], data: ClassData) -> list[str]:
 def _slowest_section(data: ClassData) -> list[str]:
     rows = "".join(
         f"<tr><td class=\"id\">{_id_cell(student)}</td><td class=\"{_status_class(student.status)}\">"
-        f"{t(student.status)}</td><td class=\"n\">{_seconds(student.duration)}</td>"
-        f"<td class=\"n\">{t(_score_text(student))}</td><td>{t(student.worker, NAME_LIMIT)}</td></tr>"
+        f"{esc(student.status)}</td><td class=\"n\">{_seconds(student.duration)}</td>"
+        f"<td class=\"n\">{esc(_score_text(student))}</td><td>{esc(student.worker, NAME_LIMIT)}</td></tr>"
         for student in slowest(data))
     if not rows:
         return []
@@ -759,11 +758,9 @@ def _score_text(student: Student) -> str:
 
 
 def _id_cell(student: Student) -> str:
-    name = t(student.id, NAME_LIMIT)
-    cell = f"<a href=\"{href(student.folder, REPORT_FILE)}\">{name}</a>" if student.folder and \
-        REPORT_FILE in student.files else name
+    cell = _report_link(student)
     if student.name:
-        cell += f"<br><span class=\"note\">entry {t(student.name, NAME_LIMIT)}</span>"
+        cell += f"<br><span class=\"note\">entry {esc(student.name, NAME_LIMIT)}</span>"
     return cell
 
 
@@ -784,7 +781,7 @@ def _marks(student: Student, checks: list[str]) -> str:
     for name in checks:
         state = _mark_of(results.get(name))
         css, mark = MARKS[state]
-        marks.append(f"<i class=\"{css}\" title=\"{t(name, NAME_LIMIT)}: {state}\">{mark}</i>")
+        marks.append(f"<i class=\"{css}\" title=\"{esc(name, NAME_LIMIT)}: {state}\">{mark}</i>")
     return "".join(marks)
 
 
@@ -794,16 +791,16 @@ def _students_section(data: ClassData, checks: list[str]) -> list[str]:
         message = student.message
         if student.problems:
             message = "; ".join((*student.problems, message) if message else student.problems)
-        files = " ".join(f"<a href=\"{href(student.folder, name)}\">{t(name, NAME_LIMIT)}</a>"
+        files = " ".join(f"<a href=\"{href(student.folder, name)}\">{esc(name, NAME_LIMIT)}</a>"
                          for name in student.files) if student.folder else ""
         model = io_model_of(student) or ""
         fits = "" if not model or model == NOT_OBSERVED else \
             " class=\"ok\"" if models.matches(model, data.exercise.model) else " class=\"bad\""
         rows.append(f"<tr><td class=\"n\">{number}</td><td class=\"id\">{_id_cell(student)}</td>"
-                    f"<td class=\"{_status_class(student.status)}\">{t(student.status)}</td>"
-                    f"<td class=\"n\">{t(_score_text(student))}</td><td class=\"n\">{_seconds(student.duration)}</td>"
-                    f"<td{fits}>{t(model)}</td><td class=\"marks\">{_marks(student, checks)}</td>"
-                    f"<td class=\"msg\">{t(message)}</td><td class=\"files\">{files}</td></tr>")
+                    f"<td class=\"{_status_class(student.status)}\">{esc(student.status)}</td>"
+                    f"<td class=\"n\">{esc(_score_text(student))}</td><td class=\"n\">{_seconds(student.duration)}</td>"
+                    f"<td{fits}>{esc(model)}</td><td class=\"marks\">{_marks(student, checks)}</td>"
+                    f"<td class=\"msg\">{esc(message)}</td><td class=\"files\">{files}</td></tr>")
     legend = ", ".join(f"<span class=\"{css}\">{mark}</span> {word}" for word, (css, mark) in MARKS.items())
     return [f"<h2>Students</h2><p class=\"sub\">A mark per check, in the exercise's order ({legend}; hover for the "
             "check's name). Files are in each student's folder next to this page.</p>",
