@@ -48,7 +48,7 @@ MAX_GRADEBOOK_BYTES = 16 * 1024 * 1024
 MAX_REPORT_BYTES = 4 * 1024 * 1024
 MAX_JOB_BYTES = 64 * 1024
 #: Students read from the gradebook; the rest are counted, not shown.
-MAX_STUDENTS = 20_000
+MAX_STUDENTS = 10_000
 #: Files of a student's folder linked from its row.
 MAX_FILES_LISTED = 12
 # What is shown, at most: characters of a message (in a cell, as an example) and of a name.
@@ -689,10 +689,11 @@ def _models_section(data: ClassData, counts: list[ModelCount]) -> list[str]:
                f"classified server(s) are; graded students only.</p>")
     if not counts:
         return out + ["<p>No student was graded yet.</p>"]
+    verdicts = {True: "<td class=\"ok\">yes</td>", False: "<td class=\"bad\">no</td>", None: "<td class=\"note\">–</td>"}
     rows = "".join(
         f"<tr><td>{esc(count.family)}</td><td><b>{esc(count.model)}</b></td><td>{esc(count.meaning)}</td>"
-        f"<td class=\"n\">{count.students}</td><td class=\"{'ok' if count.expected else 'bad'}\">"
-        f"{'yes' if count.expected else 'no'}</td></tr>" for count in counts)
+        f"<td class=\"n\">{count.students}</td>{verdicts[None if count.model == NOT_OBSERVED else count.expected]}"
+        "</tr>" for count in counts)
     table = ("<table><tr><th>family</th><th>model found</th><th>what it means</th><th>servers</th>"
              f"<th>the exercise's?</th></tr>{rows}</table>")
     return out + [_side_by_side(table, model_plot(counts))]
