@@ -52,6 +52,10 @@ REPORT_FILES: dict[str, str] = {
 }
 #: Where a grading's output (progress, errors) is kept, last part only.
 LOG_FILE = "grading.log"
+#: The batch's output folder (the batch writes them, the class page reads them): a file per student's folder
+#: with what their job was and how it ended, and the class's gradebook beside the folders.
+JOB_FILE = "job.json"
+GRADEBOOK_FILE = "gradebook.csv"
 LOG_TAIL_BYTES = 64 * 1024
 #: The most a packed submission may weigh on the wire (the unpacked folder is capped by archive.MAX_BYTES).
 MAX_PACKED_BYTES = MAX_BYTES

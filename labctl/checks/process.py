@@ -450,7 +450,11 @@ def connections_to_hold(idle: observe.Sample, asked: int) -> int:
     return max(asked, min(MOST_HELD, idle.peak_threads + 2))
 
 
-@check("io_model", IoModelParams,
+#: The io_model check's catalog name; its evidence's "model" is the classifier's word (the class page counts them).
+IO_MODEL_CHECK = "io_model"
+
+
+@check(IO_MODEL_CHECK, IoModelParams,
        "Tells how the server serves clients (blocking, a thread or a process per client, a pool of either, one "
        "or several event loops, or busy polling) from what each of its threads waits on, idle and with clients "
        "held, and its CPU, and compares with the exercise.", default_timeout=30.0, needs=frozenset({"thread_waits"}))
