@@ -38,14 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from labctl.archive import MAX_BYTES, MAX_FILES, walk
-from labctl.batch.job import pack_submission
+from labctl.batch.classpage import PAGE_FILE
+from labctl.batch.job import GRADEBOOK_FILE, pack_submission
 from labctl.errors import SubmissionError
 from labctl.untrusted import printable
 
 #: The longest id (a file name, a gradebook cell): names longer are cut and given a suffix of their own.
 MAX_ID = 64
 #: Names the batch writes in its output folder: never a student's id.
-RESERVED_IDS = frozenset({"gradebook.csv", "index.html"})
+RESERVED_IDS = frozenset({GRADEBOOK_FILE, PAGE_FILE})
 #: Archive suffixes and their kind (checked in this order, case-insensitively).
 ARCHIVES = ((".tar.gz", "tar.gz"), (".tgz", "tar.gz"), (".zip", "zip"))
 #: Noise of other operating systems in a class folder or an archive, never a student's work.

@@ -28,7 +28,6 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import importlib
-import importlib.util
 import io
 import json
 import os
@@ -43,15 +42,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from labctl.batch import intake
-from labctl.batch.job import CHILDREN, LOG_FILE, REPORT_FILES, STATUSES, Job, JobResult, Status, run_job
+from labctl.batch.job import (
+    CHILDREN,
+    GRADEBOOK_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    REPORT_FILES,
+    STATUSES,
+    Job,
+    JobResult,
+    Status,
+    run_job,
+)
 from labctl.errors import LabctlError
 from labctl.exercise import Exercise
 from labctl.project import Project
 from labctl.spec import LabSpec
 from labctl.untrusted import printable
 
-JOB_FILE = "job.json"
-GRADEBOOK_FILE = "gradebook.csv"
 FIXED_COLUMNS = ("id", "score", "max", "status", "duration")
 #: The files a result may leave in a student's folder (a farm worker's answer names them: nothing else).
 KEPT_FILES = frozenset(REPORT_FILES.values()) | {LOG_FILE}
@@ -387,13 +395,12 @@ def write_gradebook(out_dir: Path, exercise: Exercise, rows: Iterable[Row]) -> P
 def write_class_page(out_dir: Path, exercise: Exercise) -> tuple[Path | None, str]:
     """(DIR/index.html, "") from labctl.batch.classpage, or (None, why there is none). A page that fails
     is said, never the batch's failure: the gradebook is written by then."""
-    if importlib.util.find_spec("labctl.batch.classpage") is None:
-        return None, "no class page: this labctl has no labctl.batch.classpage"
+    from labctl.batch import classpage  # matplotlib and the page's code: only once the class is graded
+
     try:
-        page = importlib.import_module("labctl.batch.classpage").write_class_page(out_dir, exercise)
+        return classpage.write_class_page(out_dir, exercise), ""
     except Exception as error:  # noqa: BLE001  (its failure is reported with the summary, the results stand)
         return None, f"the class page could not be written: {type(error).__name__}: {printable(str(error))[:300]}"
-    return Path(page), ""
 
 
 # -- the batch --------------------------------------------------------------------------------------

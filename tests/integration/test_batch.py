@@ -116,6 +116,7 @@ def test_ctrl_c_keeps_the_results_that_finished_and_leaves_no_lab(classroom, bac
     assert batch.returncode == 130, stdout + stderr
     assert "interrupted:" in stdout and "Run the same command again to resume" in stdout, stdout
     assert "Traceback" not in stderr, stderr
+    assert f"class page: {out / 'index.html'}" in stdout and (out / "index.html").is_file()   # also after Ctrl-C
     assert labs_left(backend) == []
     kept = [name for name in GRADED if (out / name / "job.json").is_file()]
     assert set(finished) <= set(kept) and len(kept) < len(GRADED), kept
@@ -167,6 +168,8 @@ def test_the_same_command_resumes_and_every_row_is_as_validate_expects(classroom
     assert not (folder.parent / "escaped.py").exists() and not (out.parent / "escaped.py").exists()
     raw = (out / "gradebook.csv").read_text()
     assert "\x1b" not in raw and "\n=" not in raw and ",=" not in raw
+    page = (out / "index.html").read_text()
+    assert all(student in page for student in GRADED) and "\x1b" not in page
 
 
 def test_a_run_with_nothing_changed_grades_nothing_and_says_so(classroom, backend):

@@ -134,7 +134,8 @@ def test_a_batch_with_nothing_to_grade_writes_every_row_and_starts_no_grading(tm
     assert [row["id"] for row in rows] == ["alice", "empty", "notes.txt"]
     assert rows[0]["score"] == rows[0]["max"] == "14" and rows[0]["duration"] == "21.5"
     assert rows[1]["score"] == "0" and rows[1]["get-index"] == "" and rows[1]["message"] == "the folder is empty"
-    assert sorted(item.name for item in out.iterdir()) == ["alice", "empty", "gradebook.csv", "notes.txt"]
+    assert outcome.page == out / "index.html" and outcome.page.is_file() and outcome.page_note == ""
+    assert sorted(item.name for item in out.iterdir()) == ["alice", "empty", "gradebook.csv", "index.html", "notes.txt"]
 
 
 # -- a student's folder -------------------------------------------------------------------------------
