@@ -216,9 +216,10 @@ def test_busy_polling_fails_blocked_in_idle_cpu_and_io_model(lab_of):
     assert "is running, not asleep" in blocked.message and "busy loop" in blocked.message
     cpu = run(lab, "idle_cpu", window=1.5)
     assert not cpu.passed
-    # A spinning server takes what CPU it gets: all of one when the host is quiet, less when
-    # other labs share its CPUs; either way far above an idle server's 0%.
-    assert cpu.evidence["cpu_percent"] > 10, cpu.evidence
+    # A spinning server takes what CPU it gets: all of one when the host is quiet, less when other labs
+    # share its CPUs (9% of one seen with a load of 13 on 2 cores); what is sure is that it is over the
+    # check's own bound, which is why it failed. A fixed figure here would test the machine's load.
+    assert cpu.evidence["cpu_percent"] > cpu.evidence["max_percent"], cpu.evidence
     model = run(lab, "io_model", expect="event-driven")
     assert not model.passed
     assert model.evidence["model"] == "busy-polling"
