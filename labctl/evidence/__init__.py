@@ -1,0 +1,1 @@
+"""Evidence on every failure (`labctl grade/test --evidence DIR`): what proves each failed check, kept."""
