@@ -46,6 +46,10 @@ class Outcome:
 Proof = Literal["packets", "threads"]
 PACKETS: frozenset[Proof] = frozenset({"packets"})
 THREADS: frozenset[Proof] = frozenset({"threads"})
+PROOF_WORDS: dict[Proof, str] = {
+    "packets": "the packets of its traffic (a pcap, captured in the client) and a timing table of its connections",
+    "threads": "a picture of the server's threads at every look it judged, and those looks as JSON",
+}
 
 
 class Witness(Protocol):

@@ -125,6 +125,11 @@ def check_text(result: CheckResult, *, description: bool = True, evidence_limit:
     if result.evidence:
         parts.append("evidence:\n" + "\n".join("  " + line for line in
                                                 evidence_lines(result.evidence, evidence_limit)))
+    if result.evidence_files:
+        parts.append("evidence files (--evidence):\n" + "\n".join(f"  {entry.path}: {entry.description}"
+                                                                   for entry in result.evidence_files))
+    if result.evidence_left_out:
+        parts.append("evidence left out:\n" + "\n".join(f"  {note}" for note in result.evidence_left_out))
     if description and result.description:
         parts.append(f"what it checks: {result.description}")
     return "\n".join(part for part in parts if part)
