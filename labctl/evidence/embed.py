@@ -48,8 +48,12 @@ class Embedder:
     """One report's pictures, within its byte budget (first come, first served, in the report's order)."""
 
     report: GradeReport
-    left: int = REPORT_PICTURE_BYTES
+    left: int = -1                    # bytes of pictures still to embed (-1: REPORT_PICTURE_BYTES)
     notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.left < 0:
+            self.left = REPORT_PICTURE_BYTES
 
     def pictures(self, result: CheckResult) -> list[Picture]:
         found = []
