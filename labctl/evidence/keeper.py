@@ -151,6 +151,9 @@ class CheckEvidence:
         cap = ""
         if capture.reached_cap or capture.facts.get("truncated") or not read.complete:
             cap = f"the capture stopped at its cap: the check's first {read.records} packets"
+        if not read.records:
+            self.notes.append("the capture holds no packet: the check sent nothing to the server, or tcpdump "
+                              "was stopped before it had any")
         dropped = capture.facts.get("dropped")
         if dropped:
             cap += ("; " if cap else "") + f"the kernel dropped {dropped} packets before tcpdump read them"

@@ -6,6 +6,10 @@ is not slowed by it, as a Python sniffer would be. It is bounded three ways from
 (the headers and the first bytes of each payload), its packet count (-c: the file cannot pass
 24 + count * (16 + snaplen) bytes), and `timeout` (it ends on its own if nobody stops it).
 
+--immediate-mode hands each packet to tcpdump as it comes (-U writes it at once): without it the kernel
+holds packets in a block for up to a second, and a check shorter than that, stopped by SIGINT, left an
+empty file.
+
 tcpdump changes its user as it starts (to "tcpdump", or to root with -Z root); even to root it
 re-sets its groups, which needs CAP_SETGID beside CAP_NET_RAW (lab.yaml gives the client both).
 Without it tcpdump stops at once, and `tcpdump_start` says so: the check runs all the same.
@@ -69,7 +73,7 @@ def tcpdump_start(address: str, port: int, file: str, snaplen: int = 256, max_pa
         if os.path.exists(stale):
             os.unlink(stale)
     command = ["timeout", "-s", "INT", f"{max(1.0, seconds):.0f}",
-               "tcpdump", "-i", iface, "-Z", "root", "-n", "-U", "-s", str(int(snaplen)),
+               "tcpdump", "-i", iface, "-Z", "root", "-n", "-U", "--immediate-mode", "-s", str(int(snaplen)),
                "-c", str(int(max_packets)), "-w", file, f"tcp and host {address} and port {int(port)}"]
     with open(file + ".log", "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
