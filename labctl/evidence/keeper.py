@@ -76,12 +76,14 @@ class CheckEvidence:
         self.windows: list[tuple[str, Sample]] = []
         self.capture: PacketCapture | None = None
         self.notes: list[str] = []
+        self.begun = False
         self._lock = threading.Lock()
 
     # -- while the check runs ---------------------------------------------------------------------
 
     def begin(self, lab: Lab, budget: float) -> None:
         """Before the check's clock starts: the packet capture of a network check, listening."""
+        self.begun = True
         if "packets" not in self.proof:
             return
         if "raw_packets" not in lab.backend.offers():
@@ -98,6 +100,8 @@ class CheckEvidence:
                                                per_file=self.keeper.folder.per_file)
         except LabctlError as error:
             self.notes.append(f"no packets: {error}")
+        except Exception as error:  # evidence only: whatever goes wrong here, the check runs as without it
+            self.notes.append(f"no packets: the capture could not start ({type(error).__name__}: {error})")
 
     def saw(self, what: str, sample: Sample) -> None:
         """A window of observer looks the check judged (from its thread: CheckContext.saw)."""
@@ -107,7 +111,17 @@ class CheckEvidence:
     # -- after --------------------------------------------------------------------------------------
 
     def close(self, result: CheckResult) -> CheckResult:
-        """Stop what runs; when the check failed, its evidence written and pointed at from its result."""
+        """Stop what runs; when the check failed, its evidence written and pointed at from its result. Never
+        raises: evidence that cannot be kept is a note in the result, the verdict stays as it is."""
+        if not self.begun:  # not run (unavailable, the server gone, the budget spent): nothing was seen
+            return result
+        try:
+            return self._close(result)
+        except Exception as error:  # a bug in drawing or reading must not cost a verdict
+            return result.model_copy(update={"evidence_left_out": [
+                *self.notes, f"the evidence could not be kept: {type(error).__name__}: {error}"]})
+
+    def _close(self, result: CheckResult) -> CheckResult:
         keep = result.graded and result.status in KEPT
         packets = self._stop_capture(keep)
         if not keep:
@@ -130,7 +144,7 @@ class CheckEvidence:
             return None
         try:
             return self.capture.stop(keep)
-        except LabctlError as error:
+        except Exception as error:  # LabctlError (the client gone, the harness failed) or worse: a note
             self.notes.append(f"no packets: {error}")
             return None
 

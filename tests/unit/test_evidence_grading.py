@@ -298,3 +298,35 @@ def test_the_terminal_says_where_the_files_are(report_with_evidence):
     text = terminal.render(report, width=200)
     assert f"evidence: {report.evidence_dir}/03-idle-cpu.threads.png" in text
     assert "evidence of the failed checks: 8 files" in text and str(report.evidence_dir) in text
+
+
+def test_evidence_that_cannot_be_drawn_is_a_note_and_the_verdict_stays(fake, tmp_path, monkeypatch):
+    from labctl.evidence import timeline
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in drawing")
+
+    monkeypatch.setattr(timeline, "timeline", broken)
+    Client(fake, tmp_path)
+    report = graded(fake, tmp_path, tmp_path / "evidence")
+    cpu = next(result for result in report.results if result.name == "idle-cpu")
+    assert cpu.status == "failed" and cpu.evidence_files == []
+    assert cpu.evidence_left_out == ["the evidence could not be kept: ZeroDivisionError: a bug in drawing"]
+    assert [entry.kind for entry in report.results[1].evidence_files] == ["packets", "connections"]
+
+
+def test_a_check_that_did_not_run_has_no_evidence_and_no_note(fake, tmp_path):
+    client = Client(fake, tmp_path)
+    original = client.http_sequence
+
+    def dies(params: dict) -> dict:  # the server exits during the first check that fails
+        answer = original(params)
+        if client.paths[-1] != "/":
+            fake.stop("server", 1)
+        return answer
+
+    fake.harness["client"]["http_sequence"] = dies
+    report = graded(fake, tmp_path, tmp_path / "evidence")
+    not_run = [result for result in report.results if result.message.startswith("not run")]
+    assert not_run and all(not r.evidence_files and not r.evidence_left_out for r in not_run)
+    assert len(client.started) == 2, "no capture for a check that is not run"
