@@ -761,6 +761,7 @@ def checks(name, markdown) -> None:
             raise LabctlError(f"no check {name!r}; the catalog: {', '.join(catalog)}")
         definition = catalog[name]
         needs = f"; needs {', '.join(sorted(definition.needs))}" if definition.needs else ""
+        needs += f"; --evidence keeps its {' and '.join(sorted(definition.proof))}" if definition.proof else ""
         out.print(f"[bold]{name}[/]: {e(definition.summary)}  (budget {definition.default_timeout:g} s{needs})",
                   highlight=False)
         table = Table(box=None, padding=(0, 2))

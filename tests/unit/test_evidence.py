@@ -273,3 +273,29 @@ def test_caps_per_file_and_per_grading(tmp_path):
 
 def test_file_names_are_made_of_the_checks_name_alone():
     assert slug("get-index") == "get-index" and slug("../../etc/passwd") == "etc-passwd" and slug("!!!") == "check"
+
+
+# -- the harness's side of the capture ------------------------------------------------------------
+
+def test_stopping_a_capture_never_signals_a_process_that_is_not_it(tmp_path):
+    import subprocess
+
+    from labctl.harness import packets
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        facts = packets.tcpdump_stop(sleeper.pid, str(tmp_path / "capture.pcap"), keep=True)
+        assert facts["stopped"] is False and sleeper.poll() is None, "a pid is never signalled on trust"
+        assert facts["error"].startswith("FileNotFoundError")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_tcpdumps_own_counts_are_read_from_what_it_says_as_it_ends():
+    from labctl.harness import packets
+
+    said = ("tcpdump: listening on eth0, link-type EN10MB (Ethernet), snapshot length 256 bytes\n"
+            "10 packets captured\n10 packets received by filter\n3 packets dropped by kernel\n")
+    assert (packets._count(said, "captured"), packets._count(said, "dropped by kernel")) == (10, 3)
+    assert packets._count("tcpdump: eth0: No such device exists", "captured") is None
