@@ -29,7 +29,7 @@ from labctl.evidence import pcap, timeline
 from labctl.evidence.capture import SNAPLEN, PacketCapture
 from labctl.evidence.folder import EvidenceFolder, Full
 from labctl.exercise import CheckSpec
-from labctl.results import CheckResult, EvidenceFile
+from labctl.results import CheckResult, EvidenceFile, EvidenceKind
 
 if TYPE_CHECKING:
     from labctl.lab import Lab
@@ -51,10 +51,11 @@ class Keeper:
     _address: str | None = field(default=None, repr=False)
 
     def open(self, spec: CheckSpec) -> CheckEvidence | None:
-        """What one check will see, or None when nothing of it may be kept."""
-        self.checks += 1
+        """What one check will see, or None when nothing of it may be kept. Files are numbered in the order of
+        the checks that may keep some: in a student's view the numbers do not even say where a hidden check ran."""
         if self.student_view and spec.visibility == "hidden":
             return None
+        self.checks += 1
         return CheckEvidence(self, self.checks, spec)
 
     def server_address(self, lab: Lab) -> str:
@@ -148,7 +149,7 @@ class CheckEvidence:
             self.notes.append(f"no packets: {error}")
             return None
 
-    def _write(self, kind, suffix: str, data: bytes, media_type: str, description: str,
+    def _write(self, kind: EvidenceKind, suffix: str, data: bytes, media_type: str, description: str,
                files: list[EvidenceFile]) -> None:
         try:
             files.append(self.keeper.folder.write(self.spec.name, self.index, kind, suffix, data, media_type,
