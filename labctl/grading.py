@@ -10,7 +10,9 @@ Rules this module keeps:
   code and log, not a list of failed checks; the report says whose doing it was
   (`failure`: "submission", or "infrastructure" for the engine, images, labctl: exit 3);
 - a server that dies during grading fails the remaining checks at once, saying when it
-  died, instead of letting each one time out.
+  died, instead of letting each one time out;
+- keeping evidence (`--evidence`, labctl/evidence) changes no verdict: its time is not counted in the
+  grading's budget, and a check's clock starts once its packet capture listens.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Run:
         self.student_view = student_view
         self.keeper = keeper                   # keeps the evidence of failed checks (--evidence), or None
         self.exhausted = False                 # the grading's budget ran out before every check had run
+        self.evidence_seconds = 0.0            # time spent keeping evidence: not counted in the budget
         self.server_gone: str | None = None    # why the server can no longer be graded
         self.meter = UsageMeter(lab, lab.spec.server.name)
 
@@ -153,12 +156,13 @@ class Run:
         result = self._result(check, evidence)
         if evidence is not None:
             result = evidence.close(result)
+            self.evidence_seconds += evidence.seconds
         self.tell(result)
         self.meter.read()
         return result
 
     def _result(self, check: CheckSpec, evidence: CheckEvidence | None = None) -> CheckResult:
-        left = self.budget - (time.monotonic() - self.started)
+        left = self.budget - (time.monotonic() - self.started - self.evidence_seconds)
         # Unavailable first: a check this backend cannot run is left out of every submission's total alike,
         # whether or not the server is still up (else a crashed server would be graded out of more points).
         missing = REGISTRY[check.check].needs - self.lab.backend.offers()

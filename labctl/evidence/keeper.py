@@ -7,10 +7,11 @@ The order around one check (grading.Run and run_check):
     result = evidence.close(result)    # after: tcpdump stopped; a failed check's files written, listed
 
 Why it cannot change a verdict: the check gets its whole budget after `begin` (its deadline is set
-then), the observer's looks it keeps are the very ones it judged (nothing more is read from the lab),
-tcpdump is outside the server (in the client, in C, from the kernel's ring), and every trouble here
-(a capture that did not start, a cap, a picture that could not be drawn) becomes a note in the
-result's `evidence_left_out`, never an error of the check.
+then); the grading's budget does not count the time spent here (CheckEvidence.seconds); the observer's
+looks it keeps are the very ones it judged (nothing more is read from the lab); tcpdump is outside the
+server (in the client, in C, from the kernel's ring); and every trouble here (a capture that did not
+start, a cap, a picture that could not be drawn) becomes a note in the result's `evidence_left_out`,
+never an error of the check.
 
 A student's view (`--student-view`, `labctl test`) keeps nothing of a hidden check: no capture runs
 for it and no file names it, so an evidence folder a student's CI uploads cannot leak one.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,9 @@ class CheckEvidence:
         self.capture: PacketCapture | None = None
         self.notes: list[str] = []
         self.begun = False
+        #: Seconds spent here, outside the check (the capture's start and stop, drawing, writing): the grading
+        #: does not count them in its budget, so a check gets the same time with or without --evidence.
+        self.seconds = 0.0
         self._lock = threading.Lock()
 
     # -- while the check runs ---------------------------------------------------------------------
@@ -85,6 +90,13 @@ class CheckEvidence:
     def begin(self, lab: Lab, budget: float) -> None:
         """Before the check's clock starts: the packet capture of a network check, listening."""
         self.begun = True
+        started = time.monotonic()
+        try:
+            self._begin(lab, budget)
+        finally:
+            self.seconds += time.monotonic() - started
+
+    def _begin(self, lab: Lab, budget: float) -> None:
         if "packets" not in self.proof:
             return
         if "raw_packets" not in lab.backend.offers():
@@ -116,11 +128,14 @@ class CheckEvidence:
         raises: evidence that cannot be kept is a note in the result, the verdict stays as it is."""
         if not self.begun:  # not run (unavailable, the server gone, the budget spent): nothing was seen
             return result
+        started = time.monotonic()
         try:
             return self._close(result)
         except Exception as error:  # a bug in drawing or reading must not cost a verdict
             return result.model_copy(update={"evidence_left_out": [
                 *self.notes, f"the evidence could not be kept: {type(error).__name__}: {error}"]})
+        finally:
+            self.seconds += time.monotonic() - started
 
     def _close(self, result: CheckResult) -> CheckResult:
         keep = result.graded and result.status in KEPT

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -114,13 +115,13 @@ class Client:
 
 
 def graded(fake: FakeBackend, tmp_path: Path, evidence: Path | None, student_view: bool = False,
-           order: list[CheckSpec] | None = None) -> GradeReport:
+           order: list[CheckSpec] | None = None, budget: float = 120) -> GradeReport:
     ObservedServer(fake, BUSY)
     folder = tmp_path / "submission"
     folder.mkdir(exist_ok=True)
     (folder / "server.py").write_text("print('spinning')\n")
     project = FakeProject(tmp_path / "project", fake, write_lab(tmp_path / "project"))
-    exercise = Exercise(title="Evidence", model="blocking", budget=120, checks=order or checks(), id="evidence",
+    exercise = Exercise(title="Evidence", model="blocking", budget=budget, checks=order or checks(), id="evidence",
                         dir=tmp_path)
     report = grade(project, exercise, folder, GradeOptions(evidence=evidence, student_view=student_view))
     assert fake.containers == {} and fake.networks == {}
@@ -342,3 +343,25 @@ def test_junit_and_github_name_the_evidence_files(report_with_evidence):
     junit = RENDERERS["junit"].render(report)
     assert "evidence file: 03-idle-cpu.threads.png (the server's threads at each look" in junit
     assert "evidence file: 02-get-missing.packets.pcap" in RENDERERS["github"].render(report)
+
+
+def test_the_time_evidence_takes_is_not_counted_in_the_gradings_budget(fake, tmp_path):
+    """Four failing checks in a budget of 3 s, each capture taking 1 s to start and stop (a loaded machine):
+    counted, the third would find less than 1 s left and not run; not counted, every one runs, as without."""
+    client = Client(fake, tmp_path)
+
+    def slowly(handler):
+        def slow(params: dict) -> dict:
+            time.sleep(0.5)
+            return handler(params)
+        return slow
+
+    fake.harness["client"]["tcpdump_start"] = slowly(client.tcpdump_start)
+    fake.harness["client"]["tcpdump_stop"] = slowly(client.tcpdump_stop)
+    load_catalog()
+    order = [CheckSpec(name=f"get-{number}", check="http", params={"path": f"/{number}"}) for number in range(4)]
+    without = graded(fake, tmp_path, None, order=order, budget=3)
+    with_evidence = graded(fake, tmp_path, tmp_path / "evidence", order=order, budget=3)
+    assert verdicts(with_evidence) == verdicts(without) == [(f"get-{n}", "failed", 0.0) for n in range(4)]
+    assert not with_evidence.budget_exhausted and len(client.stopped) == 4
+    assert with_evidence.duration > 4 * 1.0 > 3, "the captures took longer than the whole budget"
