@@ -559,15 +559,20 @@ def _exercise_ids(incomplete: str) -> list[str]:
 
 
 def _run_grading(ctx: click.Context, exercise_name: str, submission: Path, include_hidden: bool,
-                 only: tuple[str, ...], reports: tuple[str, ...], student_view: bool) -> None:
+                 only: tuple[str, ...], reports: tuple[str, ...], student_view: bool,
+                 evidence: Path | None = None) -> None:
+    from labctl.evidence.folder import EvidenceFolder
     from labctl.grading import GradeOptions, grade
     from labctl.report import parse_specs, write_reports
     from labctl.results import HIDDEN_NAME
 
     proj = project(ctx)
     exercise = proj.exercise(exercise_name)
-    options = GradeOptions(include_hidden=include_hidden, only=list(only) or None, student_view=student_view)
+    options = GradeOptions(include_hidden=include_hidden, only=list(only) or None, student_view=student_view,
+                           evidence=evidence)
     options.checks_of(exercise)  # --only's names are checked before a lab is made
+    if evidence is not None:
+        EvidenceFolder.prepare(evidence)  # and the evidence folder
     shown = "all checks" if include_hidden else "public checks"
     say_line(f"[bold]{e(exercise.id)}[/]: {e(exercise.title)} — {shown} on {e(str(submission))}")
 
@@ -598,6 +603,13 @@ _report_option = click.option(
     "--report", "reports", multiple=True, metavar="FORMAT[:PATH]",
     help="Write a report: terminal, json, junit, gradescope, prairielearn, github, classroom (repeatable; "
          "default: terminal).")
+_evidence_option = click.option(
+    "--evidence", type=click.Path(path_type=Path), default=None, metavar="DIR",
+    help="Keep what proves each failed check in DIR (new, empty, or filled by an earlier --evidence): a picture "
+         "of the server's threads at every look a process check judged (PNG, and the looks as JSON), the packets "
+         "of a network check (a pcap of its first packets) and a timing table of its connections. At most 2 MiB a "
+         "file and 16 MiB a grading; nothing for a check that passed. Reports point at the files, Gradescope and "
+         "PrairieLearn show the pictures. Verdicts are the same with or without it.")
 
 
 @main.command()
@@ -606,14 +618,16 @@ _report_option = click.option(
               show_default="the current folder", help="The folder with your server.")
 @_only_option
 @_report_option
+@_evidence_option
 @click.pass_context
-def test(ctx, exercise, submission, only, reports) -> None:
+def test(ctx, exercise, submission, only, reports, evidence) -> None:
     """Run an exercise's public checks on your server, with explanations.
 
     Exit 0: every check passed; 1: some failed; 2: could not grade your server (the message says
     why); 3: the grading machine failed, not your server.
     """
-    _run_grading(ctx, exercise, submission, include_hidden=False, only=only, reports=reports, student_view=True)
+    _run_grading(ctx, exercise, submission, include_hidden=False, only=only, reports=reports, student_view=True,
+                 evidence=evidence)
 
 
 @main.command()
@@ -624,9 +638,11 @@ def test(ctx, exercise, submission, only, reports) -> None:
 @click.option("--student-view", is_flag=True,
               help="Every check runs and counts, but no report or progress line names a hidden check or shows "
                    "its message or evidence: one line sums them (\"hidden checks: 6/10 points (3 checks)\"). "
-                   "For reports a student reads (their repository's CI).")
+                   "For reports a student reads (their repository's CI); --evidence then keeps nothing of a "
+                   "hidden check.")
+@_evidence_option
 @click.pass_context
-def grade(ctx, exercise, submission, only, reports, student_view) -> None:
+def grade(ctx, exercise, submission, only, reports, student_view, evidence) -> None:
     """Grade a submission with all checks, public and hidden; write reports for CI and graders.
 
     \b
@@ -638,7 +654,7 @@ def grade(ctx, exercise, submission, only, reports, student_view) -> None:
     Always with a clear message; reports say which (`failure` in the json report).
     """
     _run_grading(ctx, exercise, submission, include_hidden=True, only=only, reports=reports,
-                 student_view=student_view)
+                 student_view=student_view, evidence=evidence)
 
 
 # -- a class at once ---------------------------------------------------------------------------------
@@ -826,6 +842,7 @@ def checks(name, markdown) -> None:
             raise LabctlError(f"no check {name!r}; the catalog: {', '.join(catalog)}")
         definition = catalog[name]
         needs = f"; needs {', '.join(sorted(definition.needs))}" if definition.needs else ""
+        needs += f"; --evidence keeps its {' and '.join(sorted(definition.proof))}" if definition.proof else ""
         out.print(f"[bold]{name}[/]: {e(definition.summary)}  (budget {definition.default_timeout:g} s{needs})",
                   highlight=False)
         table = Table(box=None, padding=(0, 2))

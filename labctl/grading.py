@@ -10,7 +10,9 @@ Rules this module keeps:
   code and log, not a list of failed checks; the report says whose doing it was
   (`failure`: "submission", or "infrastructure" for the engine, images, labctl: exit 3);
 - a server that dies during grading fails the remaining checks at once, saying when it
-  died, instead of letting each one time out.
+  died, instead of letting each one time out;
+- keeping evidence (`--evidence`, labctl/evidence) changes no verdict: its time is not counted in the
+  grading's budget, and a check's clock starts once its packet capture listens.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from labctl import __version__
 from labctl.backends.base import FEATURES, Feature, Usage
 from labctl.checks import REGISTRY, CheckContext, Outcome
 from labctl.errors import BudgetTooShort, LabctlError, ServerStartError, SubmissionError
+from labctl.evidence.folder import EvidenceFolder
+from labctl.evidence.keeper import CheckEvidence, Keeper
 from labctl.exercise import CheckSpec, Exercise
 from labctl.lab import Lab, Submission
 from labctl.project import Project
@@ -49,6 +53,7 @@ class GradeOptions:
     budget: float | None = None            # override the exercise's total budget
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server (a mutant's)
     student_view: bool = False             # progress never names a hidden check (the log is the student's)
+    evidence: Path | None = None           # keep what proves each failed check there (labctl/evidence)
 
     def checks_of(self, exercise: Exercise) -> list[CheckSpec]:
         """The checks this grading runs, in order. `labctl test` offers the public checks only: there a
@@ -82,6 +87,7 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     checks: list[CheckSpec] = []
+    folder: EvidenceFolder | None = None
 
     def report(**fields) -> GradeReport:
         results = fields.pop("results", [])
@@ -91,11 +97,13 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
                            score=sum(r.points for r in results),
                            max_score=sum(spec.points for spec in checks) - sum(
                                r.evidence.get("points_left_out", 0) for r in results if r.unavailable),
-                           results=results, **fields)
+                           results=results,
+                           evidence_dir=str(folder.path) if folder is not None and folder.files else None, **fields)
 
     try:
         checks = options.checks_of(exercise)
-    except LabctlError as error:  # a check name the caller made up: the caller's, not the student's
+        folder = EvidenceFolder.prepare(options.evidence) if options.evidence is not None else None
+    except LabctlError as error:  # a check name or a folder the caller made up: the caller's, not the student's
         return report(gradable=False, failure="infrastructure", error=str(error))
     if not submission_dir.is_dir():
         return report(gradable=False, failure="submission",
@@ -113,7 +121,8 @@ def grade(project: Project, exercise: Exercise, submission_dir: Path, options: G
                           backend=lab.backend.name, limits=lab.backend.limits_by())
         run = Run(lab, exercise, budget=options.budget or exercise.budget, started=started, say=say,
                   tell=on_result if on_result is not None else (lambda result: None),
-                  student_view=options.student_view)
+                  student_view=options.student_view,
+                  keeper=Keeper(folder, student_view=options.student_view) if folder is not None else None)
         results = [run.next(check) for check in checks]
         return report(gradable=True, results=results, budget_exhausted=run.exhausted,
                       backend=lab.backend.name, limits=lab.backend.limits_by(),
@@ -132,22 +141,28 @@ class Run:
     is, given what the ones before it found (a server gone, a budget used up)."""
 
     def __init__(self, lab: Lab, exercise: Exercise, budget: float, started: float, say: Progress, tell: OnResult,
-                 student_view: bool = False):
+                 student_view: bool = False, keeper: Keeper | None = None):
         self.lab, self.exercise, self.budget, self.started = lab, exercise, budget, started
         self.say, self.tell = say, tell
         self.student_view = student_view
+        self.keeper = keeper                   # keeps the evidence of failed checks (--evidence), or None
         self.exhausted = False                 # the grading's budget ran out before every check had run
+        self.evidence_seconds = 0.0            # time spent keeping evidence: not counted in the budget
         self.server_gone: str | None = None    # why the server can no longer be graded
         self.meter = UsageMeter(lab, lab.spec.server.name)
 
     def next(self, check: CheckSpec) -> CheckResult:
-        result = self._result(check)
+        evidence = self.keeper.open(check) if self.keeper is not None else None
+        result = self._result(check, evidence)
+        if evidence is not None:
+            result = evidence.close(result)
+            self.evidence_seconds += evidence.seconds
         self.tell(result)
         self.meter.read()
         return result
 
-    def _result(self, check: CheckSpec) -> CheckResult:
-        left = self.budget - (time.monotonic() - self.started)
+    def _result(self, check: CheckSpec, evidence: CheckEvidence | None = None) -> CheckResult:
+        left = self.budget - (time.monotonic() - self.started - self.evidence_seconds)
         # Unavailable first: a check this backend cannot run is left out of every submission's total alike,
         # whether or not the server is still up (else a crashed server would be graded out of more points).
         missing = REGISTRY[check.check].needs - self.lab.backend.offers()
@@ -160,7 +175,7 @@ class Run:
             return _not_run(check, "timed_out",
                             f"not run: the grading's time budget of {self.budget:g} s ran out before this check")
         self.say(f"check {HIDDEN_NAME if self.student_view and check.visibility == 'hidden' else check.name}")
-        result = run_check(self.lab, self.exercise, check, min(check.budget, left))
+        result = run_check(self.lab, self.exercise, check, min(check.budget, left), evidence)
         if left < check.budget and result.status == "timed_out":
             # It had only what was left of the grading's budget, and that was not enough. (An error with
             # time left is the check's own: it keeps its message.)
@@ -174,11 +189,17 @@ class Run:
         return result
 
 
-def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float) -> CheckResult:
-    """Run one check in a thread, within `budget` seconds (+ GRACE), and turn it into a CheckResult."""
+def run_check(lab: Lab, exercise: Exercise, spec: CheckSpec, budget: float,
+              evidence: CheckEvidence | None = None) -> CheckResult:
+    """Run one check in a thread, within `budget` seconds (+ GRACE), and turn it into a CheckResult.
+
+    With `evidence`, what proves a failure is gathered around it: begun before the check's clock starts
+    (its budget is whole), handed what the check saw while it runs."""
     definition = REGISTRY[spec.check]
+    if evidence is not None:
+        evidence.begin(lab, budget + GRACE)
     ctx = CheckContext.of(lab, port=lab.server_port, deadline=time.monotonic() + budget,
-                          exercise_dir=exercise.dir, docroot=exercise.docroot)
+                          exercise_dir=exercise.dir, docroot=exercise.docroot, witness=evidence)
     box: dict[str, object] = {}
 
     def target() -> None:

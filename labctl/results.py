@@ -25,6 +25,20 @@ HIDDEN_NAME = "a hidden check"
 
 SCHEMA_VERSION = 1
 
+#: What an evidence file holds (labctl/evidence): the thread timeline picture of a process check and the samples
+#: it was drawn from; the packets of a network check and its connections as a timing table.
+EvidenceKind = Literal["threads-picture", "threads-samples", "packets", "connections"]
+
+
+class EvidenceFile(BaseModel):
+    """One file of a failed check's evidence (`--evidence DIR`), where the report's `evidence_dir` holds it."""
+
+    kind: EvidenceKind
+    path: str = Field(description="Relative to the report's evidence_dir: '03-idle-cpu.threads.png'.")
+    media_type: str = Field(description="image/png, application/json, application/vnd.tcpdump.pcap, text/plain.")
+    bytes: int = Field(ge=0)
+    description: str = Field(description="What it shows, in a few words.")
+
 
 class CheckResult(BaseModel):
     """What one check found, in numbers and in words a student understands."""
@@ -44,6 +58,11 @@ class CheckResult(BaseModel):
                                      description="Numbers behind the message: latencies, thread states, "
                                                  "log tail, pcap path.")
     description: str = Field("", description="What the check looks for and why (from the exercise).")
+    evidence_files: list[EvidenceFile] = Field(default_factory=list, description=(
+        "What proves this check's failure, kept with --evidence: a picture of the server's threads, the "
+        "samples behind it, the packets, a timing table of the connections (none for a check that passed)."))
+    evidence_left_out: list[str] = Field(default_factory=list, description=(
+        "Why evidence this check would have had is not there (a cap reached, a capture that could not run)."))
 
     @property
     def passed(self) -> bool:
@@ -117,6 +136,9 @@ class GradeReport(BaseModel):
     backend: str = Field("docker", description="Where the lab ran: docker (containers) or local (this host's "
                                                "processes, no engine).")
     limits: str = Field("", description="How the server's limits were enforced (cgroups, rlimits...).")
+    evidence_dir: str | None = Field(None, description=(
+        "The folder --evidence wrote the failed checks' evidence files to (each result's evidence_files are "
+        "relative to it); None without --evidence."))
 
     @model_validator(mode="after")
     def _failure_goes_with_gradable(self) -> GradeReport:
@@ -160,7 +182,8 @@ class GradeReport(BaseModel):
         test`, and the reports a student's repository or platform shows whatever the caller asked).
 
         Every check still counts: the score and max_score do not change. The hidden checks become ONE result,
-        "hidden checks", with their summed points and how many there were, never a name, message or evidence;
+        "hidden checks", with their summed points and how many there were, never a name, message or evidence
+        (nor evidence files: a grading with `student_view` does not even keep a hidden check's);
         a public check's texts and the error say "a hidden check" where they named one (a server that died
         during a hidden check says so in the checks after it); the server's log goes when there are hidden
         checks (it can show every request they made). The same view of a view is itself."""
@@ -213,4 +236,5 @@ def _redact(value: Any, names: list[str]) -> Any:
 def _redacted_result(result: CheckResult, names: list[str]) -> CheckResult:
     return result.model_copy(update={"message": _redact(result.message, names),
                                      "evidence": _redact(result.evidence, names),
-                                     "description": _redact(result.description, names)})
+                                     "description": _redact(result.description, names),
+                                     "evidence_left_out": _redact(result.evidence_left_out, names)})

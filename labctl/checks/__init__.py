@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +40,24 @@ class Outcome:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+#: What proves a failed check, kept with `labctl grade --evidence` (labctl/evidence): the packets of its
+#: traffic (tcpdump in the client for the check's duration), or the server's threads at every look the check
+#: judged (what it gives `CheckContext.saw`).
+Proof = Literal["packets", "threads"]
+PACKETS: frozenset[Proof] = frozenset({"packets"})
+THREADS: frozenset[Proof] = frozenset({"threads"})
+PROOF_WORDS: dict[Proof, str] = {
+    "packets": "the packets of its traffic (a pcap, captured in the client) and a timing table of its connections",
+    "threads": "a picture of the server's threads at every look it judged, and those looks as JSON",
+}
+
+
+class Witness(Protocol):
+    """Who keeps what a check saw, when the grading keeps evidence (labctl/evidence's CheckEvidence)."""
+
+    def saw(self, what: str, sample: Any) -> None: ...
+
+
 @dataclass
 class CheckContext:
     """What a check may use: the running lab and facts about the server under test."""
@@ -54,6 +72,7 @@ class CheckContext:
     observer: str = "observer"
     server: str = "server"
     host: str = "server"                  # where the client and injector reach the server (Lab.server_host)
+    witness: Witness | None = None        # keeps what the check saw, with --evidence (None: nobody does)
 
     @classmethod
     def of(cls, lab: Lab, port: int, deadline: float, **more: Any) -> CheckContext:
@@ -70,6 +89,11 @@ class CheckContext:
     def remaining(self) -> float:
         """Seconds left of this check's budget (never below a small floor for cleanup calls)."""
         return max(0.5, self.deadline - time.monotonic())
+
+    def saw(self, what: str, sample: Any) -> None:
+        """Hand a window of observer looks the check judges (observe.Sample) to the evidence, if it is kept."""
+        if self.witness is not None:
+            self.witness.saw(what, sample)
 
     def harness(self, node: str, command: str, params: dict[str, Any], timeout: float | None = None) -> dict:
         """Run a harness command, bounded by the check's remaining budget."""
@@ -89,19 +113,23 @@ class CheckDef(Generic[P]):
     #: What it needs of a backend beyond nodes and a connection to the server (base.FEATURES): where one
     #: is missing the check is not run and its points are left out ("not available on this backend").
     needs: frozenset[Feature] = frozenset()
+    #: What proves it failed, kept with --evidence (Proof): its packets, the server's threads, or nothing.
+    proof: frozenset[Proof] = frozenset()
 
 
 REGISTRY: dict[str, CheckDef] = {}
 
 
 def check(name: str, params: type[P], summary: str, default_timeout: float = 30.0,
-          needs: frozenset[Feature] = frozenset()):
-    """Register a check function under `name` (decorator); `needs`: what it needs of a backend."""
+          needs: frozenset[Feature] = frozenset(), proof: frozenset[Proof] = frozenset()):
+    """Register a check function under `name` (decorator); `needs`: what it needs of a backend; `proof`: what
+    --evidence keeps when it fails."""
 
     def register(function: Callable[[CheckContext, P], Outcome]) -> Callable[[CheckContext, P], Outcome]:
         if name in REGISTRY and REGISTRY[name].run is not function:
             raise ValueError(f"check {name!r} is registered twice")
-        REGISTRY[name] = CheckDef(name, params, function, summary, default_timeout, frozenset(needs))
+        REGISTRY[name] = CheckDef(name, params, function, summary, default_timeout, frozenset(needs),
+                                  frozenset(proof))
         return function
 
     return register

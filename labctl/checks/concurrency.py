@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.checks import PACKETS, CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import (
     counts_text,
     explain_failure,
@@ -127,7 +127,7 @@ def judge_slow_client(facts: SlowClient, params: SlowClientParams, port: int | N
                           f"{request_failure(probe, f'GET {params.path}', port)}", evidence)
 
 
-@check("slow_client", SlowClientParams, default_timeout=20.0,
+@check("slow_client", SlowClientParams, default_timeout=20.0, proof=PACKETS,
        summary="A client that sends half a request must not stop the server from answering another one.")
 def slow_client(ctx: CheckContext, params: SlowClientParams) -> Outcome:
     facts = measure(ctx, "slow_client", {
@@ -221,7 +221,7 @@ def judge_concurrent_clients(facts: ConcurrentClients, params: ConcurrentClients
     return Outcome(True, f"{shape}: {ok_text} ({numbers}){note}", evidence)
 
 
-@check("concurrent_clients", ConcurrentClientsParams, default_timeout=60.0,
+@check("concurrent_clients", ConcurrentClientsParams, default_timeout=60.0, proof=PACKETS,
        summary="Many clients at once, a fresh connection per request: no errors, latency percentiles.")
 def concurrent_clients(ctx: CheckContext, params: ConcurrentClientsParams) -> Outcome:
     facts = measure(ctx, "concurrent_clients", {
@@ -326,7 +326,7 @@ def _idle_hint(log_tail: str | None) -> str:
             "threads (this lab allows a few hundred), and select() breaks past descriptor 1023 (FD_SETSIZE).")
 
 
-@check("idle_connections", IdleConnectionsParams, default_timeout=60.0,
+@check("idle_connections", IdleConnectionsParams, default_timeout=60.0, proof=PACKETS,
        summary="Thousands of idle connections (more than select() can watch) and a new request is still served.")
 def idle_connections(ctx: CheckContext, params: IdleConnectionsParams) -> Outcome:
     facts = measure(ctx, "idle_connections", {
@@ -434,7 +434,7 @@ def _stuck_behind_the_reader(reader: str, probe: TimedRequest, params: SlowReade
             "send() did not take and send it when poll/epoll says the socket is writable again.")
 
 
-@check("slow_reader", SlowReaderParams, default_timeout=30.0,
+@check("slow_reader", SlowReaderParams, default_timeout=30.0, proof=PACKETS,
        summary="A client that reads a large file slowly must not stop the server from answering another one.")
 def slow_reader(ctx: CheckContext, params: SlowReaderParams) -> Outcome:
     expected = expected_file(ctx.docroot, params.path)

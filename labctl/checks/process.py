@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from labctl import models, observe, syscalls
-from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.checks import THREADS, CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import decode_escapes, plural, run_harness
 from labctl.classify import Facts, classify
 from labctl.errors import BudgetTooShort, LabctlError
@@ -113,8 +113,9 @@ def _observer_errors(sample: observe.Sample, offers: frozenset[str] = frozenset(
                           + "; ".join(errors[:3]))
 
 
-def sample(ctx: CheckContext, window: float) -> observe.Sample:
-    """The server over the next `window` seconds: the observer's looks, and its CPU from its cgroup.
+def sample(ctx: CheckContext, window: float, what: str = "idle") -> observe.Sample:
+    """The server over the next `window` seconds: the observer's looks, and its CPU from its cgroup; `what`
+    names the window for the evidence (ctx.saw: the timeline picture of a failed check).
 
     Nothing is started in the lab to take them (see observe.Window).
     """
@@ -127,6 +128,7 @@ def sample(ctx: CheckContext, window: float) -> observe.Sample:
     opened = observe.Window(ctx.lab, ctx.observer, ctx.server)
     time.sleep(window)
     result = opened.close()
+    ctx.saw(what, result)
     _observer_errors(result, ctx.lab.backend.offers())
     return result
 
@@ -180,6 +182,7 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
     # Watched once every connection is made (a slow connect can take longer than the lead), for the window.
     since = began + max(HOLD_LEAD, float(answer.get("connected_after") or 0.0) + 0.1)
     seen = opened.close(looks_from=since, looks_until=since + window)
+    ctx.saw(f"while {connections} connection{'s were' if connections != 1 else ' was'} held", seen)
     _observer_errors(seen, ctx.lab.backend.offers())
     return seen, answer
 
@@ -230,7 +233,7 @@ class ThreadsParams(CheckParams):
 @check("threads", ThreadsParams,
        "Counts the server's threads and processes while the client holds N connections open: a thread-per-"
        "client server grows with its clients, a blocking or event-driven one stays at one.",
-       default_timeout=30.0)
+       default_timeout=30.0, proof=THREADS)
 def threads_check(ctx: CheckContext, params: ThreadsParams) -> Outcome:
     n = params.connections
     idle = sample(ctx, IDLE_COUNT_WINDOW)
@@ -324,7 +327,7 @@ class BlockedInParams(CheckParams):
 @check("blocked_in", BlockedInParams,
        "When no client is connected, every server thread is asleep (state S) in one of the named syscalls "
        "(checked by number for the kernel's architecture); a thread that runs is a busy loop.",
-       default_timeout=20.0, needs=frozenset({"thread_waits"}))
+       default_timeout=20.0, needs=frozenset({"thread_waits"}), proof=THREADS)
 def blocked_in_check(ctx: CheckContext, params: BlockedInParams) -> Outcome:
     seen = sample(ctx, params.window)
     arch = seen.machine
@@ -385,7 +388,7 @@ class IdleCpuParams(CheckParams):
 
 @check("idle_cpu", IdleCpuParams,
        "The server uses (almost) no CPU while it waits: a server that busy-polls a non-blocking socket "
-       "burns a whole CPU doing nothing.", default_timeout=20.0)
+       "burns a whole CPU doing nothing.", default_timeout=20.0, proof=THREADS)
 def idle_cpu_check(ctx: CheckContext, params: IdleCpuParams) -> Outcome:
     hold: dict = {}
     if params.connections:
@@ -457,7 +460,8 @@ IO_MODEL_CHECK = "io_model"
 @check(IO_MODEL_CHECK, IoModelParams,
        "Tells how the server serves clients (blocking, a thread or a process per client, a pool of either, one "
        "or several event loops, or busy polling) from what each of its threads waits on, idle and with clients "
-       "held, and its CPU, and compares with the exercise.", default_timeout=30.0, needs=frozenset({"thread_waits"}))
+       "held, and its CPU, and compares with the exercise.", default_timeout=30.0, needs=frozenset({"thread_waits"}),
+       proof=THREADS)
 def io_model_check(ctx: CheckContext, params: IoModelParams) -> Outcome:
     expected = [params.expect] if isinstance(params.expect, str) else list(params.expect)
     probe_request = (decode_escapes(params.probe_request).decode("latin-1")

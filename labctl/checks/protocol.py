@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from labctl.checks import CheckContext, CheckParams, Outcome, check
+from labctl.checks import PACKETS, CheckContext, CheckParams, Outcome, check
 from labctl.checks.common import (
     Response,
     answered,
@@ -427,7 +427,7 @@ def _join(problems: list[str], limit: int = 3) -> str:
 # -- http -------------------------------------------------------------------------------------------
 
 @check("http", HttpParams, "One HTTP request: status, headers and body (text, pattern or a docroot file's digest).",
-       default_timeout=20.0)
+       default_timeout=20.0, proof=PACKETS)
 def http(ctx: CheckContext, params: HttpParams) -> Outcome:
     digest = file_digest(ctx.docroot, params.expect.file) if params.expect.file else None
     data = params.request_bytes(ctx.server)
@@ -462,7 +462,7 @@ def judge_http(step: Exchange, params: HttpParams, port: int, digest: FileDigest
 
 @check("malformed_request", MalformedParams,
        "Bad requests get 400 Bad Request, and the server still answers a good request afterwards.",
-       default_timeout=30.0)
+       default_timeout=30.0, proof=PACKETS)
 def malformed_request(ctx: CheckContext, params: MalformedParams) -> Outcome:
     requests = malformed_requests(params)
     steps = [{"name": name, "data": data, "timeout": params.timeout} for name, (data, _) in requests.items()]
@@ -540,7 +540,8 @@ def judge_malformed(results: list[Exchange], requests: dict[str, tuple[bytes, st
 # -- client_reset -----------------------------------------------------------------------------------
 
 @check("client_reset", ResetParams,
-       "Connections reset (RST) in the middle of a request must not stop the server.", default_timeout=30.0)
+       "Connections reset (RST) in the middle of a request must not stop the server.", default_timeout=30.0,
+       proof=PACKETS)
 def client_reset(ctx: CheckContext, params: ResetParams) -> Outcome:
     partial = decode_escapes(params.partial)
     steps = [{"name": f"reset{i + 1}", "action": "reset", "data": partial, "pause": params.pause,
@@ -589,7 +590,7 @@ def judge_reset(results: list[Exchange], params: ResetParams, port: int) -> Outc
 
 @check("trickled_request", TrickleParams,
        "A request arriving in many tiny TCP segments is answered like one sent whole (no single-recv() servers).",
-       default_timeout=30.0)
+       default_timeout=30.0, proof=PACKETS)
 def trickled_request(ctx: CheckContext, params: TrickleParams) -> Outcome:
     digest = file_digest(ctx.docroot, params.expect.file) if params.expect.file else None
     data = params.request_bytes(ctx.server)
@@ -643,7 +644,7 @@ def judge_trickle(results: list[Exchange], params: TrickleParams, port: int, dig
 
 @check("syn_flood", SynFloodParams,
        "While a SYN flood fills the server's SYN queue with half-open connections, a normal client still gets in.",
-       default_timeout=40.0, needs=frozenset({"raw_packets", "own_network", "server_sysctls"}))
+       default_timeout=40.0, needs=frozenset({"raw_packets", "own_network", "server_sysctls"}), proof=PACKETS)
 def syn_flood(ctx: CheckContext, params: SynFloodParams) -> Outcome:
     observe = ctx.observer in ctx.lab.spec.nodes
     syncookies, syncookies_source = server_syncookies(ctx)

@@ -242,6 +242,27 @@ class TcpPortStats(TypedDict, total=False):
     netstat_error: str
 
 
+class TcpdumpStarted(TypedDict, total=False):
+    """A packet capture started around a check (harness/packets.py), or why it could not start."""
+
+    listening: bool
+    pid: int                        # of the capture (`timeout` around tcpdump), to stop it by
+    file: str
+    ready_seconds: float
+    exit_code: int | None
+    error: str                      # tcpdump's own words when it did not start
+
+
+class TcpdumpStopped(TypedDict, total=False):
+    stopped: bool                   # it was running and was stopped
+    captured: int | None            # tcpdump's count of packets written
+    dropped: int | None             # ... and of packets the kernel dropped before tcpdump read them
+    bytes: int                      # the file's size
+    truncated: bool                 # the file was larger than what was sent back
+    pcap_base64: str
+    error: str
+
+
 # -- the observer: what it reads of the server's processes (harness/proc.py, agent.py) ------------
 
 class WaitsOn(TypedDict, total=False):
@@ -321,5 +342,7 @@ FACTS: dict[str, str] = {
     "proc_snapshot": "ProcSnapshot",
     "hold_connections": "Hold",
     "probe": "Probe",
-    "proc_agent": "dict",               # {"looks": n}: its looks go to its log, one ProcSnapshot a line
+    "proc_agent": "dict",
+    "tcpdump_start": "TcpdumpStarted",
+    "tcpdump_stop": "TcpdumpStopped",               # {"looks": n}: its looks go to its log, one ProcSnapshot a line
 }

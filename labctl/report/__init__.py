@@ -1,4 +1,5 @@
-"""Reports of a grading: one module per format, all rendered from a GradeReport and nothing else.
+"""Reports of a grading: one module per format, all rendered from a GradeReport and nothing else (but the
+evidence files it points at, which gradescope and prairielearn embed: labctl/evidence/embed.py reads them).
 
     RENDERERS["junit"].render(report) -> str          the report's text, nothing written
     write_reports(report, ["junit:out/junit.xml", "gradescope"], console) -> paths written

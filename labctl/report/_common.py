@@ -118,6 +118,12 @@ def evidence_lines(evidence: dict[str, Any], long_limit: int = _LONG_VALUE) -> l
     return lines
 
 
+def evidence_file_lines(result: CheckResult) -> list[str]:
+    """The evidence files (--evidence) of a check and what was left out of them, one line each."""
+    return ([f"evidence file: {entry.path} ({entry.description})" for entry in result.evidence_files]
+            + [f"evidence left out: {note}" for note in result.evidence_left_out])
+
+
 def check_text(result: CheckResult, *, description: bool = True, evidence_limit: int = _LONG_VALUE) -> str:
     """A check in plain text: status, message, evidence (and what it looks for)."""
     parts = [f"{status_word(result)}: {points(result.points)}/{points(result.max_points)} points "
@@ -125,6 +131,9 @@ def check_text(result: CheckResult, *, description: bool = True, evidence_limit:
     if result.evidence:
         parts.append("evidence:\n" + "\n".join("  " + line for line in
                                                 evidence_lines(result.evidence, evidence_limit)))
+    files = evidence_file_lines(result)
+    if files:
+        parts.append("\n".join(files))
     if description and result.description:
         parts.append(f"what it checks: {result.description}")
     return "\n".join(part for part in parts if part)

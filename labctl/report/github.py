@@ -22,6 +22,7 @@ from rich.console import Console
 
 from labctl.report._common import (
     counts,
+    evidence_file_lines,
     evidence_lines,
     failed,
     failure_title,
@@ -95,7 +96,7 @@ def _icon(result: CheckResult) -> str:
 
 def _details(result: CheckResult) -> str:
     body = result.message.rstrip()
-    lines = evidence_lines(result.evidence, long_limit=2000)
+    lines = evidence_lines(result.evidence, long_limit=2000) + evidence_file_lines(result)
     if lines:
         body += "\n\n" + "\n".join(lines)
     summary = f"{_icon(result)} {html.escape(shown(result.name), quote=False)} ({status_word(result)}" \

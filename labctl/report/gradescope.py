@@ -24,15 +24,21 @@ Decisions (students read this file through Gradescope's UI):
   (max_score, exercise, version, gradable, error) go in the documented `extra_data`.
 - timed_out and error checks are "failed" (Gradescope knows no other status); the output says which.
 - A lesson (0 points) has no status, so a demonstration that did what it shows is never a failed test.
+- A failed check with evidence (`--evidence`) has an "html" output (Gradescope's test output formats: text,
+  html, simple_format, md, ansi; html is sanitized by Gradescope): its text in <pre>, the picture that proves
+  it as an <img> with a data: URL (labctl/evidence/embed.py caps each and all of them), the first rows of its
+  connection table. A hidden check's evidence shows only with the test itself (after_published).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from labctl.evidence.embed import Embedder
 from labctl.report._common import (
     check_text,
     counts,
@@ -53,7 +59,7 @@ LOG_LIMIT = 20_000
 VISIBILITY = {"public": "visible", "hidden": "after_published"}
 
 
-def _test(result: CheckResult, number: int) -> dict[str, Any]:
+def _test(result: CheckResult, number: int, embedder: Embedder | None = None) -> dict[str, Any]:
     test: dict[str, Any] = {
         "name": result.name + (f" ({result.aside})" if result.aside else ""),
         "number": str(number),
@@ -67,7 +73,27 @@ def _test(result: CheckResult, number: int) -> dict[str, Any]:
     }
     if not result.graded:
         del test["status"]  # a lesson never shows as failed: with no status, 0/0 is shown as neither
+    if embedder is not None and result.evidence_files:
+        test.update(_with_evidence(test["output"], result, embedder))
     return test
+
+
+def _with_evidence(output: str, result: CheckResult, embedder: Embedder) -> dict[str, Any]:
+    """A failed test's output as HTML (Gradescope's output_format "html"): its text, then the picture that
+    proves it (an <img> with a data: URL, within the report's picture cap) and the first rows of its
+    connection table. Every text in it is escaped: the server's bytes are in the messages."""
+    parts = [f"<pre>{html.escape(output)}</pre>"]
+    for picture in embedder.pictures(result):
+        parts.append(f"<p>{html.escape(picture.label)} ({html.escape(picture.path)}):</p>"
+                     f'<img src="{picture.data_url}" alt="{html.escape(picture.label)}" style="max-width:100%">')
+    table = embedder.table(result)
+    if table:
+        parts.append(f"<pre>{html.escape(table)}</pre>")
+    for note in embedder.notes.get(result.name, []):
+        parts.append(f"<p>{html.escape(note)}</p>")
+    if len(parts) == 1:
+        return {}
+    return {"output": "\n".join(parts), "output_format": "html"}
 
 
 def results(report: GradeReport) -> dict[str, Any]:
@@ -79,7 +105,9 @@ def results(report: GradeReport) -> dict[str, Any]:
     tests: list[dict[str, Any]] = []
     if report.gradable:
         score = report.score
-        tests = [_test(_as_shown(result, public), number) for number, result in enumerate(report.results, start=1)]
+        embedder = Embedder(report)
+        tests = [_test(_as_shown(result, public), number, embedder)
+                 for number, result in enumerate(report.results, start=1)]
         lines = [f"{report.exercise}: public checks {score_line(public)}, {counts(public)}."]
         if has_hidden:
             lines.append("Some checks are hidden: their results appear once grades are published.")

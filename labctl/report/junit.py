@@ -25,6 +25,7 @@ from pathlib import Path
 
 from labctl.report._common import (
     STATUS_WORDS,
+    evidence_file_lines,
     evidence_lines,
     failed,
     first_line,
@@ -59,6 +60,7 @@ def _time(value: float) -> str:
 def _body(result: CheckResult) -> str:
     lines = [result.message.rstrip()]
     lines += evidence_lines(result.evidence, long_limit=4000)
+    lines += evidence_file_lines(result)
     if result.description:
         lines.append(f"what it checks: {result.description}")
     return xml_text("\n".join(lines))

@@ -19,7 +19,9 @@ Decisions (PrairieLearn shows this file to the student at once and has no per-te
   regrade. `succeeded` is the host's field, not one results.json can set: the exit code is how. An
   entrypoint that maps 1 and 2 to 0 and keeps 3 gets exactly this; one that maps every code to 0
   still charges the student nothing (gradable false).
-- Outputs are cut so the file stays well under PrairieLearn's 1 MB limit.
+- Outputs are cut so the file stays well under PrairieLearn's 1 MB limit; so are the pictures of failed
+  checks (`--evidence`), in each test's `images` as {label, url: a data: URL} (docs/externalGrading.md),
+  at most labctl/evidence/embed.py's caps together; a hidden check's never (the student's view has none).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from labctl.evidence.embed import Embedder
 from labctl.report._common import check_text, counts, not_gradable_text, printable_all, public_part, score_line, tail
 from labctl.results import CheckResult, GradeReport
 
@@ -37,12 +40,20 @@ OUTPUT_LIMIT = 8_000
 LOG_LIMIT = 50_000
 
 
-def _test(result: CheckResult) -> dict[str, Any]:
-    test = {"name": result.name, "points": result.points, "max_points": result.max_points,
-            "message": result.message,
-            "output": tail(check_text(result, description=False, evidence_limit=2000), OUTPUT_LIMIT, "output")}
+def _test(result: CheckResult, embedder: Embedder | None = None) -> dict[str, Any]:
+    test: dict[str, Any] = {"name": result.name, "points": result.points, "max_points": result.max_points,
+                            "message": result.message,
+                            "output": tail(check_text(result, description=False, evidence_limit=2000), OUTPUT_LIMIT,
+                                           "output")}
     if result.description:
         test["description"] = result.description
+    if embedder is not None and result.evidence_files:
+        pictures = embedder.pictures(result)
+        if pictures:  # PrairieLearn's test images: {label, url} with a data: URL
+            test["images"] = [{"label": picture.label, "url": picture.data_url} for picture in pictures]
+        extra = [text for text in [embedder.table(result), *embedder.notes.get(result.name, [])] if text]
+        if extra:
+            test["output"] += "\n\n" + "\n".join(extra)
     return test
 
 
@@ -62,7 +73,8 @@ def results(report: GradeReport) -> dict[str, Any]:
     report = report.for_students()
     hidden = report.hidden
     public = public_part(report)
-    tests = [_test(result) for result in public.results]
+    embedder = Embedder(report)
+    tests = [_test(result, embedder) for result in public.results]
     tests += [{"name": result.name, "points": result.points, "max_points": result.max_points,
                "message": result.message + ". Their details are not shown.", "output": ""} for result in hidden]
     message = f"{report.exercise}: {score_line(report)}; public checks: {counts(public)}."

@@ -13,6 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from labctl.evidence.embed import where
 from labctl.report._common import (
     counts,
     evidence_lines,
@@ -69,6 +70,10 @@ def renderable(report: GradeReport) -> RenderableType:
         block.append(shown(result.message.rstrip()))
         for line in evidence_lines(result.evidence, long_limit=400):
             block.append(f"\n  {shown(line)}", style="dim")
+        for line in where(report, result):
+            block.append(f"\n  evidence: {shown(line)}", style="bold")
+        for note in result.evidence_left_out:
+            block.append(f"\n  evidence left out: {shown(note)}", style="dim")
         parts.append(block)
     footer = Text("\n")
     if not report.gradable:
@@ -86,6 +91,12 @@ def renderable(report: GradeReport) -> RenderableType:
         footer.append(f"\nyour server used {seconds(usage.cpu_seconds)} of CPU in {seconds(usage.seconds)} of checks"
                       + (f", at most {usage.peak_tasks} processes and threads" if usage.peak_tasks else ""),
                       style="dim")
+    if report.evidence_dir is not None:
+        files = [entry for result in report.results for entry in result.evidence_files]
+        if files:
+            size = sum(entry.bytes for entry in files)
+            footer.append(f"\nevidence of the failed checks: {len(files)} files ({size / 1024:.0f} KiB) in "
+                          f"{shown(report.evidence_dir)}", style="bold")
     parts.append(footer)
     return Group(*parts)
 

@@ -79,6 +79,7 @@ def test_the_scripts_install_from_the_zip_and_grade_with_the_local_backend(autog
     assert 'pip" install --no-cache-dir "$SOURCE/project"' in setup  # labctl from the zip, not from PyPI
     assert f"--backend local grade {EXERCISE}" in run and '--report "gradescope:$RESULTS"' in run
     assert "cp -a /autograder/submission/." in run
+    assert '--evidence "$evidence"' in run and 'rm -rf "$submission" "$evidence"' in run  # pictures, embedded
     assert 'rm -f "$RESULTS"' in run.split("*)")[1]  # exit 3: no results.json, "the autograder failed"
     for text in (setup, run):
         assert "__" not in text.replace("__EXERCISE__", "")
@@ -181,6 +182,7 @@ def test_the_entrypoint_exits_0_whenever_it_wrote_results_and_keeps_an_infrastru
     assert done.returncode == expected, done.stderr
     assert (grade / "results" / "results.json").exists() is not no_results
     assert not list(tmp_path.glob("labctl-submission.*"))  # its copy of the submission is removed
+    assert not list(tmp_path.glob("labctl-evidence.*"))  # and the evidence, once results.json embeds it
 
 
 def test_the_readmes_package_commands_work_as_written(tmp_path, monkeypatch):
