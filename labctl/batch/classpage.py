@@ -454,10 +454,10 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _plots_context() -> Any:
-    import matplotlib
+    from labctl.plots import drawing
 
-    return matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "labctl-class-page", "font.size": 9,
-                                  "axes.spines.top": False, "axes.spines.right": False})
+    return drawing(**{"svg.fonttype": "path", "svg.hashsalt": "labctl-class-page",
+                      "axes.spines.top": False, "axes.spines.right": False})
 
 
 def score_plot(data: ClassData) -> str | None:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import io
 import statistics
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import observe
+from labctl.plots import drawing
 from labctl.untrusted import printable
 
 #: The most lanes a picture draws (the busiest first); the others are counted under it.
@@ -43,8 +43,6 @@ COLOURS: dict[str, str] = {
     "timed-sleep": "#98df8a", "child": "#bcbd22", "lock": "#e377c2", "pipe": "#7f7f7f", "file": "#8c564b",
     "other": "#c7c7c7", "stopped": "#111111", "zombie": "#555555", "unknown": "#eeeeee",
 }
-
-_DRAWING = threading.Lock()  # matplotlib's settings are process-wide: one picture at a time
 
 
 def label_text(text: str, limit: int = NAME_CHARS) -> str:
@@ -225,16 +223,12 @@ STATE_BAR = (0.46, 0.92)
 def render_png(drawn: Timeline, title: str, dpi: int = 100) -> bytes:
     """The timeline as a PNG: one lane per thread (its state and wait as a coloured bar, its CPU between
     looks as a grey strip under it), a legend of the waits seen, each window named with the server's CPU."""
-    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
-    with _DRAWING, matplotlib.rc_context():
-        matplotlib.rcdefaults()
-        matplotlib.rcParams.update({"text.usetex": False, "font.family": "DejaVu Sans", "font.size": 9,
-                                    "axes.unicode_minus": False})
+    with drawing():
         lanes = drawn.lanes
         rows = max(1, len(lanes))
         height = TOP_INCHES + LANE_INCHES * rows + BOTTOM_INCHES
