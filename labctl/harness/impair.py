@@ -37,6 +37,7 @@ from .wire import Impaired, ImpairSet, Reader
 
 STATE_DIR = "/run/labctl-impair"
 STATE = f"{STATE_DIR}/state.json"
+KERNEL = f"{STATE_DIR}/kernel.json"
 READER_LOG = f"{STATE_DIR}/reader.log"
 CHAIN = "LABCTL-IMPAIR"
 IFB = "labctl-ifb"
@@ -44,8 +45,13 @@ IFB = "labctl-ifb"
 QUEUE = 4213
 #: htb needs a rate on its class: this one when only netem's delay or loss is asked for.
 UNLIMITED_BIT = 10_000_000_000
-#: Packets a netem or pfifo leaf may hold before it drops (enough for 100 ms at ~1 Gbit/s).
-LEAF_LIMIT = 10000
+#: How long a rate's queue may make a packet wait before it drops (as a router's buffer would): 10000
+#: packets at 1 Mbit/s would hold two minutes of traffic, and every round trip with it; a shallow one
+#: (20 packets, 240 ms there) made TCP's slow start overflow it and stall in timeouts (seen: 0.05 Mbit/s).
+QUEUE_SECONDS = 1.0
+#: Packets a leaf queue holds at least (a GSO packet counts as one, whatever its size) and at most.
+LEAF_PACKETS = (100, 10000)
+FRAME_BYTES = 1514
 READY_SECONDS = 5.0
 STOP_SECONDS = 3.0
 #: Kernel facilities a caller may ask to treat as missing (tests of the fallbacks on a kernel that has them).
@@ -90,9 +96,18 @@ def htb_commands(device: str, rate_bit: int, to_address: str | None) -> list[lis
     return commands
 
 
-def leaf_command(device: str, netem: list[str] | None) -> list[str]:
-    """The class's queue: netem with its words, or a plain fifo."""
-    kind = ["netem", "limit", str(LEAF_LIMIT), *netem] if netem else ["pfifo", "limit", str(LEAF_LIMIT)]
+def leaf_packets(rate_bit: int, delay_ms: float = 0.0) -> int:
+    """How many packets the class's queue holds: what the rate carries in QUEUE_SECONDS (plus, under netem,
+    what it carries during the delay, which netem holds too), within LEAF_PACKETS."""
+    if not rate_bit:
+        return LEAF_PACKETS[1]
+    packets = rate_bit / 8 * (QUEUE_SECONDS + delay_ms / 1000) / FRAME_BYTES
+    return max(LEAF_PACKETS[0], min(LEAF_PACKETS[1], int(packets)))
+
+
+def leaf_command(device: str, limit: int, netem: list[str] | None) -> list[str]:
+    """The class's queue: netem with its words, or a plain fifo; `limit` packets at most."""
+    kind = ["netem", "limit", str(limit), *netem] if netem else ["pfifo", "limit", str(limit)]
     return ["tc", "qdisc", "add", "dev", device, "parent", "1:1", "handle", "10:", *kind]
 
 
@@ -190,43 +205,69 @@ def _tc(facts: Impaired, address: str, wanted: ImpairSet, skip: set[str]) -> boo
     """The tc part: htb for a rate, netem for delay, jitter and loss where the kernel has it. True: netem."""
     interface = facts["interface"]
     needs_netem = bool(wanted["delay_ms"] or wanted["loss_percent"])
-    if not wanted["rate_bit"] and not needs_netem:
+    netem = needs_netem and _kernel_has("netem", skip, facts)
+    if not wanted["rate_bit"] and not netem:
         return False
     device, direction, to_address = IFB, "from-server", None
     try:
-        if "ifb" in skip:
-            raise Refused(None, "left out (asked)")
+        if not _kernel_has("ifb", skip, facts):
+            raise Refused(None, facts["unavailable"]["ifb"])
         for command in ingress_commands(interface, address):
             _run(command)
     except Refused as why:
         facts["unavailable"]["ifb"] = why.words
-        _quiet(["tc", "qdisc", "del", "dev", interface, "clsact"])
-        _quiet(["ip", "link", "del", IFB])
+        _remove_tc(interface)
         device, direction, to_address = interface, "to-server", address
     facts["tc_device"] = device
     for command in htb_commands(device, wanted["rate_bit"] or UNLIMITED_BIT, to_address):
         _run(command)
-    netem = False
-    if needs_netem:
-        try:
-            if "netem" in skip:
-                raise Refused(None, "left out (asked)")
-            _run(leaf_command(device, netem_args(wanted["delay_ms"], wanted["jitter_ms"], wanted["loss_percent"])))
-            netem = True
-        except Refused as why:
-            facts["unavailable"]["netem"] = why.words
     if netem:
+        _run(leaf_command(device, leaf_packets(wanted["rate_bit"], wanted["delay_ms"]),
+                          netem_args(wanted["delay_ms"], wanted["jitter_ms"], wanted["loss_percent"])))
         for name in ("delay_ms", "jitter_ms", "loss_percent"):
             if wanted[name]:
                 _say(facts, name, "netem", direction)
-    elif wanted["rate_bit"]:
-        _run(leaf_command(device, None))
-    else:  # only netem was wanted of tc, and there is none: no tc at all
-        _remove_tc(interface)
-        facts.pop("tc_device", None)
+    else:
+        _run(leaf_command(device, leaf_packets(wanted["rate_bit"]), None))
     if wanted["rate_bit"]:
         _say(facts, "rate_bit", "htb", direction)
     return netem
+
+
+def _kernel_has(facility: str, skip: set[str], facts: Impaired) -> bool:
+    """Does this kernel have netem, or ifb? Tried once per container (the answer is kept in KERNEL: a
+    kernel's modules do not come and go); what it lacks goes into facts["unavailable"] with its words."""
+    if facility in skip:
+        facts["unavailable"][facility] = "left out (asked)"
+        return False
+    try:
+        with open(KERNEL) as file:
+            known = json.load(file)
+    except (OSError, ValueError):
+        known = {}
+    if facility not in known:
+        known[facility] = _probe(facility)
+        os.makedirs(STATE_DIR, exist_ok=True)
+        with open(KERNEL, "w") as file:
+            json.dump(known, file)
+    missing = known[facility]
+    if missing:
+        facts["unavailable"][facility] = missing
+    return not missing
+
+
+def _probe(facility: str) -> str | None:
+    """Try it for a moment: None when the kernel has it, else its words ("Specified qdisc kind is unknown")."""
+    try:
+        if facility == "netem":   # on loopback, for an instant: a netem of no delay changes nothing
+            _run(["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "netem", "delay", "0ms"])
+            _quiet(["tc", "qdisc", "del", "dev", "lo", "root"])
+        else:
+            _run(["ip", "link", "add", f"{IFB}-p", "type", "ifb"])
+            _quiet(["ip", "link", "del", f"{IFB}-p"])
+    except Refused as why:
+        return why.words
+    return None
 
 
 def _netfilter(facts: Impaired, address: str, wanted: ImpairSet, netem: bool, seed: int | None) -> None:

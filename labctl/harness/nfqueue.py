@@ -185,6 +185,11 @@ def hold(queue: int, delay: float, jitter: float = 0.0, ready_fd: int | None = N
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # A signal wakes the select below at once (Python would otherwise resume it until its timeout).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
     try:
         sock = open_queue(queue)
     except OSError as error:
@@ -201,11 +206,10 @@ def hold(queue: int, delay: float, jitter: float = 0.0, ready_fd: int | None = N
         while not stop:
             due = held.next_due()
             timeout = 1.0 if due is None else max(0.0, due - time.monotonic())
-            try:
-                readable, _, _ = select.select([sock], [], [], timeout)
-            except InterruptedError:
-                continue
-            if readable:
+            readable, _, _ = select.select([sock.fileno(), wake_read], [], [], timeout)
+            if wake_read in readable:
+                os.read(wake_read, 512)
+            if sock.fileno() in readable:
                 _drain(sock, held, facts)
             last = held.due(time.monotonic())
             if last is not None:
