@@ -106,7 +106,7 @@ def progress_display(title: str) -> Iterator:
         with err.status(title) as status:
             def say(message: str) -> None:
                 status.update(f"{title}: {e(message)}")
-                if message.startswith(("built", "base:", "network", "the server", "removing")):
+                if message.startswith(("built", "base:", "network", "the server", "removing", "impaired")):
                     err.print(f"  {e(message)}", highlight=False)
             yield say
     else:

@@ -135,7 +135,9 @@ def restore_impairment(lab: Lab, node: str) -> ImpairmentState:
 def _ask(lab: Lab, node: str, command: str, params: dict[str, Any]) -> Impaired:
     answer = lab.harness(node, command, params, timeout=30)
     if "error" in answer:
-        raise LabctlError(f"{command.replace('_', ' ')} on {node} failed: {answer['error']}")
+        hint = (f" (the {node} container has no NET_ADMIN: a lab made before lab.yaml gave it one; `labctl down`, "
+                "then `labctl up` again)" if "Operation not permitted" in str(answer["error"]) else "")
+        raise LabctlError(f"{command.replace('_', ' ')} on {node} failed: {answer['error']}{hint}")
     return answer  # type: ignore[return-value]  # the harness's JSON: wire.Impaired
 
 
