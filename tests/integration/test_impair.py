@@ -240,11 +240,11 @@ def test_rate_limits_the_servers_answers_and_without_ifb_what_goes_to_it(lab):
     try:
         assert state.facts["directions"] == {"rate": "to-server"} and "ifb" in state.facts["unavailable"]
         assert "ifb unavailable" in state.lines()[0]
-        upload = run(lab, UPLOAD, "server", 8080, 400_000)
+        upload = run(lab, UPLOAD, "server", 8080, 500_000)
     finally:
         clear_impairment(lab, "client")
-    assert isinstance(upload, dict) and upload["bytes"] == 400_000
-    measured = upload["bytes"] * 8 / upload["seconds"]
+    assert isinstance(upload, dict) and upload["bytes"] == 500_000
+    measured = upload["window_bytes"] * 8 / upload["seconds"]
     print(f"rate 1mbit (htb on eth0's egress): upload {measured / 1e6:.3f} Mbit/s of payload")
     assert RATE_BOUNDS[0] * RATE_BIT <= measured <= RATE_BOUNDS[1] * RATE_BIT, upload
     assert left_in(lab, "client") == NOTHING_LEFT

@@ -2,8 +2,8 @@
 
 GET /        a short answer (round trips are timed on it)
 GET /stream  bytes without end, until the client closes (the client times what arrives: a download's rate)
-POST /sink   reads the body (Content-Length) and answers how many bytes came and between which moments
-             (seconds from the first to the last): an upload's rate, measured where the packets arrive
+POST /sink   reads the body (Content-Length) and answers how many bytes came, and how many in how many
+             seconds from one second in to the last: an upload's rate, measured where the packets arrive
 """
 import json
 import os
@@ -33,13 +33,17 @@ def serve(conn: socket.socket) -> None:
                 length = next(int(value) for name, _, value in (row.partition(b":") for row in head.split(b"\r\n")[1:])
                               if name.strip().lower() == b"content-length")
                 first = time.monotonic()
-                got, last = len(body), first
+                got, marks = len(body), [(0.0, len(body))]
                 while got < length:
                     chunk = conn.recv(65536)
                     if not chunk:
                         break
-                    got, last = got + len(chunk), time.monotonic()
-                answer = json.dumps({"bytes": got, "seconds": last - first}).encode()
+                    got += len(chunk)
+                    marks.append((time.monotonic() - first, got))
+                # From a second in: what came before (and with the head) may have waited for this thread.
+                begin = next((mark for mark in marks if mark[0] >= 1.0), marks[0])
+                answer = json.dumps({"bytes": got, "window_bytes": got - begin[1],
+                                     "seconds": marks[-1][0] - begin[0]}).encode()
                 conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
             else:
                 conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n")
