@@ -108,7 +108,7 @@ def progress_display(title: str) -> Iterator:
         with err.status(title) as status:
             def say(message: str) -> None:
                 status.update(f"{title}: {e(message)}")
-                if message.startswith(("built", "base:", "network", "the server", "removing")):
+                if message.startswith(("built", "base:", "network", "the server", "removing", "impaired")):
                     err.print(f"  {e(message)}", highlight=False)
             yield say
     else:
@@ -525,6 +525,54 @@ def capture(ctx, lab_id, node, seconds, packet_filter, output) -> None:
         data, packets = lab.capture(node, seconds, packet_filter)
     output.write_bytes(data)
     out.print(f"{e(str(output))}: {packets} packets (read it with Wireshark, or: tcpdump -r {output})", highlight=False)
+
+
+@main.command()
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--delay", metavar="TIME", default=None,
+              help="Delay every packet from the server by this much, so every round trip: 100ms, 1.5s, 500us.")
+@click.option("--jitter", metavar="TIME", default=None,
+              help="Vary each packet's delay by up to this much either way (needs --delay, at most it): 10ms.")
+@click.option("--loss", metavar="SHARE", default=None, help="Lose this share of the server's packets at random: 1%, 0.5%.")
+@click.option("--rate", metavar="RATE", default=None,
+              help="Limit the server's packets to this many bits per second: 1mbit, 500kbit.")
+@click.option("--clear", is_flag=True, help="Remove every impairment of NODE.")
+@click.argument("node")
+@click.pass_context
+def impair(ctx, lab_id, delay, jitter, loss, rate, clear, node) -> None:
+    """Impair NODE's path to the server (a client or the injector): delay, jitter, loss, rate.
+
+    \b
+    labctl impair client --delay 100ms --loss 1%   set exactly these (what was set before goes)
+    labctl impair client                           what is set, and how
+    labctl impair client --clear                   nothing any more
+
+    They act on the server's packets as NODE receives them, made in NODE (never on the server): with tc
+    netem where the kernel has it; else delay and jitter hold each packet in user space (NFQUEUE), loss
+    drops a random share (iptables statistic), rate shapes (tc htb). Each line says which was used.
+    """
+    from labctl import impair as impairing
+    from labctl.impairment import from_options
+
+    values = {"delay": delay, "jitter": jitter, "loss": loss, "rate": rate}
+    if clear and any(value is not None for value in values.values()):
+        raise LabctlError("--clear removes every impairment: give it alone, or set new ones without it")
+    lab = _lab(ctx, lab_id)
+    if clear:
+        state = impairing.clear_impairment(lab, node)
+        removed = state.facts.get("removed") or []
+        out.print(f"{e(node)}: cleared" + (f" ({e(', '.join(removed))})" if removed else " (nothing was set)"),
+                  highlight=False)
+        return
+    if any(value is not None for value in values.values()):
+        state = impairing.set_impairment(lab, node, from_options(**values))
+    else:
+        state = impairing.show_impairment(lab, node)
+    out.print(e(state.summary()), highlight=False)
+    for line in state.lines():
+        out.print(f"  {e(line)}", highlight=False)
+    for problem in state.problems:
+        out.print(f"  [yellow]warning:[/] {e(problem)}", highlight=False)
 
 
 @main.command()

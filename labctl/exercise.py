@@ -51,8 +51,10 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails
 
 from labctl import models
+from labctl.backends.base import Feature
 from labctl.checks import REGISTRY, CheckDef, CheckParams, load_catalog, load_exercise_checks
 from labctl.errors import SpecError
+from labctl.impairment import Impairment
 from labctl.spec import DEFAULT_PORT, ENV_NAME, Port, Sysctls
 from labctl.spec_errors import (
     SpecModel,
@@ -183,6 +185,9 @@ class CheckSpec(SpecModel):
     timeout: float | None = Field(None, gt=0.0, description="Seconds this check may take; null: the catalog "
                                                             "check's own default.")
     description: str = Field("", description="What it looks for and why, in words shown to students.")
+    impair: Impairment | None = Field(None, description="Run this check under these impairments (delay, jitter, "
+                                                        "loss, rate), set on the client and the injector for it "
+                                                        "and taken off after it, also when it fails.")
     params: CheckParams = Field(default_factory=dict, validate_default=True,
                                 description="The catalog check's parameters.")
 
@@ -208,6 +213,13 @@ class CheckSpec(SpecModel):
         if isinstance(params, definition.params):
             return params
         return definition.params.model_validate(params, context=info.context)
+
+    @property
+    def needs(self) -> frozenset[Feature]:
+        """What it needs of a backend: its catalog check's needs, and a network of the lab's own to be impaired on."""
+        definition = REGISTRY.get(self.check)
+        needs = definition.needs if definition else frozenset()
+        return needs | frozenset({"own_network"}) if self.impair is not None else needs
 
     @property
     def budget(self) -> float:
@@ -282,9 +294,10 @@ class Exercise(SpecModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _from_folder(cls, data: Any, handler: Any, info: ValidationInfo) -> Exercise:
+    def _from_folder(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
         """Take id and dir from the folder loaded, and check the rules across fields on the raw data
-        so they are reported together with every other mistake."""
+        so they are reported together with every other mistake. (Returns the Exercise; typed Any because
+        mypy, seeing Exercise through the checks' import cycle, infers pydantic's model type as Never.)"""
         folder = (info.context or {}).get(_DIR)
         problems = _exercise_rules(data, folder)
         if folder is not None and isinstance(data, dict):

@@ -31,6 +31,7 @@ from labctl.errors import BudgetTooShort, LabctlError, ServerStartError, Submiss
 from labctl.evidence.folder import EvidenceFolder
 from labctl.evidence.keeper import CheckEvidence, Keeper
 from labctl.exercise import CheckSpec, Exercise
+from labctl.impair import during_check
 from labctl.lab import Lab, Submission
 from labctl.project import Project
 from labctl.results import HIDDEN_NAME, CheckResult, Failure, GradeReport, ServerUsage
@@ -165,7 +166,7 @@ class Run:
         left = self.budget - (time.monotonic() - self.started - self.evidence_seconds)
         # Unavailable first: a check this backend cannot run is left out of every submission's total alike,
         # whether or not the server is still up (else a crashed server would be graded out of more points).
-        missing = REGISTRY[check.check].needs - self.lab.backend.offers()
+        missing = check.needs - self.lab.backend.offers()
         if missing:
             return _unavailable(check, self.lab.backend.name, missing)
         if self.server_gone is not None:
@@ -175,7 +176,11 @@ class Run:
             return _not_run(check, "timed_out",
                             f"not run: the grading's time budget of {self.budget:g} s ran out before this check")
         self.say(f"check {HIDDEN_NAME if self.student_view and check.visibility == 'hidden' else check.name}")
-        result = run_check(self.lab, self.exercise, check, min(check.budget, left), evidence)
+        with during_check(self.lab, check.impair) as impaired:
+            result = run_check(self.lab, self.exercise, check, min(check.budget, left), evidence)
+        if impaired:
+            result = result.model_copy(update={"evidence": {
+                **result.evidence, "impairment": {node: state.evidence() for node, state in impaired.items()}}})
         if left < check.budget and result.status == "timed_out":
             # It had only what was left of the grading's budget, and that was not enough. (An error with
             # time left is the check's own: it keeps its message.)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl import archive, syscalls
+from labctl import archive, impair, syscalls
 from labctl.backends.base import Backend, ContainerInfo, ContainerPlan, ExecResult, Usage
 from labctl.errors import ContainerGone, LabctlError, LabNotFound, LimitAboveEngine, ServerStartError, SubmissionError
 from labctl.interrupts import uninterrupted
@@ -168,6 +168,9 @@ class Lab:
         return self
 
     def _up(self, images: dict[str, str], submission: Submission | None, say: Progress, wait: bool) -> None:
+        impaired = [node.name for node in self.spec.nodes.values() if node.impair is not None]
+        for node in impaired:  # refused before anything is made: a backend that cannot impair must not run unimpaired
+            impair.impairable(self, node)
         net = self.spec.network
         say(f"network {self.network_name}")
         network = self.backend.create_network(self.network_name, str(net.pool), net.prefix,
@@ -195,6 +198,10 @@ class Lab:
                 self._raise_if_server_exited(self.server_port)
                 raise
         say("containers started")
+        for node in impaired:
+            own = self.spec.nodes[node].impair
+            assert own is not None
+            say(f"impaired {impair.set_impairment(self, node, own).summary()}")
         if submission is not None and wait:
             self.wait_listening(self.server_port, self.spec.timeouts.up, say)
 

@@ -477,7 +477,7 @@ class Window:
         last = self.lab.usage(self.server)
         since = self.first.at if looks_from is None else max(self.first.at, looks_from)
         until = last.at if looks_until is None else min(last.at, looks_until)
-        looks = self._looks(since, until)
+        looks = self._looks(since, until, open_ended=looks_until is None)
         try:
             snapshots = tuple(Snapshot.from_json(look) for look in looks)
         except syscalls.UnknownArchitecture as error:
@@ -488,15 +488,26 @@ class Window:
         return Sample(snapshots, elapsed=last.at - self.first.at, cpu_seconds=last.cpu_seconds - self.first.cpu_seconds,
                       precise=self.first.precise and last.precise)
 
-    def _looks(self, since: float, until: float) -> list[dict]:
+    def _looks(self, since: float, until: float, open_ended: bool = False) -> list[dict]:
         """The sampler's looks from `since` to `until`. Its log may lag behind its looks (a busy machine, a
         log that goes through a pipe): while none of the window is in it, it is read again, for at most
-        CATCH_UP seconds (a sampler that stopped with its server never writes one)."""
+        CATCH_UP seconds (a sampler that stopped with its server never writes one).
+
+        An `open_ended` window (nothing in it ends at `until`: the server is just being watched) also takes
+        the first look after `until` when none fell inside: on a machine loaded enough, the sampler can be
+        kept off the CPU for the whole of a short window (seen: none in 1 s, with a load of 13 on 2 cores),
+        and the look it takes next still shows the state the window asked about."""
         give_up = time.monotonic() + CATCH_UP
         while True:
             # The engine stamps a log line when it receives it, a little after the look: read a margin.
-            text = b"".join(self.lab.logs(self.observer, since=since - 1, until=until + 2))
-            looks = agent.looks_between(text.decode(errors="replace"), since, until)
-            if looks or time.monotonic() >= give_up:
-                return looks
+            reach = until + (CATCH_UP if open_ended else 0.0)
+            text = b"".join(self.lab.logs(self.observer, since=since - 1, until=reach + 2))
+            looks = agent.looks_between(text.decode(errors="replace"), since, reach)
+            inside = [look for look in looks if look["at"] <= until]
+            if inside:
+                return inside
+            if looks:  # open-ended, none inside: the first one after
+                return looks[:1]
+            if time.monotonic() >= give_up:
+                return []
             time.sleep(0.1)

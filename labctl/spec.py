@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails
 
+from labctl.impairment import CAPABILITY, IMPAIRED_ROLES, Impairment
 from labctl.spec_errors import (
     SpecModel,
     broken_rule,
@@ -238,6 +239,10 @@ class NodeSpec(SpecModel):
                                            description="Linux capabilities added to the container, without "
                                                        "CAP_ (NET_RAW, NET_ADMIN, SYS_PTRACE...). The server "
                                                        "gets none: student code runs with all dropped.")
+    impair: Impairment | None = Field(None, description="Client or injector only (with NET_ADMIN): delay, "
+                                                        "jitter, loss and rate on the server's packets as this node "
+                                                        "receives them, set when the lab comes up (`labctl impair` "
+                                                        "changes it at run time).")
     user: UserId | None = Field(None, json_schema_extra=_no_default,
                                 description="uid:gid the container runs as. Default: 1000:1000 for the "
                                             "server, root (null) for the others.")
@@ -269,6 +274,31 @@ class NodeSpec(SpecModel):
             raise expected("no capabilities (student code runs in the server with all capabilities "
                            "dropped)", hint)
         return capabilities
+
+    @field_validator("impair")
+    @classmethod
+    def _impair_on_a_client(cls, impair: Impairment | None, info: ValidationInfo) -> Impairment | None:
+        role = info.data.get("role")
+        if impair is None or role is None:
+            return impair
+        if role not in IMPAIRED_ROLES:
+            why = ("the server never gets NET_ADMIN: impair the client, whose side then delays, drops and limits "
+                   "the server's packets" if role == "server" else "the observer has no network")
+            raise expected(f"no impair here (only a client or the injector is impaired: {why})")
+        return impair
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _impair_needs_net_admin(cls, data: Any, handler: Any) -> NodeSpec:
+        """A client or injector with `impair` holds NET_ADMIN (said at its capabilities, with the other mistakes)."""
+        problems: list[InitErrorDetails] = []
+        capabilities = field_of(data, "capabilities")
+        if (isinstance(data, dict) and field_of(data, "role") in IMPAIRED_ROLES and field_of(data, "impair") is not None
+                and isinstance(capabilities or [], list) and CAPABILITY not in (capabilities or [])):
+            problems.append(broken_rule(("capabilities",), capabilities or [],
+                                        f"expected {CAPABILITY} among the capabilities of a node with impair (tc and "
+                                        f"iptables need it), found {capabilities or []!r}"))
+        return with_rules(handler, data, problems, cls.__name__)
 
     @field_validator("port")
     @classmethod

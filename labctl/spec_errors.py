@@ -27,7 +27,7 @@ from labctl.errors import SpecError
 from labctl.yamlsource import YamlSource, line_of, path_text, read_yaml
 
 __all__ = ["PATTERN_WORDS", "SpecModel", "broken_rule", "did_you_mean", "expected", "explain_patterns",
-           "field_of", "load_model", "one_of", "with_rules"]
+           "field_of", "load_model", "one_of", "option_problems", "with_rules"]
 
 
 class SpecModel(BaseModel):
@@ -133,6 +133,13 @@ def load_model(path: str | Path, model: type[M], what: str = "lab", context: dic
         problems = list(dict.fromkeys(problems))  # the same line twice says nothing more
         raise SpecError([f"{source.display}:{line}: {text}" for line, text in problems])
     return result
+
+
+def option_problems(model: type[BaseModel], error: ValidationError, prefix: str = "--") -> list[str]:
+    """pydantic's errors for values given on a command line rather than in a file: `--delay: expected a
+    time like 100ms, 1.5s or 500us, found '100'` (each field is an option of that name)."""
+    return [f"{prefix + str(item['loc'][0]) if item['loc'] else 'the options'}: {_problem(model, item)}"
+            for item in error.errors(include_url=False)]
 
 
 # -- describing pydantic's errors ------------------------------------------------------------------

@@ -319,6 +319,60 @@ class ProcSnapshot(TypedDict, total=False):
     errors: list[str]
 
 
+# -- impairments: what is set on a node's path to the server, and how (harness/impair.py) -------------
+
+#: How an impairment is made: harness/impair.py decides on the kernel it runs on; the host says it in words.
+Mechanism = Literal["netem", "nfqueue", "iptables-statistic", "htb"]
+MECHANISM_WORDS: dict[str, str] = {
+    "netem": "tc netem",
+    "nfqueue": "nfqueue, each packet held in user space by labctl's reader",
+    "iptables-statistic": "iptables statistic, a random share dropped",
+    "htb": "tc htb, shaped",
+}
+#: Which packets an impairment acts on, seen from the node.
+Direction = Literal["from-server", "to-server"]
+DIRECTION_WORDS: dict[str, str] = {
+    "from-server": "on the server's packets as they arrive",
+    "to-server": "on the packets to the server",
+}
+
+
+class ImpairSet(TypedDict):
+    """What is asked for; 0 is "not set"."""
+
+    delay_ms: float
+    jitter_ms: float
+    loss_percent: float
+    rate_bit: int
+
+
+class Reader(TypedDict, total=False):
+    """The NFQUEUE reader (delay without netem) and the kernel's counts for its queue."""
+
+    pid: int
+    running: bool
+    holding: int                    # packets held right now
+    queue_dropped: int              # the kernel's queue overflowed (fail-open lets them pass: counted anyway)
+    user_dropped: int               # messages the reader's socket could not take
+    packets: int                    # packets queued so far (the queue's id sequence)
+
+
+class Impaired(TypedDict, total=False):
+    """impair_set, impair_show and impair_clear: what is set on this node, how, and what is wrong with it."""
+
+    set: ImpairSet | None           # None: nothing
+    was: ImpairSet | None           # impair_clear: what was set before
+    server: str                     # the server's address: only its packets are touched
+    interface: str
+    tc_device: str                  # where the tc qdiscs are: the ifb device, or the interface itself
+    mechanisms: dict[str, str]      # "delay", "jitter", "loss", "rate" -> a Mechanism
+    directions: dict[str, str]      # the same keys -> a Direction
+    unavailable: dict[str, str]     # "netem", "ifb" -> why not (the kernel's words)
+    reader: Reader
+    problems: list[str]             # impair_show: what no longer holds
+    removed: list[str]              # impair_clear: what was taken away
+
+
 class Failure(TypedDict, total=False):
     """What every command answers when it could not run at all (harness/__main__.py)."""
 
@@ -342,7 +396,11 @@ FACTS: dict[str, str] = {
     "proc_snapshot": "ProcSnapshot",
     "hold_connections": "Hold",
     "probe": "Probe",
-    "proc_agent": "dict",
+    "proc_agent": "dict",               # {"looks": n}: its looks go to its log, one ProcSnapshot a line
     "tcpdump_start": "TcpdumpStarted",
-    "tcpdump_stop": "TcpdumpStopped",               # {"looks": n}: its looks go to its log, one ProcSnapshot a line
+    "tcpdump_stop": "TcpdumpStopped",
+    "impair_set": "Impaired",
+    "impair_show": "Impaired",
+    "impair_clear": "Impaired",
+    "impair_reader": "dict",            # nfqueue.hold's counts, in its log when it stops
 }

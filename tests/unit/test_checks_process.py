@@ -7,7 +7,9 @@ from the observer's log and the CPU from the server's usage, both scripted on th
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
 
 import pytest
@@ -350,3 +352,20 @@ def test_unreadable_syscall_files_are_an_error_of_the_lab(server, lab):
     server(Doing(dict(snap([(7, [(7, "S", None, 0)])]), errors=["/proc/7/task/7/syscall: PermissionError"])))
     with pytest.raises(LabctlError, match="SYS_PTRACE"):
         checks.sample(context(lab), 0.3)
+
+
+def test_a_sampler_kept_off_the_cpu_for_a_whole_window_is_read_at_its_next_look(fake, lab):
+    """On a loaded machine the sampler can take no look during a short window (seen: none in 1 s with a
+    load of 13 on 2 cores); a window that only watches the server then takes the look that comes next,
+    which still shows the idle server, instead of saying the server exited."""
+    idle = snap([(7, [(7, "S", "accept4", 0)])])
+    ObservedServer(fake, Doing(dict(idle)), looks=0)  # the window's own readings bring no look
+
+    def late_look() -> None:
+        time.sleep(0.6)
+        line = json.dumps({"at": time.time(), **dict(idle)}, separators=(",", ":"))
+        fake.log("observer", line + "\n")
+
+    threading.Thread(target=late_look, daemon=True).start()
+    seen = checks.sample(context(lab), 0.3)
+    assert len(seen.snapshots) == 1

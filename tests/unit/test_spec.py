@@ -61,7 +61,7 @@ def test_repo_lab_yaml_loads_with_its_values() -> None:
     expected = {
         "server": ("server", "server", [], "1000:1000", 8080, None,
                    Limits(cpus=1.0, memory="256m", pids=512, nofile=4096, disk="128m")),
-        "client": ("client", "tools", ["NET_RAW", "SETGID"], None, None, None,
+        "client": ("client", "tools", ["NET_RAW", "NET_ADMIN", "SETGID"], None, None, None,
                    Limits(cpus=1.0, memory="512m", pids=512, nofile=8192)),
         "injector": ("injector", "tools", ["NET_RAW", "NET_ADMIN"], None, None, None,
                      Limits(cpus=0.5, memory="256m", pids=128, nofile=4096)),
