@@ -36,6 +36,7 @@ from labctl.archive import MAX_BYTES, MAX_FILES, tar_folders
 from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError, SubmissionError
 from labctl.interrupts import PARENT_VARIABLE
 from labctl.project import LAB_FILE, Project
+from labctl.spec import LabSpec
 
 #: How a student's row ends (one word each, as the gradebook writes them).
 Status = Literal["graded", "not gradable", "error"]
@@ -104,19 +105,61 @@ class JobResult:
 
 # -- what must match --------------------------------------------------------------------------------
 
+def _fingerprint_sources(project: Project, exercise_id: str) -> list[tuple[str, Path]]:
+    """What decides a verdict besides labctl itself, each part by name: lab.yaml, images/, the exercise's folder,
+    and its docroot when that lies outside the folder (the course's shared `../www`: the http checks compare
+    the server's answers with its files)."""
+    exercise = project.exercise(exercise_id)
+    sources = [("lab", project.root / LAB_FILE), ("images", project.images_dir), ("exercise", exercise.dir)]
+    docroot = exercise.docroot
+    if docroot is not None and not docroot.resolve().is_relative_to(exercise.dir.resolve()):
+        sources.append(("docroot", docroot))
+    return sources
+
+
+def _feed(digest, label: str, path: Path) -> None:
+    """Every file of `path` (a file or a folder), by relative path and bytes, into `digest`."""
+    files = [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file()
+                                                and "__pycache__" not in item.parts)
+    for item in files:
+        relative = item.name if item == path else item.relative_to(path).as_posix()
+        digest.update(f"{label}/{relative}\0".encode())
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+
+
 def exercise_fingerprint(project: Project, exercise_id: str) -> str:
-    """A hash of what decides a verdict: labctl's version, lab.yaml, the images' folders and the
-    exercise's folder (every file's path and bytes). Equal fingerprints grade alike."""
+    """A hash of what decides a verdict: labctl's version, lab.yaml, the images' folders, the exercise's
+    folder and its docroot (every file's path and bytes). Equal fingerprints grade alike."""
     digest = hashlib.sha256(f"labctl {__version__}\n".encode())
-    folder = project.exercise(exercise_id).dir
-    for label, path in (("lab", project.root / LAB_FILE), ("images", project.images_dir), ("exercise", folder)):
-        files = [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file()
-                                                        and "__pycache__" not in item.parts)
-        for item in files:
-            relative = item.name if item == path else item.relative_to(path).as_posix()
-            digest.update(f"{label}/{relative}\0".encode())
-            digest.update(hashlib.sha256(item.read_bytes()).digest())
+    for label, path in _fingerprint_sources(project, exercise_id):
+        _feed(digest, label, path)
     return digest.hexdigest()[:32]
+
+
+#: What each part of a fingerprint is called when two differ (fingerprint_parts' keys).
+FINGERPRINT_PARTS = {"labctl": "labctl's version", "lab": "lab.yaml", "images": "the images (images/)",
+                     "exercise": "the exercise's files", "docroot": "the docroot's files"}
+
+
+def fingerprint_parts(project: Project, exercise_id: str) -> dict[str, str]:
+    """The fingerprint's parts one by one (labctl's version, then a short hash of each of lab.yaml, images/,
+    the exercise's folder and its docroot), so that a refusal can say *what* differs, not only that something does."""
+    parts = {"labctl": __version__}
+    for label, path in _fingerprint_sources(project, exercise_id):
+        digest = hashlib.sha256()
+        _feed(digest, label, path)
+        parts[label] = digest.hexdigest()[:12]
+    return parts
+
+
+def differences(mine: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    """The parts two fingerprints differ in, in words ("labctl's version (0.1.0 here, 0.2.0 there)")."""
+    said = []
+    for part, words in FINGERPRINT_PARTS.items():
+        if mine.get(part) != theirs.get(part):
+            said.append(f"{words} ({mine.get(part, '?')} here, {theirs.get(part, '?')} there)" if part == "labctl"
+                        else words)
+    return said
 
 
 def check_fingerprint(project: Project, job: Job) -> None:
@@ -126,6 +169,36 @@ def check_fingerprint(project: Project, job: Job) -> None:
         raise WrongVersion(f"{socket.gethostname()} grades {job.exercise} with other files (labctl {__version__}, "
                            f"fingerprint {mine[:12]}, the batch's {job.fingerprint[:12]}): install the same labctl "
                            "and project version on every worker")
+
+
+# -- how many at once -------------------------------------------------------------------------------
+
+def labs_at_once(spec: LabSpec) -> tuple[int, str]:
+    """How many gradings this host runs at once by default, and why in words: one per core (a lab's checks
+    are timed: gradings that wait for a CPU would be judged slow), and no more than the memory available
+    holds, counting each lab at its nodes' memory limits summed (lab.yaml). At least one."""
+    cores = os.cpu_count() or 1
+    per_lab = sum(node.limits.memory_bytes for node in spec.nodes.values())
+    available = _available_memory()
+    by_memory = max(1, available // per_lab) if available else cores
+    labs = max(1, min(cores, by_memory))
+    memory = f"{available / 2**30:.1f} GiB available / {per_lab / 2**30:.2f} GiB a lab" if available else \
+        "memory not known"
+    return labs, f"{cores} core{'s' * (cores != 1)}, {memory}"
+
+
+def _available_memory() -> int:
+    """Bytes of memory this host can still give (Linux's MemAvailable; the total elsewhere; 0 when unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 # -- a submission on the wire -----------------------------------------------------------------------
@@ -177,22 +250,29 @@ def unpack_submission(data: bytes, into: Path) -> None:
 
 class Children:
     """The child gradings running in this process, so that a Ctrl-C or a shutdown can stop them all
-    (each removes its own lab when stopped) and wait for them."""
+    (each removes its own lab when stopped) and wait for them; or only some, by the tag each was started
+    with (a farm worker stops the gradings of a cancelled batch and keeps grading for the others)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: set[subprocess.Popen] = set()
+        self._running: dict[subprocess.Popen, str] = {}   # child -> its tag
+        self._stopped_tags: set[str] = set()
         self.stopping = threading.Event()
 
-    def add(self, child: subprocess.Popen) -> None:
+    def add(self, child: subprocess.Popen, tag: str = "") -> None:
         with self._lock:
-            self._running.add(child)
-        if self.stopping.is_set():
+            self._running[child] = tag
+            stop = self.stopping.is_set() or (bool(tag) and tag in self._stopped_tags)
+        if stop:  # asked to stop while it was starting
             self._signal(child, signal.SIGTERM)
 
     def discard(self, child: subprocess.Popen) -> None:
         with self._lock:
-            self._running.discard(child)
+            self._running.pop(child, None)
+
+    def stopped(self, tag: str) -> bool:
+        """Whether gradings with this tag were asked to stop (a new one with it is not started)."""
+        return self.stopping.is_set() or (bool(tag) and tag in self._stopped_tags)
 
     def stop_all(self) -> None:
         """Ask every running grading to stop (SIGTERM: labctl removes its lab and exits); no new ones start."""
@@ -202,12 +282,24 @@ class Children:
         for child in running:
             self._signal(child, signal.SIGTERM)
 
-    def wait_all(self, timeout: float = 60.0) -> None:
-        """Wait for the stopped gradings to end; kill what is still there after `timeout`."""
-        deadline = time.monotonic() + timeout
+    def stop(self, tags: set[str]) -> list[subprocess.Popen]:
+        """Ask the gradings with these tags to stop, now and if they are about to start; the others go on.
+        Returns the ones that were running, to wait for."""
         with self._lock:
-            running = list(self._running)
-        for child in running:
+            self._stopped_tags.update(tag for tag in tags if tag)
+            chosen = [child for child, tag in self._running.items() if tag and tag in tags]
+        for child in chosen:
+            self._signal(child, signal.SIGTERM)
+        return chosen
+
+    def wait_all(self, timeout: float = 60.0, children: list[subprocess.Popen] | None = None) -> None:
+        """Wait for the stopped gradings (all, or the `children` given) to end; kill what is still there after
+        `timeout`."""
+        deadline = time.monotonic() + timeout
+        if children is None:
+            with self._lock:
+                children = list(self._running)
+        for child in children:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -234,9 +326,13 @@ def grade_command(project_root: Path, job: Job, submission: Path, out: Path) -> 
     return command
 
 
-def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobResult:
+def run_job(project: Project, job: Job, budget: float, worker: str = "", tag: str = "",
+            environment: dict[str, str] | None = None) -> JobResult:
     """Grade a job in a child `labctl grade` and collect what it wrote. Never raises for what the
-    submission does: every end is a JobResult ("error" for a grading that left no report)."""
+    submission does: every end is a JobResult ("error" for a grading that left no report).
+
+    tag: what CHILDREN.stop() knows this grading by (a farm worker: the task's key); environment: extra
+    variables for the child (a farm worker: the owner label of its labs)."""
     started = time.monotonic()
     worker = worker or socket.gethostname()
 
@@ -246,7 +342,7 @@ def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobR
     unknown = sorted(set(job.reports) - set(REPORT_FILES))
     if unknown:
         return result("error", f"no such report format for a batch: {', '.join(unknown)}")
-    if CHILDREN.stopping.is_set():
+    if CHILDREN.stopped(tag):
         return result("error", "stopped before it began")
     with tempfile.TemporaryDirectory(prefix="labctl-job-") as scratch:
         submission, out = Path(scratch) / "submission", Path(scratch) / "out"
@@ -257,12 +353,13 @@ def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobR
         except SubmissionError as error:
             return result("not gradable", str(error))
         log = Path(scratch) / LOG_FILE
-        environment = {**os.environ, PARENT_VARIABLE: str(os.getpid())}
-        environment.pop("GITHUB_ACTIONS", None)  # a batch's reports are files, never a CI step's annotations
+        child_environment = {**os.environ, **(environment or {}), PARENT_VARIABLE: str(os.getpid())}
+        child_environment.pop("GITHUB_ACTIONS", None)  # a batch's reports are files, never a CI step's annotations
         with open(log, "wb") as sink:
             child = subprocess.Popen(grade_command(project.root, job, submission, out), stdin=subprocess.DEVNULL,
-                                     stdout=sink, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-            CHILDREN.add(child)
+                                     stdout=sink, stderr=subprocess.STDOUT, env=child_environment,
+                                     start_new_session=True)
+            CHILDREN.add(child, tag)
             try:
                 code = child.wait(timeout=budget + OVERRUN)
             except subprocess.TimeoutExpired:
