@@ -51,7 +51,7 @@ def tar_folders(folders: dict[str, Path], uid: int = 0, gid: int = 0) -> Packed:
     footprint = dict.fromkeys(folders, 0)
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for target, source in folders.items():
-            for path in _walk(source):
+            for path in walk(source):
                 relative = path.relative_to(source)
                 if path.is_symlink() or not (path.is_file() or path.is_dir()):
                     continue  # a link may point outside the folder, a FIFO or device is no source file
@@ -79,7 +79,7 @@ def tar_folders(folders: dict[str, Path], uid: int = 0, gid: int = 0) -> Packed:
     return Packed(buffer.getvalue(), files, content, footprint)
 
 
-def _walk(source: Path) -> Iterator[Path]:
+def walk(source: Path) -> Iterator[Path]:
     """Every entry below `source`, folders before their contents, in name order, SKIPPED left out.
 
     A generator, so a folder with a million files is refused at MAX_FILES, not listed first; a

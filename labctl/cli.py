@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from labctl import __version__, backends
+from labctl.batch.job import REPORT_FILES
 from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError
 from labctl.interrupts import exit_with_parent, stop_on_interrupts
 from labctl.project import Project, find_root
@@ -640,6 +641,85 @@ def grade(ctx, exercise, submission, only, reports, student_view) -> None:
                  student_view=student_view)
 
 
+# -- a class at once ---------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("exercise", shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete))
+@click.argument("submissions", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Gradings at once, each on its own lab. Default: one per core, fewer when the free memory "
+                   "would not hold that many labs at lab.yaml's limits (the figure and why are said).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Where results go (DIR/<id>/, DIR/gradebook.csv, DIR/index.html). "
+                   "Default: beside SUBMISSIONS, named SUBMISSIONS-EXERCISE.")
+@click.option("--report", "reports", multiple=True, type=click.Choice(list(REPORT_FILES)),
+              help="Also keep this report for each student (repeatable); json (report.json) is always kept.")
+@click.option("--force", is_flag=True, help="Grade every student again, also those unchanged since their last grading.")
+@click.option("--regrade", multiple=True, metavar="ID",
+              help="Grade this student again even if unchanged (repeatable; an id or the entry's name).")
+@click.option("--farm", metavar="URL", default=None,
+              help="Grade on a grading farm: its scheduler's address (tcp://HOST:8786), every worker running "
+                   "`labctl worker`. The results come into the same folder.")
+@click.pass_context
+def batch(ctx, exercise, submissions, jobs, out_dir, reports, force, regrade, farm) -> None:
+    """Grade a whole class: SUBMISSIONS holds one entry per student (a folder, a .zip or a .tar.gz, named
+    after the student), graded with all checks, several labs at once.
+
+    \b
+    Per student DIR/<id>/ (report.json, the --report formats, grading.log, job.json), and
+    DIR/gradebook.csv (id, score, max, status, duration, each check's points, message),
+    rewritten after every result; DIR/index.html, the class page, at the end.
+    Run it again to resume: a student whose submission and exercise are unchanged is not
+    graded again (--force, --regrade ID). Ctrl-C stops the gradings running, removes their
+    labs and keeps every result that finished.
+    Exit 0 when every entry got a row (graded, not gradable or error; students failing
+    checks is no failure of the batch), 2 for bad input, 130 after Ctrl-C.
+    """
+    from labctl.batch import progress, runner
+    from labctl.batch.job import exercise_fingerprint
+
+    proj = project(ctx)
+    loaded = proj.exercise(exercise)
+    out_dir = out_dir or runner.default_out(submissions, loaded)
+    runner.check_folders(submissions, out_dir)
+    fingerprint = exercise_fingerprint(proj, runner.exercise_reference(proj, loaded))
+    options = runner.BatchOptions(out_dir, fingerprint, tuple(dict.fromkeys(("json", *reports))), force,
+                                  frozenset(regrade))
+    with progress_display("batch") as say:
+        executor, how = runner.open_executor(proj, loaded, fingerprint, jobs, farm, say)
+    say_line(f"[bold]{e(loaded.id)}[/]: {e(loaded.title)} — {e(how)}")
+    display = progress.BatchDisplay(err, "quiet" if quiet() else "live" if err.is_terminal else "lines")
+    try:
+        outcome = runner.run_batch(proj, loaded, submissions, executor, options, display)
+    finally:
+        display.close()
+    _print_batch(outcome, getattr(executor, "removed_labs", 0), force or bool(regrade))
+    sys.exit(130 if outcome.interrupted else 0)
+
+
+def _print_batch(outcome, removed_labs: int, forced: bool) -> None:
+    """The batch's summary: counts per status, where the gradebook and the page are, what is left."""
+    counts = outcome.counts
+    kept = sum(1 for row in outcome.rows.values() if row.how == "unchanged")
+    out.print(f"{len(outcome.plan.entries)} entries: {counts['graded']} graded ({outcome.graded_now} in this run, "
+              f"{kept} unchanged), {counts['not gradable']} not gradable, {counts['error']} errors"
+              + (f", {len(outcome.left)} not graded yet" if outcome.left else ""), highlight=False)
+    out.print(f"gradebook: {e(outcome.gradebook)}", highlight=False)
+    out.print(f"class page: {e(outcome.page)}" if outcome.page else f"[yellow]{e(outcome.page_note)}[/]", highlight=False)
+    if removed_labs:
+        out.print(f"removed {removed_labs} lab(s) that stopped gradings left behind", highlight=False)
+    if counts["error"]:
+        out.print(f"[yellow]{counts['error']} error(s)[/]: the machine's, not the students' (their messages are in "
+                  "the gradebook); the same command grades them again", highlight=False)
+    if outcome.interrupted:
+        standing = sum(1 for student in outcome.left if student in outcome.plan.standing)
+        out.print(f"[yellow]interrupted:[/] every result that finished is kept; {len(outcome.left)} left to grade"
+                  + (f" ({standing} keep their result of before in the gradebook meanwhile)" if standing else "")
+                  + ". Run the same command again to resume: finished students are not graded again"
+                  + (" (leave out --force and --regrade, which grade them again)" if forced else "") + ".",
+                  highlight=False)
+
+
 # -- the grading farm ---------------------------------------------------------------------------------
 
 @main.command()
@@ -665,7 +745,7 @@ def worker(ctx, scheduler, labs, worker_name, exercise_ids) -> None:
     """
     import socket
 
-    from labctl.batch.job import labs_at_once
+    from labctl.batch.runner import default_jobs
     from labctl.batch.worker import prepare, serve
 
     proj = project(ctx)
@@ -674,8 +754,8 @@ def worker(ctx, scheduler, labs, worker_name, exercise_ids) -> None:
         err.print(e(message), highlight=False, soft_wrap=True)
 
     if labs is None:
-        labs, why = labs_at_once(proj.spec)
-        tell(f"{labs} lab(s) at once ({why}; --labs sets it)")
+        labs, why = default_jobs(proj.spec)
+        tell(f"{labs} lab(s) at once, as `labctl batch` chooses ({why}); --labs sets it")
     name = worker_name or socket.gethostname()
     with progress_display("worker") as say:
         serving = prepare(proj, labs, name, list(exercise_ids), say)

@@ -36,7 +36,6 @@ from labctl.archive import MAX_BYTES, MAX_FILES, tar_folders
 from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError, SubmissionError
 from labctl.interrupts import PARENT_VARIABLE
 from labctl.project import LAB_FILE, Project
-from labctl.spec import LabSpec
 
 #: How a student's row ends (one word each, as the gradebook writes them).
 Status = Literal["graded", "not gradable", "error"]
@@ -171,36 +170,6 @@ def check_fingerprint(project: Project, job: Job) -> None:
                            "and project version on every worker")
 
 
-# -- how many at once -------------------------------------------------------------------------------
-
-def labs_at_once(spec: LabSpec) -> tuple[int, str]:
-    """How many gradings this host runs at once by default, and why in words: one per core (a lab's checks
-    are timed: gradings that wait for a CPU would be judged slow), and no more than the memory available
-    holds, counting each lab at its nodes' memory limits summed (lab.yaml). At least one."""
-    cores = os.cpu_count() or 1
-    per_lab = sum(node.limits.memory_bytes for node in spec.nodes.values())
-    available = _available_memory()
-    by_memory = max(1, available // per_lab) if available else cores
-    labs = max(1, min(cores, by_memory))
-    memory = f"{available / 2**30:.1f} GiB available / {per_lab / 2**30:.2f} GiB a lab" if available else \
-        "memory not known"
-    return labs, f"{cores} core{'s' * (cores != 1)}, {memory}"
-
-
-def _available_memory() -> int:
-    """Bytes of memory this host can still give (Linux's MemAvailable; the total elsewhere; 0 when unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 # -- a submission on the wire -----------------------------------------------------------------------
 
 def pack_submission(folder: Path) -> bytes:
@@ -258,10 +227,14 @@ class Children:
         self._running: dict[subprocess.Popen, str] = {}   # child -> its tag
         self._stopped_tags: set[str] = set()
         self.stopping = threading.Event()
+        #: The pid of every grading ever started here: the labctl.pid label of the labs they made, by
+        #: which a lab one of them could not remove (killed after its overrun) is found.
+        self.started: set[int] = set()
 
     def add(self, child: subprocess.Popen, tag: str = "") -> None:
         with self._lock:
             self._running[child] = tag
+            self.started.add(child.pid)
             stop = self.stopping.is_set() or (bool(tag) and tag in self._stopped_tags)
         if stop:  # asked to stop while it was starting
             self._signal(child, signal.SIGTERM)
@@ -317,10 +290,10 @@ class Children:
 CHILDREN = Children()
 
 
-def grade_command(project_root: Path, job: Job, submission: Path, out: Path) -> list[str]:
-    """The `labctl grade` of a job: this Python, this project, its reports into `out`."""
-    command = [sys.executable, "-m", "labctl", "--quiet", "--project", str(project_root), "grade", job.exercise,
-               "--submission", str(submission)]
+def grade_command(project_root: Path, job: Job, submission: Path, out: Path, backend: str | None = None) -> list[str]:
+    """The `labctl grade` of a job: this Python, this project, this backend, its reports into `out`."""
+    command = [sys.executable, "-m", "labctl", "--quiet", "--project", str(project_root),
+               *(["--backend", backend] if backend else []), "grade", job.exercise, "--submission", str(submission)]
     for name in dict.fromkeys(("json", *job.reports)):
         command += ["--report", f"{name}:{out / REPORT_FILES[name]}"]
     return command
@@ -356,9 +329,9 @@ def run_job(project: Project, job: Job, budget: float, worker: str = "", tag: st
         child_environment = {**os.environ, **(environment or {}), PARENT_VARIABLE: str(os.getpid())}
         child_environment.pop("GITHUB_ACTIONS", None)  # a batch's reports are files, never a CI step's annotations
         with open(log, "wb") as sink:
-            child = subprocess.Popen(grade_command(project.root, job, submission, out), stdin=subprocess.DEVNULL,
-                                     stdout=sink, stderr=subprocess.STDOUT, env=child_environment,
-                                     start_new_session=True)
+            command = grade_command(project.root, job, submission, out, project.backend_name)
+            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                     env=child_environment, start_new_session=True)
             CHILDREN.add(child, tag)
             try:
                 code = child.wait(timeout=budget + OVERRUN)
