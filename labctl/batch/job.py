@@ -243,6 +243,12 @@ class Children:
         with self._lock:
             self._running.pop(child, None)
 
+    def renew(self, tag: str) -> None:
+        """A new run of the gradings with this tag begins (a batch resumed after it was stopped): the earlier
+        stop does not apply to it."""
+        with self._lock:
+            self._stopped_tags.discard(tag)
+
     def stopped(self, tag: str) -> bool:
         """Whether gradings with this tag were asked to stop (a new one with it is not started)."""
         return self.stopping.is_set() or (bool(tag) and tag in self._stopped_tags)

@@ -123,6 +123,7 @@ def grade(job: Job, budget: float, key: str) -> JobResult:
         return JobResult(job.student, "error", str(error), worker=serving.name)
     except LabctlError as error:  # no such exercise in this worker's project
         return JobResult(job.student, "error", f"{serving.name}: {error}", worker=serving.name)
+    CHILDREN.renew(key)  # the same student resumed after a cancelled batch is graded, not stopped again
     result = run_job(serving.project, job, budget, worker=serving.name, tag=key,
                      environment={"LABCTL_OWNER": farm_owner(serving.name)})
     if CHILDREN.stopping.is_set():
