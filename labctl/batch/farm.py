@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from labctl.batch.job import Job, JobResult, differences, fingerprint_parts
+from labctl.batch.job import MAX_PACKED_BYTES, Job, JobResult, differences, fingerprint_parts
 from labctl.batch.worker import CONNECT_TIMEOUT, FarmUnreachable, describe, grade, resource_name, stop_gradings
 from labctl.errors import LabctlError
 from labctl.untrusted import printable
@@ -123,6 +123,10 @@ class FarmExecutor:
             result: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
             if job.fingerprint != self.fingerprint:
                 result.set_result(JobResult(job.student, "error", "the job was made for other files than this batch's"))
+                return result
+            if len(job.submission) > MAX_PACKED_BYTES:   # never sent: a job carries at most this much
+                result.set_result(JobResult(job.student, "not gradable", f"the submission weighs {len(job.submission)} "
+                                            f"bytes packed, over the {MAX_PACKED_BYTES} a job may carry"))
                 return result
             task = self._client.submit(grade, job, budget, key, key=key, pure=False,
                                        resources={resource_name(job.fingerprint): 1})

@@ -26,8 +26,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +56,9 @@ from labctl.project import Project
 #: The owner label of every lab a farm worker's gradings make: `labctl-farm:<worker name>`. Orphans are
 #: looked for among these only: a `labctl up` playground outlives the process that made it on purpose.
 FARM_OWNER = "labctl-farm"
+#: Each worker's temporary files (its jobs' submissions and reports, Dask's own space) are in one folder of the
+#: system's temporary folder, named after its pid: a worker killed -9 leaves it, the next worker removes it.
+SCRATCH_PREFIX = "labctl-worker-"
 #: Seconds to find the scheduler at start, and to leave it at the end.
 CONNECT_TIMEOUT = 30.0
 LEAVE_TIMEOUT = 20.0
@@ -180,6 +185,18 @@ def remove_orphans(backend: Backend, host: str | None = None) -> list[str]:
     return orphans
 
 
+def remove_stale_scratch(base: Path | None = None) -> list[Path]:
+    """Remove the temporary folders of workers of this host that are gone (killed -9 mid-grading); which."""
+    base = base or Path(tempfile.gettempdir())
+    removed = []
+    for folder in sorted(base.glob(SCRATCH_PREFIX + "*")):
+        pid = folder.name[len(SCRATCH_PREFIX):]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 # -- the worker ---------------------------------------------------------------------------------------
 
 def prepare(project: Project, labs: int, name: str, exercise_ids: list[str], say: Say) -> Serving:
@@ -193,6 +210,8 @@ def prepare(project: Project, labs: int, name: str, exercise_ids: list[str], say
     removed = remove_orphans(backend)
     say(f"removed {len(removed)} orphaned lab(s) of farm gradings on this host: {', '.join(removed)}" if removed
         else "no orphaned lab of a farm grading on this host")
+    for folder in remove_stale_scratch():
+        say(f"removed the temporary folder of a worker that is gone: {folder}")
     names: set[str] = set()
     extra: dict[str, Path] = {}
     for exercise in exercises:
@@ -213,8 +232,12 @@ def serve(serving: Serving, scheduler: str, say: Say) -> str:
     global _SERVING
     _quiet_dask_logs()
     _SERVING = serving
+    system_temp = tempfile.gettempdir()
+    scratch = Path(system_temp) / f"{SCRATCH_PREFIX}{os.getpid()}"
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    tempfile.tempdir = str(scratch)   # run_job's folders go there
     try:
-        return asyncio.run(_run(serving, scheduler, say))
+        return asyncio.run(_run(serving, scheduler, scratch, say))
     finally:
         ignore_interrupts()  # asyncio gave SIGTERM back its default (death) on the way out: no more of that now
         CHILDREN.stop_all()
@@ -222,10 +245,12 @@ def serve(serving: Serving, scheduler: str, say: Say) -> str:
         removed = remove_orphans(serving.project.backend)
         if removed:
             say(f"removed the labs left by stopped gradings: {', '.join(removed)}")
+        tempfile.tempdir = system_temp
+        shutil.rmtree(scratch, ignore_errors=True)
         _SERVING = None
 
 
-async def _run(serving: Serving, scheduler: str, say: Say) -> str:
+async def _run(serving: Serving, scheduler: str, scratch: Path, say: Say) -> str:
     import dask
     from distributed import Worker
 
@@ -239,7 +264,7 @@ async def _run(serving: Serving, scheduler: str, say: Say) -> str:
     memory_off = {f"distributed.worker.memory.{key}": False for key in ("target", "spill", "pause", "terminate")}
     with dask.config.set(memory_off):
         worker = Worker(scheduler, nthreads=serving.labs, name=serving.name, resources=resources, memory_limit=0,
-                        death_timeout=CONNECT_TIMEOUT, dashboard=False)
+                        death_timeout=CONNECT_TIMEOUT, dashboard=False, local_directory=str(scratch / "dask"))
         try:
             await worker
         except (OSError, TimeoutError, ValueError) as error:
