@@ -682,6 +682,7 @@ def batch(ctx, exercise, submissions, jobs, out_dir, reports, force, regrade, fa
     loaded = proj.exercise(exercise)
     out_dir = out_dir or runner.default_out(submissions, loaded)
     runner.check_folders(submissions, out_dir)
+    runner.list_class(submissions, frozenset(regrade))  # bad input said before any image is built
     fingerprint = exercise_fingerprint(proj, runner.exercise_reference(proj, loaded))
     options = runner.BatchOptions(out_dir, fingerprint, tuple(dict.fromkeys(("json", *reports))), force,
                                   frozenset(regrade))

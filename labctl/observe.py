@@ -470,15 +470,20 @@ class Window:
         self.lab, self.observer, self.server = lab, observer, server
         self.first = lab.usage(server)
 
-    def close(self) -> Sample:
+    def close(self, looks_from: float | None = None, looks_until: float | None = None) -> Sample:
+        """The sample of the window: its CPU from the two readings, and the looks between them, or only
+        those from `looks_from` to `looks_until` (the engine's clock) when given: the stretch in which
+        what was being watched for really happened."""
         last = self.lab.usage(self.server)
-        looks = self._looks(self.first.at, last.at)
+        since = self.first.at if looks_from is None else max(self.first.at, looks_from)
+        until = last.at if looks_until is None else min(last.at, looks_until)
+        looks = self._looks(since, until)
         try:
             snapshots = tuple(Snapshot.from_json(look) for look in looks)
         except syscalls.UnknownArchitecture as error:
             raise LabctlError(f"the server runs on a kernel labctl cannot read syscalls of: {error}") from error
         if not snapshots:
-            raise LabctlError(f"the observer took no look at the server in {last.at - self.first.at:.1f} s: "
+            raise LabctlError(f"the observer took no look at the server in {max(0.0, until - since):.1f} s: "
                               "did the server exit? (the observer's log: `labctl logs observer`)")
         return Sample(snapshots, elapsed=last.at - self.first.at, cpu_seconds=last.cpu_seconds - self.first.cpu_seconds,
                       precise=self.first.precise and last.precise)

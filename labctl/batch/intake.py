@@ -6,7 +6,7 @@ student. Everything about an entry is hostile, its name as much as its bytes:
 - its name becomes a *safe id* (`safe_id`): a file name (letters, digits, `._-@`), no control characters,
   at most MAX_ID characters, never one of the batch's own files, and unique even on a file system that
   folds case; when two names give one id, the one that needed no change keeps it and the others get a
-  suffix made from their own name (so an id does not change when another student's entry comes or goes);
+  suffix made from their own name (so ids do not depend on the order a folder is listed in);
 - an archive is unpacked only after every member's name, kind and declared size has been checked, and
   every write is capped again (a header can lie): no absolute or `..` names, no links, devices or pipes,
   no more than archive.MAX_FILES members or archive.MAX_BYTES bytes. A 2 GB member or a zip bomb is
@@ -132,8 +132,10 @@ def describe_mode(mode: int) -> str:
 
 
 def shown_name(name: str, limit: int = 120) -> str:
-    """A hostile name as text to show: undecodable bytes as \\xNN, controls visible, bounded."""
-    text = printable(os.fsencode(name).decode("utf-8", "backslashreplace"))
+    """A hostile name as text to show on one line: undecodable bytes as \\xNN, controls (tab and newline
+    too) visible, bounded."""
+    text = printable(os.fsencode(name).decode("utf-8", "backslashreplace")).replace("\t", "\\x09")
+    text = text.replace("\n", "\\x0a")
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -157,7 +159,7 @@ def unique_ids(names: list[tuple[str, str]]) -> dict[str, str]:
 
     Among names that give one id, the one whose stem needed no change (then the smallest, by its bytes)
     keeps it; every other gets '-' and a hash of its own name, so ids are the same whatever the order of
-    the listing and whichever other entries exist."""
+    the listing."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for raw, stem in names:
         groups.setdefault(_key(safe_id(stem)), []).append((raw, stem))
@@ -297,9 +299,12 @@ def _noise(parts: tuple[str, ...]) -> bool:
 def _over_limits(files: int, total: int, name: str, size: int) -> None:
     if files > MAX_FILES:
         raise SubmissionError(f"the archive holds more than {MAX_FILES} files and folders (the limit)")
-    if size > MAX_BYTES or total > MAX_BYTES:
+    if size > MAX_BYTES:
         raise SubmissionError(f"the archive unpacks to more than {MAX_BYTES // 2**20} MiB (the limit): "
                               f"{shown_name(name)} alone declares {size} bytes")
+    if total > MAX_BYTES:
+        raise SubmissionError(f"the archive unpacks to more than {MAX_BYTES // 2**20} MiB (the limit): its "
+                              f"members declare {total} bytes, up to {shown_name(name)}")
 
 
 def unpack_zip(path: Path, into: Path) -> None:

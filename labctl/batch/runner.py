@@ -344,7 +344,8 @@ def _new_hidden(out_dir: Path, name: str, prefix: str = TEMP_PREFIX) -> Path:
 
 def csv_cell(value: object) -> str:
     """A gradebook cell: numbers as short as they go, text printable on one line and bounded; a formula's
-    first character ('=', '+', '-', '@', tab, CR) behind a ', so a spreadsheet shows it as text."""
+    first character ('=', '+', '-', '@', tab, CR, after any blanks) behind a ', so a spreadsheet shows it
+    as text."""
     if value is None:
         return ""
     if isinstance(value, float | int) and not isinstance(value, bool):
@@ -352,7 +353,7 @@ def csv_cell(value: object) -> str:
     else:
         text = printable(str(value)).replace("\n", " ").replace("\t", " ")
         text = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "'" + text if text.lstrip().startswith(FORMULA_STARTS) else text  # some importers strip blanks
 
 
 def gradebook_columns(exercise: Exercise) -> list[str]:

@@ -29,7 +29,8 @@ from labctl.checks.common import decode_escapes, plural, run_harness
 from labctl.classify import Facts, classify
 from labctl.errors import BudgetTooShort, LabctlError
 
-#: Seconds the client's hold starts before the observer looks (exec start + connects).
+#: Seconds from the start of the client's hold (in the client) to the first look used: the connects, the
+#: probe (at 60% of it) and the server settling in what it waits on.
 HOLD_LEAD = 1.0
 #: Seconds io_model's warm-up request may take (its answer is evidence, not judged).
 WARM_UP = 2.0
@@ -139,14 +140,20 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
                          probe_request: str | None = None) -> tuple[observe.Sample, dict]:
     """Sample the server while the client holds `connections` connections with partial requests.
 
-    The client's hold runs in a host thread (one harness exec); HOLD_LEAD s after it starts,
-    the window opens for `window` s; the hold ends HOLD_TAIL s after that; then join.
+    The client's hold runs in a host thread (one harness exec) for HOLD_LEAD + window + HOLD_TAIL s from
+    when it really begins in the client, which a busy machine delays by an unknown time (docker exec's
+    start, Python's): the looks sampled are those from HOLD_LEAD after that beginning (`started_at`, the
+    clock the sampler stamps its looks with) for `window` s, never those of a fixed time after the host
+    asked. The server's CPU is read over the whole hold (two cgroup readings around it).
     """
     hold = HOLD_LEAD + window + HOLD_TAIL
     needed = hold + 1.0
     if ctx.remaining < needed:
         raise BudgetTooShort(f"the check's time budget ({ctx.remaining:.1f} s left) is too short to hold "
                           f"connections for {hold:.1f} s: give the check a longer timeout")
+    if ctx.observer not in ctx.lab.spec.nodes:
+        raise LabctlError(f"this check looks at the server's threads from an observer node, and lab.yaml has "
+                          f"no node {ctx.observer!r} (role: observer, watches: {ctx.server})")
     params = {"host": ctx.host, "port": ctx.port, "connections": connections, "hold": hold,
               "probe": probe, "probe_after": HOLD_LEAD * 0.6, "probe_timeout": 1.0, "request": request,
               "probe_request": probe_request}
@@ -158,18 +165,23 @@ def sample_while_holding(ctx: CheckContext, connections: int, window: float, pro
         except BaseException as error:  # re-raised in the check's thread
             outcome["error"] = error
 
+    opened = observe.Window(ctx.lab, ctx.observer, ctx.server)
     holder = threading.Thread(target=hold_them, name="labctl-hold", daemon=True)
     holder.start()
-    try:
-        time.sleep(HOLD_LEAD)
-        seen = sample(ctx, window)
-    finally:
-        holder.join(timeout=ctx.remaining)
+    holder.join(timeout=ctx.remaining)
     if holder.is_alive():
         raise LabctlError("the client's hold of connections did not end within the check's budget")
     if "error" in outcome:
         raise outcome["error"]
-    return seen, outcome["answer"]
+    answer = outcome["answer"]
+    began = answer.get("started_at")
+    if not isinstance(began, (int, float)):
+        began = opened.first.at
+    # Watched once every connection is made (a slow connect can take longer than the lead), for the window.
+    since = began + max(HOLD_LEAD, float(answer.get("connected_after") or 0.0) + 0.1)
+    seen = opened.close(looks_from=since, looks_until=since + window)
+    _observer_errors(seen, ctx.lab.backend.offers())
+    return seen, answer
 
 
 def warm_up(ctx: CheckContext, request: str | None = None) -> dict:

@@ -280,17 +280,20 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
     With `probe`, `probe_after` s after the start one more client sends a whole request
     and waits up to `probe_timeout` s: whether a server answers a new client while others
     are held is what tells an event loop from a one-at-a-time server.
-    Reports how many connected, and at the end how many the server had closed or answered.
+    Reports how many connected, and at the end how many the server had closed or answered, and
+    `started_at`: when the hold began on this container's clock (time.time(): the engine host's, which
+    the observer's sampler stamps its looks with), so the host can read the looks of the hold itself
+    however late this exec started.
     """
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     connect_by = started + max(0.1, hold / 2)  # a full backlog drops SYNs: never spend the hold connecting
     held: list[socket.socket] = []
     errors: list[str] = []
     address, problem = client.resolve(host, max(0.1, hold / 2))
     if address is None:
         return {"requested": int(connections), "connected": 0, "connect_errors": [f"cannot resolve {host!r}: {problem}"],
-                "still_open": 0, "closed_by_server": 0, "answered": 0, "held_for": round(time.monotonic() - started, 4),
-                "probe": None}
+                "started_at": started_at, "still_open": 0, "closed_by_server": 0, "answered": 0,
+                "held_for": round(time.monotonic() - started, 4), "probe": None}
     for _ in range(int(connections)):
         left = connect_by - time.monotonic()
         if left <= 0:
@@ -331,8 +334,9 @@ def hold_connections(host: str, port: int, connections: int = 4, hold: float = 3
         finally:
             sock.close()
     return {"requested": int(connections), "connected": len(held), "connect_errors": errors,
-            "connected_after": round(connected_at, 4), "still_open": open_, "closed_by_server": closed,
-            "answered": answered, "held_for": round(time.monotonic() - started, 4), "probe": probe_result}
+            "started_at": started_at, "connected_after": round(connected_at, 4), "still_open": open_,
+            "closed_by_server": closed, "answered": answered, "held_for": round(time.monotonic() - started, 4),
+            "probe": probe_result}
 
 
 def send_probe(host: str, port: int, path: str = "/", timeout: float = 1.0, request: str | None = None) -> Probe:

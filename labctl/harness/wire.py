@@ -156,6 +156,7 @@ class Hold(TypedDict, total=False):
     requested: int
     connected: int
     connect_errors: list[str]
+    started_at: float                          # time.time() in the client when the hold began
     connected_after: float
     still_open: int
     closed_by_server: int

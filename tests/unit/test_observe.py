@@ -525,6 +525,7 @@ def test_hold_connections_and_probe_against_a_blocking_server():
     server = threading.Thread(target=serve_one_at_a_time, daemon=True)
     server.start()
     try:
+        asked = time.time()
         answer = proc.hold_connections("127.0.0.1", port, connections=3, hold=0.6, probe=True,
                                        probe_after=0.1, probe_timeout=0.3)
     finally:
@@ -535,6 +536,7 @@ def test_hold_connections_and_probe_against_a_blocking_server():
     assert answer["still_open"] == 3 and answer["answered"] == 0
     assert answer["probe"]["answered"] is False and "no answer within 0.3 s" in answer["probe"]["error"]
     assert 0.55 < answer["held_for"] < 2
+    assert asked <= answer["started_at"] <= asked + 0.5   # the wall clock the sampler stamps its looks with
 
 
 def test_hold_connections_reports_refused_connections():
