@@ -95,7 +95,9 @@ class Farm:
 
     def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> FarmProcess:
         out, err = self.folder / f"{name}.out", self.folder / f"{name}.err"
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Dask's own scratch space (a scheduler's lock files) in this module's folder, not the system's /tmp.
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "DASK_TEMPORARY_DIRECTORY": str(self.folder),
+                       **(env or {})}
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             popen = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=environment)
         process = FarmProcess(name, popen, out, err)
