@@ -98,7 +98,7 @@ _SERVING: Serving | None = None
 
 def describe(exercise_id: str) -> dict:
     """What the batch needs to accept this worker for `exercise_id`: its name, host, labs, labctl version and
-    the exercise's fingerprint now (with its parts, to say what differs) — or why it cannot grade it."""
+    the exercise's fingerprint it serves (with its parts, to say what differs) — or why it cannot grade it."""
     serving = _SERVING
     if serving is None:
         return {"error": "it is not a labctl worker (a plain `dask worker`?): start `labctl worker` there"}
@@ -107,11 +107,19 @@ def describe(exercise_id: str) -> dict:
         info["error"] = (f"it does not grade {exercise_id} (it grades: {', '.join(serving.fingerprints) or 'nothing'}; "
                          "`labctl worker --exercise` chooses)")
         return info
+    served = serving.fingerprints[exercise_id]
     try:
-        info["fingerprint"] = exercise_fingerprint(serving.project, exercise_id)
+        now = exercise_fingerprint(serving.project, exercise_id)
         info["parts"] = fingerprint_parts(serving.project, exercise_id)
     except LabctlError as error:
         info["error"] = f"its project cannot load {exercise_id}: {error}"
+        return info
+    # The fingerprint it serves is the one its Dask resource is named after (tasks ask for that): files changed
+    # under a running worker must not make it look like the batch's while its resource says otherwise.
+    info["fingerprint"] = served
+    if now != served:
+        info["error"] = (f"its files of {exercise_id} changed since it started (fingerprint {served[:12]} then, "
+                         f"{now[:12]} now): restart it")
     return info
 
 
@@ -267,12 +275,15 @@ async def _run(serving: Serving, scheduler: str, scratch: Path, say: Say) -> str
                         death_timeout=CONNECT_TIMEOUT, dashboard=False, local_directory=str(scratch / "dask"))
         try:
             await worker
-        except (OSError, TimeoutError, ValueError) as error:
+        except (OSError, TimeoutError, ValueError, RuntimeError) as error:  # RuntimeError: "failed to start", cause inside
             with contextlib.suppress(Exception):
                 await worker.close(timeout=5)
+            cause = error.__cause__ or error
+            if "name taken" in str(cause):
+                raise LabctlError(f"a worker named {serving.name!r} is already on the farm at {scheduler}: give this "
+                                  "one another --name") from None
             raise FarmUnreachable(f"no Dask scheduler took this worker at {scheduler} within {CONNECT_TIMEOUT:.0f} s "
-                                  f"({type(error).__name__}: {error}); is `dask scheduler` running there, and is "
-                                  f"the name {serving.name!r} not taken by another worker?") from None
+                                  f"({type(cause).__name__}: {cause}); is `dask scheduler` running there?") from None
         say(f"worker {serving.name} ({worker.address}) joined the farm at {scheduler}, {serving.labs} lab(s) at once; "
             "Ctrl-C stops it")
         stopping = asyncio.ensure_future(stop.wait())

@@ -258,7 +258,7 @@ def test_a_class_through_two_workers_every_student_once(shared, tmp_path):
     assert rows["carol"]["status"] == "not gradable" and "listen" in rows["carol"]["message"]
     workers = {job_record(out, student)["worker"] for student in rows}
     assert workers == {f"w1-{OWNER}", f"w2-{OWNER}"}, workers   # both workers graded
-    assert "farm" in done.stderr + done.stdout
+    assert f"farm {shared}: 2 labs at once" in done.stderr + done.stdout   # the sum of the workers' labs
 
     again = batch(submissions, out, shared)   # the same class again: nobody is graded twice
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

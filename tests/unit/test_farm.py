@@ -138,6 +138,26 @@ def test_a_process_that_is_not_a_labctl_worker_says_so_and_grades_nothing():
     assert (row.student, row.status) == ("alice", "error") and "not a labctl worker" in row.message
 
 
+def test_a_worker_tells_the_fingerprint_it_serves_and_refuses_when_its_files_changed_under_it(copy, monkeypatch):
+    from labctl.batch import worker
+
+    project = Project(copy)
+    served = exercise_fingerprint(project, "blocking")
+    monkeypatch.setattr(worker, "_SERVING", worker.Serving(project, "w1", 2, {"blocking": served}))
+    info = describe("blocking")
+    assert (info["name"], info["labs"], info["fingerprint"], info["labctl"]) == ("w1", 2, served, __version__)
+    assert "error" not in info and info["parts"] == fingerprint_parts(project, "blocking")
+    assert "it does not grade polling (it grades: blocking" in describe("polling")["error"]
+    solution = copy / "exercises" / "blocking" / "solution" / "server.py"
+    solution.write_text(solution.read_text() + "\n")   # a `git pull` under a running worker
+    try:
+        changed = describe("blocking")
+        assert changed["fingerprint"] == served   # its Dask resource still says the old one: so does it
+        assert "changed since it started" in changed["error"] and "restart it" in changed["error"]
+    finally:
+        solution.write_text(solution.read_text()[:-1])
+
+
 def test_a_task_lost_with_its_workers_is_an_error_row_that_says_so():
     from distributed.scheduler import KilledWorker
 
