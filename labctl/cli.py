@@ -785,6 +785,52 @@ def _print_batch(outcome, removed_labs: int, forced: bool) -> None:
                   highlight=False)
 
 
+# -- the grading farm ---------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--scheduler", "scheduler", required=True, metavar="URL",
+              help="The Dask scheduler of the farm (`dask scheduler` prints it: tcp://HOST:8786; tls://... with TLS).")
+@click.option("--labs", type=click.IntRange(1, 64), default=None,
+              help="Gradings at once on this host, each in its own lab (default: one per core, as many as the "
+                   "memory holds, said at start).")
+@click.option("--name", "worker_name", default=None,
+              help="This worker's name on the farm, unique there (default: the host's name).")
+@click.option("--exercise", "exercise_ids", multiple=True, metavar="ID",
+              shell_complete=lambda ctx, param, incomplete: _exercise_ids(incomplete),
+              help="Grade only this exercise (repeatable; default: every exercise of the project).")
+@click.pass_context
+def worker(ctx, scheduler, labs, worker_name, exercise_ids) -> None:
+    """Grade on a farm: a Dask worker on this Docker host that grades what `labctl batch --farm URL` sends.
+
+    \b
+    At start: checks the engine, removes labs orphaned by a worker of this host killed with its gradings,
+    builds the images if missing (offline, as `labctl images build`), prints each exercise's fingerprint.
+    It only takes jobs made with the same labctl and files. Ctrl-C or SIGTERM: leaves the scheduler (its
+    gradings go to other workers), stops its gradings and removes their labs.
+    """
+    import socket
+
+    from labctl.batch.runner import default_jobs
+    from labctl.batch.worker import prepare, serve
+
+    proj = project(ctx)
+
+    def tell(message: str) -> None:
+        err.print(e(message), highlight=False, soft_wrap=True)
+
+    if labs is None:
+        labs, why = default_jobs(proj.spec)
+        tell(f"{labs} lab(s) at once, as `labctl batch` chooses ({why}); --labs sets it")
+    name = worker_name or socket.gethostname()
+    with progress_display("worker") as say:
+        serving = prepare(proj, labs, name, list(exercise_ids), say)
+    out.print(f"worker {e(name)}: {labs} lab(s) at once, labctl {__version__}", highlight=False)
+    for exercise_id, fingerprint in serving.fingerprints.items():
+        out.print(f"  {e(exercise_id):16} fingerprint {fingerprint}", highlight=False)
+    reason = serve(serving, scheduler, tell)
+    out.print(f"worker {e(name)} {e(reason)}", highlight=False)
+
+
 # -- authoring ----------------------------------------------------------------------------------------
 
 @main.command(name="list")

@@ -108,19 +108,61 @@ class JobResult:
 
 # -- what must match --------------------------------------------------------------------------------
 
+def _fingerprint_sources(project: Project, exercise_id: str) -> list[tuple[str, Path]]:
+    """What decides a verdict besides labctl itself, each part by name: lab.yaml, images/, the exercise's folder,
+    and its docroot when that lies outside the folder (the course's shared `../www`: the http checks compare
+    the server's answers with its files)."""
+    exercise = project.exercise(exercise_id)
+    sources = [("lab", project.root / LAB_FILE), ("images", project.images_dir), ("exercise", exercise.dir)]
+    docroot = exercise.docroot
+    if docroot is not None and not docroot.resolve().is_relative_to(exercise.dir.resolve()):
+        sources.append(("docroot", docroot))
+    return sources
+
+
+def _feed(digest, label: str, path: Path) -> None:
+    """Every file of `path` (a file or a folder), by relative path and bytes, into `digest`."""
+    files = [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file()
+                                                and "__pycache__" not in item.parts)
+    for item in files:
+        relative = item.name if item == path else item.relative_to(path).as_posix()
+        digest.update(f"{label}/{relative}\0".encode())
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+
+
 def exercise_fingerprint(project: Project, exercise_id: str) -> str:
-    """A hash of what decides a verdict: labctl's version, lab.yaml, the images' folders and the
-    exercise's folder (every file's path and bytes). Equal fingerprints grade alike."""
+    """A hash of what decides a verdict: labctl's version, lab.yaml, the images' folders, the exercise's
+    folder and its docroot (every file's path and bytes). Equal fingerprints grade alike."""
     digest = hashlib.sha256(f"labctl {__version__}\n".encode())
-    folder = project.exercise(exercise_id).dir
-    for label, path in (("lab", project.root / LAB_FILE), ("images", project.images_dir), ("exercise", folder)):
-        files = [path] if path.is_file() else sorted(item for item in path.rglob("*") if item.is_file()
-                                                        and "__pycache__" not in item.parts)
-        for item in files:
-            relative = item.name if item == path else item.relative_to(path).as_posix()
-            digest.update(f"{label}/{relative}\0".encode())
-            digest.update(hashlib.sha256(item.read_bytes()).digest())
+    for label, path in _fingerprint_sources(project, exercise_id):
+        _feed(digest, label, path)
     return digest.hexdigest()[:32]
+
+
+#: What each part of a fingerprint is called when two differ (fingerprint_parts' keys).
+FINGERPRINT_PARTS = {"labctl": "labctl's version", "lab": "lab.yaml", "images": "the images (images/)",
+                     "exercise": "the exercise's files", "docroot": "the docroot's files"}
+
+
+def fingerprint_parts(project: Project, exercise_id: str) -> dict[str, str]:
+    """The fingerprint's parts one by one (labctl's version, then a short hash of each of lab.yaml, images/,
+    the exercise's folder and its docroot), so that a refusal can say *what* differs, not only that something does."""
+    parts = {"labctl": __version__}
+    for label, path in _fingerprint_sources(project, exercise_id):
+        digest = hashlib.sha256()
+        _feed(digest, label, path)
+        parts[label] = digest.hexdigest()[:12]
+    return parts
+
+
+def differences(mine: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    """The parts two fingerprints differ in, in words ("labctl's version (0.1.0 here, 0.2.0 there)")."""
+    said = []
+    for part, words in FINGERPRINT_PARTS.items():
+        if mine.get(part) != theirs.get(part):
+            said.append(f"{words} ({mine.get(part, '?')} here, {theirs.get(part, '?')} there)" if part == "labctl"
+                        else words)
+    return said
 
 
 def check_fingerprint(project: Project, job: Job) -> None:
@@ -181,26 +223,39 @@ def unpack_submission(data: bytes, into: Path) -> None:
 
 class Children:
     """The child gradings running in this process, so that a Ctrl-C or a shutdown can stop them all
-    (each removes its own lab when stopped) and wait for them."""
+    (each removes its own lab when stopped) and wait for them; or only some, by the tag each was started
+    with (a farm worker stops the gradings of a cancelled batch and keeps grading for the others)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: set[subprocess.Popen] = set()
+        self._running: dict[subprocess.Popen, str] = {}   # child -> its tag
+        self._stopped_tags: set[str] = set()
         self.stopping = threading.Event()
         #: The pid of every grading ever started here: the labctl.pid label of the labs they made, by
         #: which a lab one of them could not remove (killed after its overrun) is found.
         self.started: set[int] = set()
 
-    def add(self, child: subprocess.Popen) -> None:
+    def add(self, child: subprocess.Popen, tag: str = "") -> None:
         with self._lock:
-            self._running.add(child)
+            self._running[child] = tag
             self.started.add(child.pid)
-        if self.stopping.is_set():
+            stop = self.stopping.is_set() or (bool(tag) and tag in self._stopped_tags)
+        if stop:  # asked to stop while it was starting
             self._signal(child, signal.SIGTERM)
 
     def discard(self, child: subprocess.Popen) -> None:
         with self._lock:
-            self._running.discard(child)
+            self._running.pop(child, None)
+
+    def renew(self, tag: str) -> None:
+        """A new run of the gradings with this tag begins (a batch resumed after it was stopped): the earlier
+        stop does not apply to it."""
+        with self._lock:
+            self._stopped_tags.discard(tag)
+
+    def stopped(self, tag: str) -> bool:
+        """Whether gradings with this tag were asked to stop (a new one with it is not started)."""
+        return self.stopping.is_set() or (bool(tag) and tag in self._stopped_tags)
 
     def stop_all(self) -> None:
         """Ask every running grading to stop (SIGTERM: labctl removes its lab and exits); no new ones start."""
@@ -210,12 +265,24 @@ class Children:
         for child in running:
             self._signal(child, signal.SIGTERM)
 
-    def wait_all(self, timeout: float = 60.0) -> None:
-        """Wait for the stopped gradings to end; kill what is still there after `timeout`."""
-        deadline = time.monotonic() + timeout
+    def stop(self, tags: set[str]) -> list[subprocess.Popen]:
+        """Ask the gradings with these tags to stop, now and if they are about to start; the others go on.
+        Returns the ones that were running, to wait for."""
         with self._lock:
-            running = list(self._running)
-        for child in running:
+            self._stopped_tags.update(tag for tag in tags if tag)
+            chosen = [child for child, tag in self._running.items() if tag and tag in tags]
+        for child in chosen:
+            self._signal(child, signal.SIGTERM)
+        return chosen
+
+    def wait_all(self, timeout: float = 60.0, children: list[subprocess.Popen] | None = None) -> None:
+        """Wait for the stopped gradings (all, or the `children` given) to end; kill what is still there after
+        `timeout`."""
+        deadline = time.monotonic() + timeout
+        if children is None:
+            with self._lock:
+                children = list(self._running)
+        for child in children:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -242,9 +309,13 @@ def grade_command(project_root: Path, job: Job, submission: Path, out: Path, bac
     return command
 
 
-def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobResult:
+def run_job(project: Project, job: Job, budget: float, worker: str = "", tag: str = "",
+            environment: dict[str, str] | None = None) -> JobResult:
     """Grade a job in a child `labctl grade` and collect what it wrote. Never raises for what the
-    submission does: every end is a JobResult ("error" for a grading that left no report)."""
+    submission does: every end is a JobResult ("error" for a grading that left no report).
+
+    tag: what CHILDREN.stop() knows this grading by (a farm worker: the task's key); environment: extra
+    variables for the child (a farm worker: the owner label of its labs)."""
     started = time.monotonic()
     worker = worker or socket.gethostname()
 
@@ -254,7 +325,7 @@ def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobR
     unknown = sorted(set(job.reports) - set(REPORT_FILES))
     if unknown:
         return result("error", f"no such report format for a batch: {', '.join(unknown)}")
-    if CHILDREN.stopping.is_set():
+    if CHILDREN.stopped(tag):
         return result("error", "stopped before it began")
     with tempfile.TemporaryDirectory(prefix="labctl-job-") as scratch:
         submission, out = Path(scratch) / "submission", Path(scratch) / "out"
@@ -265,13 +336,13 @@ def run_job(project: Project, job: Job, budget: float, worker: str = "") -> JobR
         except SubmissionError as error:
             return result("not gradable", str(error))
         log = Path(scratch) / LOG_FILE
-        environment = {**os.environ, PARENT_VARIABLE: str(os.getpid())}
-        environment.pop("GITHUB_ACTIONS", None)  # a batch's reports are files, never a CI step's annotations
+        child_environment = {**os.environ, **(environment or {}), PARENT_VARIABLE: str(os.getpid())}
+        child_environment.pop("GITHUB_ACTIONS", None)  # a batch's reports are files, never a CI step's annotations
         with open(log, "wb") as sink:
             command = grade_command(project.root, job, submission, out, project.backend_name)
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                     env=environment, start_new_session=True)
-            CHILDREN.add(child)
+                                     env=child_environment, start_new_session=True)
+            CHILDREN.add(child, tag)
             try:
                 code = child.wait(timeout=budget + OVERRUN)
             except subprocess.TimeoutExpired:
