@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from harness import agent, concurrency, net, proc, protocol
+from harness import agent, concurrency, net, proc, protocol, scenarios, tracer
 
 COMMANDS: dict[str, Callable[..., Any]] = {}
-for _module in (net, protocol, concurrency, proc, agent):
+for _module in (net, protocol, concurrency, proc, agent, tracer, scenarios):
     for _name, _function in _module.COMMANDS.items():
         if _name in COMMANDS:
             raise RuntimeError(f"harness command {_name!r} defined twice")

@@ -104,6 +104,9 @@ class Exchange(TypedDict, total=False):
     skipped: bool
     skip_reason: str
     server_spoke_first: bool        # reset: the server said something before the RST
+    # play_scenario's own keys on each of its exchanges
+    client: int                     # the client's number in the scenario
+    started_at: float               # wall clock when it began to connect
 
 
 class TimedRequest(Exchange, total=False):
@@ -297,6 +300,55 @@ class ProcSnapshot(TypedDict, total=False):
     errors: list[str]
 
 
+# -- labctl trace: the observer's strace, the client's scenario and its packets -------------------
+
+class StraceRun(TypedDict, total=False):
+    """What strace wrote while it held the server's threads (harness/tracer.py's trace_threads)."""
+
+    pids: list[int]                 # the server's processes when the trace began
+    threads: dict[str, list[list[Any]]]  # pid -> [[tid, comm], ...] when the trace began
+    attached_at: float              # wall clock: every thread held from here on
+    attached_threads: int
+    stopped_at: float
+    stopped_by: str                 # "stop" (the host), "time", "size" (max_bytes), "strace-exit", "error"
+    strace_exit: int | None
+    text: str                       # strace -f -ttt -T -yy output, at most max_bytes of it
+    bytes: int                      # how much strace wrote in all
+    truncated: bool
+    strace_messages: str            # strace's own stderr (warnings), its end
+    error: str
+
+
+class TracePacket(TypedDict):
+    """One TCP segment the client's capture saw."""
+
+    time: float                     # the kernel's timestamp of it (wall clock)
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    flags: str                      # "S", "SA", "A", "PA", "FA", "R"...
+    seq: int
+    ack: int
+    length: int                     # payload bytes
+    payload: str                    # its first bytes (latin-1): the server's, when it sent them
+
+
+class ScenarioRun(TypedDict, total=False):
+    """A scenario played by the client, and the packets captured meanwhile (harness/scenarios.py)."""
+
+    scenario: str
+    server: str                     # the server's address
+    port: int
+    client: str | None              # the client's own address
+    began: float                    # wall clock, just before the first connect
+    ended: float                    # wall clock, after the last answer
+    warm_up: Exchange               # the request before the scenario (its packets not captured)
+    exchanges: list[Exchange]
+    packets: list[TracePacket]
+    truncated: bool
+
+
 class Failure(TypedDict, total=False):
     """What every command answers when it could not run at all (harness/__main__.py)."""
 
@@ -321,4 +373,6 @@ FACTS: dict[str, str] = {
     "hold_connections": "Hold",
     "probe": "Probe",
     "proc_agent": "dict",               # {"looks": n}: its looks go to its log, one ProcSnapshot a line
+    "trace_threads": "StraceRun",
+    "play_scenario": "ScenarioRun",
 }
