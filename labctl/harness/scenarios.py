@@ -7,14 +7,17 @@ A scenario is a few requests made in a way that shows how the server waits:
 - "concurrent": several clients at once (a blocking server serves them one after the other, a
   thread per client or an event loop serves them together).
 
-Before the scenario, one plain request warms the server up, its packets not captured: a thread
-asleep when strace attached is in a call strace restarted, whose timing strace cannot give well
-(labctl/trace/timeline.py), and the warm-up ends those calls; the scenario then finds every thread
-in a call strace saw begin. Every request goes through the harness's one HTTP client
-(client.exchange). The packets are captured here, with scapy (NET_RAW), from before the first
-SYN until a moment after the last answer; each is reported with the kernel's timestamp of it (wall clock, the clock strace stamps
-the server's syscalls with: see harness/tracer.py), its addresses, flags, and its payload's size
-and first bytes. Bounded: at most `max_packets` packets, every exchange within `timeout`.
+Before the scenario, one plain request warms the server up: a thread asleep when strace attached
+is in a call strace restarted, whose timing strace cannot give well (labctl/trace/timeline.py), and
+the warm-up ends those calls, so the scenario finds every thread in a call strace saw begin. The
+warm-up also proves that the capture's timestamps are the kernel's (play_scenario). Its packets are
+not reported.
+
+The requests go through the harness's one HTTP client (client.exchange). The packets are captured
+here with scapy (NET_RAW), each with the kernel's timestamp of it (wall clock: the clock strace
+stamps the server's syscalls with, see harness/tracer.py), its addresses, flags, sequence numbers,
+and its payload's size and first bytes. Bounded: at most `max_packets` packets, every exchange
+within `timeout`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ PAYLOAD_SHOWN = 64
 MAX_PACKETS = 5000
 #: Seconds the capture goes on after the last answer: the server's last packets (FIN, ACK).
 TAIL = 0.3
-#: Seconds between the warm-up's answer and the capture: the server back in its wait.
+#: Seconds after a warm-up's answer: the server back in its wait, its last packets captured.
 SETTLE = 0.1
+#: The most warm-up requests made before the capture's timestamps hold.
+WARM_UPS = 10
 #: TCP flag bits, in the order tcpdump writes them.
 _FLAGS = (("F", 0x01), ("S", 0x02), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20))
 
@@ -98,32 +103,93 @@ def _packet(packet, IP, TCP) -> TracePacket | None:
 def play_scenario(host: str, port: int, scenario: str = "one", path: str = "/", clients: int = 4, pieces: int = 4,
                   pause: float = 0.25, timeout: float = 5.0, iface: str = "eth0",
                   max_packets: int = MAX_PACKETS) -> ScenarioRun:
-    """Capture the packets to and from host:port while the scenario plays; answer both."""
+    """Capture the packets to and from host:port while the scenario plays; answer both.
+
+    The capture starts first, then the warm-up request (see the module's docstring), whose packets
+    also prove the capture's timestamps are the kernel's: its SYN stamped after connect() began and
+    its SYN-ACK before connect() returned. A packet the kernel did not stamp on its way (the stamping
+    is switched on for the whole host a moment after a capture asks, later on a busy machine) is
+    stamped when the capture reads it, late; so the warm-up is made again until its stamps hold
+    (WARM_UPS at most; `stamped` says whether they did). Its packets are not reported."""
     address, problem = client.resolve(host, 5.0)
     if address is None:
         raise OSError(f"cannot resolve {host!r}: {problem}")
-    warm_up = client.exchange(address, port, client.get_request(path, address), timeout, max_body=0)
-    time.sleep(SETTLE)
     conf, IP, TCP, AsyncSniffer = _scapy()
+    limit = max(1, min(int(max_packets), MAX_PACKETS))
+    seen: list[TracePacket] = []
+    lock = threading.Lock()
+
+    def keep(packet) -> None:
+        found = _packet(packet, IP, TCP)
+        with lock:
+            if found is not None and len(seen) < limit:
+                seen.append(found)
+
     ready = threading.Event()
-    sniffer = AsyncSniffer(iface=iface, filter=f"tcp and host {address} and port {int(port)}", store=True,
-                           count=max(1, min(int(max_packets), MAX_PACKETS)), started_callback=ready.set)
+    sniffer = AsyncSniffer(iface=iface, filter=f"tcp and host {address} and port {int(port)}", store=False,
+                           prn=keep, started_callback=ready.set)
     sniffer.start()
-    if not ready.wait(10.0):
-        sniffer.stop()
-        raise OSError("the packet capture did not start within 10 s")
-    began = time.time()
-    exchanges = play(address, port, scenario, path, clients, pieces, pause, timeout)
-    ended = time.time()
-    time.sleep(TAIL)
     try:
-        captured = sniffer.stop(join=True) or []
-    except Exception:  # a sniffer that stopped on its own (its count reached) has nothing more to give
-        captured = sniffer.results or []
-    packets = [found for found in (_packet(packet, IP, TCP) for packet in captured) if found is not None]
+        if not ready.wait(10.0):
+            raise OSError("the packet capture did not start within 10 s")
+        request = client.get_request(path, address)
+        warm_ups: list[dict] = []
+        stamped = False
+        for _ in range(WARM_UPS):
+            facts = _warm_up(address, port, request, timeout)
+            time.sleep(SETTLE)
+            with lock:
+                stamped = _stamps_hold(facts, seen, address, port)
+            warm_ups.append(facts)
+            if stamped:
+                break
+        began = time.time()
+        exchanges = play(address, port, scenario, path, clients, pieces, pause, timeout)
+        ended = time.time()
+        time.sleep(TAIL)
+    finally:
+        try:
+            sniffer.stop(join=True)
+        except Exception:  # a sniffer that never started: nothing to stop
+            pass
+    with lock:
+        packets = sorted((packet for packet in seen if packet["time"] >= began), key=lambda packet: packet["time"])
+        full = len(seen) >= limit
     return {"scenario": scenario, "server": address, "port": int(port), "client": _own_address(address),
-            "began": began, "ended": ended, "warm_up": warm_up, "exchanges": exchanges, "packets": packets,
-            "truncated": len(captured) >= max_packets}
+            "began": began, "ended": ended, "warm_ups": warm_ups, "stamped": stamped, "exchanges": exchanges,
+            "packets": packets, "truncated": full}
+
+
+def _warm_up(address: str, port: int, request: bytes, timeout: float) -> dict:
+    """One whole request on a connection whose local port is noted, with the wall-clock times of its connect."""
+    import socket
+
+    facts: dict = {"connect_began": time.time()}
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            facts["connected_at"] = time.time()
+            facts["port"] = sock.getsockname()[1]
+            sock.sendall(request)
+            while time.monotonic() < deadline:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                if not sock.recv(65536):
+                    break
+    except OSError as error:
+        facts["error"] = client.error_text(error)
+    return facts
+
+
+def _stamps_hold(facts: dict, seen: list[TracePacket], address: str, port: int) -> bool:
+    """Were the warm-up's SYN and SYN-ACK stamped between the start and the end of its connect()?"""
+    local = facts.get("port")
+    if local is None or "connected_at" not in facts:
+        return False
+    syn = next((packet for packet in seen if packet["flags"] == "S" and packet["sport"] == local), None)
+    synack = next((packet for packet in seen if packet["flags"] == "SA" and packet["dport"] == local
+                   and packet["src"] == address), None)
+    return (syn is not None and synack is not None and facts["connect_began"] <= syn["time"]
+            and synack["time"] <= facts["connected_at"])
 
 
 def _own_address(server: str) -> str | None:

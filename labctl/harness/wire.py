@@ -343,7 +343,8 @@ class ScenarioRun(TypedDict, total=False):
     client: str | None              # the client's own address
     began: float                    # wall clock, just before the first connect
     ended: float                    # wall clock, after the last answer
-    warm_up: Exchange               # the request before the scenario (its packets not captured)
+    warm_ups: list[dict[str, Any]]  # the requests before the scenario: {connect_began, connected_at, port, error}
+    stamped: bool                   # the last warm-up's packets were stamped by the kernel on their way
     exchanges: list[Exchange]
     packets: list[TracePacket]
     truncated: bool

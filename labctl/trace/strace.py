@@ -1,12 +1,14 @@
 """strace's output, read as the hostile text it is: calls, signals and exits per thread.
 
 What is parsed is `strace -f -q -ttt -T` written to a file (harness/tracer.py): every line starts
-with the thread's id and the wall-clock time strace stamped it with, then one of
+with the thread's id and the wall-clock time strace stamped it with (when the call entered), then
+one of
 
     TID TIME name(args) = result <duration>            a whole call
     TID TIME name(args <unfinished ...>                 a call another thread's event cut in two...
     TID TIME <... name resumed>args) = result <dur>     ...and its end
     TID TIME name(args <detached ...>                   a call still running when strace let go
+    TID TIME name(args                                  the same, with a status filter (-e status=...)
     TID TIME name(args) = ?                             a call that never returns (exit, exit_group)
     TID TIME restart_syscall(<... resuming interrupted name ...>) = result <dur>
     TID TIME --- SIGNAME {...} ---                      a signal delivered
@@ -202,7 +204,16 @@ def _line(parsed: Parsed, pending: dict[int, Call], number: int, raw: str) -> bo
         call.running_at_end = True
         _add(parsed, call)
         return True
-    return _finish(parsed, call, tail, time)
+    if _finish(parsed, call, tail, time):
+        return True
+    if _DURATION.search(tail) is None and not _RESULT.match(tail):
+        # Its start and nothing more: what strace writes, with a status filter, for a call still running
+        # when it lets go (no "<detached ...>" then).
+        call.args = _cut(tail.rstrip())
+        call.running_at_end = True
+        _add(parsed, call)
+        return True
+    return False
 
 
 def _finish(parsed: Parsed, call: Call, tail: str, time: float, entered_unknown: bool = False) -> bool:

@@ -118,14 +118,20 @@ class Lane:
 
 @dataclass(frozen=True)
 class Stats:
+    """Latencies of one family of waiting call, in seconds: measured ones only (`bounded` more were only
+    bounded from above, see link())."""
+
     count: int
     median: float
     maximum: float
     minimum: float
+    bounded: int = 0
 
     @classmethod
-    def of(cls, values: list[float]) -> Stats | None:
-        return cls(len(values), statistics.median(values), max(values), min(values)) if values else None
+    def of(cls, values: list[float], bounded: int = 0) -> Stats | None:
+        if not values:
+            return None
+        return cls(len(values), statistics.median(values), max(values), min(values), bounded)
 
 
 @dataclass(frozen=True)
@@ -185,12 +191,19 @@ class Timeline:
         return [link for link in self.links if link.woke]
 
     def latencies(self, woke_only: bool = True) -> dict[str, Stats]:
-        """Per family of waiting call (FAMILIES), the latencies of its links (wake-ups only by default)."""
+        """Per family of waiting call (FAMILIES), the measured latencies of its links (wake-ups only by
+        default); links whose latency is only bounded are counted, not measured."""
         found: dict[str, list[float]] = {}
+        bounded: dict[str, int] = {}
         for link in self.links:
             if link.woke or not woke_only:
-                found.setdefault(family(self.calls[link.call].name) or "other", []).append(link.latency)
-        return {name: stats for name, values in found.items() if (stats := Stats.of(values)) is not None}
+                name = family(self.calls[link.call].name) or "other"
+                if link.bounded:
+                    bounded[name] = bounded.get(name, 0) + 1
+                else:
+                    found.setdefault(name, []).append(link.latency)
+        return {name: stats for name, values in found.items()
+                if (stats := Stats.of(values, bounded.get(name, 0))) is not None}
 
     def to_json(self) -> dict[str, Any]:
         """The documented shape (README "labctl trace", labctl/schemas/trace.schema.json): times in seconds
@@ -210,7 +223,8 @@ class Timeline:
                 "born": t(lane.born), "parent": lane.parent, "ended": t(lane.ended),
                 "how_ended": lane.how_ended,
                 "calls": [{"index": call.index, "syscall": call.name, "entered": t(call.entered),
-                           "returned": t(call.returned), "fd": call.fd, "result": printable(call.result),
+                           "returned": t(call.returned), "latest_return": t(latest_return(call)),
+                           "running_at_end": call.running_at_end, "fd": call.fd, "result": printable(call.result),
                            "waits_for_network": call.name in syscalls.NETWORK_WAITS, "args": printable(call.args)}
                           for call in (self.calls[index] for index in lane.calls)],
             } for lane in self.lanes],
@@ -224,9 +238,11 @@ class Timeline:
                        "client_port": self.packets[link.packet].client_port,
                        "thread": link.tid, "call": link.call, "syscall": self.calls[link.call].name,
                        "returned": t(self.calls[link.call].returned), "latency_us": round(link.latency * 1e6, 1),
-                       "woke": link.woke, "how": link.how, "accepted_by": link.accepted} for link in self.links],
+                       "woke": link.woke, "how": link.how, "bounded": link.bounded, "accepted_by": link.accepted}
+                      for link in self.links],
             "wake_up_latency_us": {name: {"count": stats.count, "median": round(stats.median * 1e6, 1),
-                                          "max": round(stats.maximum * 1e6, 1), "min": round(stats.minimum * 1e6, 1)}
+                                          "max": round(stats.maximum * 1e6, 1), "min": round(stats.minimum * 1e6, 1),
+                                          "bounded": stats.bounded}
                                    for name, stats in self.latencies().items()},
             "clock_check": {"pairs": self.clock.pairs, "wrong_order": self.clock.wrong,
                             "closest_us": None if self.clock.closest is None else round(self.clock.closest * 1e6, 1),
@@ -435,36 +451,64 @@ class Descriptors:
 
 
 def certain_pairs(packets: list[Packet], calls: list[Call], descriptors: Descriptors) -> list[tuple[Packet, Call]]:
-    """The (packet, call) pairs in which the call cannot have returned before the packet came: a connection's
-    handshake ACK and the accept that returned that connection; the segment that carried the last byte a
-    receive returned and that receive (bytes counted by their sequence numbers, so a segment sent again
-    counts once). The links and the clock check stand on them."""
+    """The (packet, call) pairs in which the call cannot have returned before the packet came:
+    - a connection's handshake ACK, and the accept that returned that connection;
+    - the segment that carried the last byte a receive returned, and that receive (bytes counted by
+      their sequence numbers, so that a segment sent again counts once);
+    - a poll/select/epoll that named a connection ready although everything that connection had sent
+      before it began had been read, and the first segment (or FIN, RST) of it after that beginning;
+      the same for a listener ready with no connection waiting to be accepted, and the next handshake.
+    The links and the clock check stand on them."""
     handshakes: dict[int, Packet] = {}
-    carried: dict[int, list[Packet]] = {}  # client port -> its request segments, in time order
+    arriving: dict[int, list[Packet]] = {}  # client port -> its segments to the server with bytes, FIN or RST
     for packet in packets:
         if packet.inbound and packet.kind == "handshake":
             handshakes.setdefault(packet.client_port, packet)
-        elif packet.inbound and packet.length and packet.end is not None:
-            carried.setdefault(packet.client_port, []).append(packet)
+        elif packet.inbound and (packet.length or packet.kind in ("fin", "rst")):
+            arriving.setdefault(packet.client_port, []).append(packet)
     pairs: list[tuple[Packet, Call]] = []
-    accepted: set[int] = set()
-    received: dict[int, int] = {}  # client port -> bytes its receives returned so far
-    for call in sorted(calls, key=lambda call: (call.returned or 0.0, call.index)):
-        if call.returned is None or call.ret is None or call.ret < 0:
-            continue
+    accepts: dict[int, Call] = {}
+    consumed: dict[int, list[tuple[float, int]]] = {}  # client port -> [(a receive's latest return, bytes by then)]
+    ordered = sorted((call for call in calls if call.returned is not None and call.ret is not None and call.ret >= 0),
+                     key=lambda call: (call.returned or 0.0, call.index))
+    for call in ordered:
         if call.name in syscalls.ACCEPTS:
             port = strace.peer_port(call)
-            if port is not None and port in handshakes and port not in accepted:
-                accepted.add(port)
+            if port is not None and port in handshakes and port not in accepts:
+                accepts[port] = call
                 pairs.append((handshakes[port], call))
-        elif call.name in syscalls.RECEIVES and call.ret > 0:
+        elif call.name in syscalls.RECEIVES and (call.ret or 0) > 0:
             port = descriptors.port_of(descriptors.pid_of.get(call.tid, call.tid), call.fd, call.entered)
             if port is None:
                 continue
-            received[port] = received.get(port, 0) + call.ret
-            last = next((packet for packet in carried.get(port, []) if (packet.end or 0) >= received[port]), None)
+            total = (consumed[port][-1][1] if port in consumed else 0) + (call.ret or 0)
+            consumed.setdefault(port, []).append((latest_return(call) or 0.0, total))
+            last = next((packet for packet in arriving.get(port, []) if (packet.end or 0) >= total), None)
             if last is not None:
                 pairs.append((last, call))
+    for call in ordered:
+        if call.name not in syscalls.MULTIPLEXERS:
+            continue
+        pid = descriptors.pid_of.get(call.tid, call.tid)
+        ready = (strace.ready_fds(call) or set()) & descriptors.known(pid, call.returned or 0.0)
+        for fd in sorted(ready):
+            cause = None
+            if fd in descriptors.listeners.get(pid, set()):
+                waiting = [port for port, packet in handshakes.items() if packet.time < call.entered
+                           and not (port in accepts and (latest_return(accepts[port]) or 0.0) <= call.entered)]
+                if not waiting:
+                    cause = min((packet for packet in handshakes.values() if packet.time >= call.entered),
+                                key=lambda packet: packet.time, default=None)
+            else:
+                port = descriptors.port_of(pid, fd, call.returned or 0.0)
+                if port is None:
+                    continue
+                came = [packet for packet in arriving.get(port, []) if packet.time < call.entered]
+                read = max((total for at, total in consumed.get(port, []) if at <= call.entered), default=0)
+                if all(packet.length and (packet.end or 0) <= read for packet in came):
+                    cause = next((packet for packet in arriving.get(port, []) if packet.time >= call.entered), None)
+            if cause is not None and cause.time <= (latest_return(call) or 0.0):
+                pairs.append((cause, call))
     return pairs
 
 
@@ -487,7 +531,9 @@ def link(packets: list[Packet], calls: list[Call], descriptors: Descriptors) -> 
                for port in [strace.peer_port(call)] if port is not None}
     certain: dict[int, Call] = {}
     for packet, call in certain_pairs(packets, calls, descriptors):
-        certain.setdefault(packet.index, call)
+        known = certain.get(packet.index)
+        if known is None or (latest_return(call) or 0.0) < (latest_return(known) or 0.0):
+            certain[packet.index] = call
     links = []
     for packet in packets:
         if not packet.inbound or packet.kind not in WAKING:
@@ -504,7 +550,7 @@ def link(packets: list[Packet], calls: list[Call], descriptors: Descriptors) -> 
         sure = certain.get(packet.index)
         early = sure is not None and (sure.returned or 0.0) < packet.time <= (latest_return(sure) or 0.0)
         if sure is not None and early and (found is None or (latest_return(sure) or 0.0) <= (found[0].returned or 0.0)):
-            found = (sure, "accepted" if sure.name in syscalls.ACCEPTS else "received")
+            found = (sure, _concerns(sure, packet, descriptors, early=True) or "any")
         if found is None:
             continue
         call, how = found
@@ -519,10 +565,11 @@ def link(packets: list[Packet], calls: list[Call], descriptors: Descriptors) -> 
     return links
 
 
-def _concerns(call: Call, packet: Packet, descriptors: Descriptors) -> str | None:
-    """How `call`'s return concerns `packet`'s connection (a key of HOW_WORDS), or None."""
+def _concerns(call: Call, packet: Packet, descriptors: Descriptors, early: bool = False) -> str | None:
+    """How `call`'s return concerns `packet`'s connection (a key of HOW_WORDS), or None. `early`: the
+    call's return as strace put it came before the packet (see link()): looked at from its latest."""
     pid = descriptors.pid_of.get(call.tid, call.tid)
-    name, at = call.name, call.returned or call.entered
+    name, at = call.name, (latest_return(call) if early else call.returned) or call.entered
     if name in syscalls.ACCEPTS:
         return "accepted" if packet.kind == "handshake" and strace.peer_port(call) == packet.client_port else None
     if name in syscalls.RECEIVES:
@@ -588,6 +635,11 @@ def _notes(traced: StraceRun, played: ScenarioRun, parsed: strace.Parsed) -> lis
         notes.append(f"the trace stopped before the scenario's end: {why}")
     if played.get("truncated"):
         notes.append("the capture stopped at its packet limit")
+    if played.get("stamped") is False:
+        notes.append(f"the capture's timestamps could not be shown to be the kernel's ({len(played.get('warm_ups') or [])} "
+                     "warm-up requests: their SYN was stamped outside their connect(), as when the stamps are taken "
+                     "when the capture reads a packet, late): the packets' times, and the latencies, are not to be "
+                     "trusted")
     messages = [line for line in (traced.get("strace_messages") or "").splitlines()
                 if line.strip() and not line.startswith(_HARMLESS)]
     if messages:
