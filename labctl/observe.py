@@ -520,6 +520,17 @@ def refreshes(lab, observer: str = "observer", interval: float | None = None, co
         previous = current
 
 
+def snapshot(lab, observer: str = "observer", timeout: float = 15.0) -> Snapshot:
+    """One snapshot of the server of a running lab, read by its observer node."""
+    answer = lab.harness(observer, "proc_snapshot", {"fd_rules": syscalls.fd_rules()}, timeout=timeout)
+    if "error" in answer:
+        raise LabctlError(f"the observer could not read the server's processes: {answer['error']}")
+    try:
+        return Snapshot.from_json(answer)
+    except syscalls.UnknownArchitecture as error:
+        raise LabctlError(str(error)) from error
+
+
 class Window:
     """A stretch of the server's life that the host marks: `Window(lab, ...)`, let things happen, `close()`.
 
