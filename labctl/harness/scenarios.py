@@ -188,8 +188,8 @@ def _stamps_hold(facts: dict, seen: list[TracePacket], address: str, port: int) 
     syn = next((packet for packet in seen if packet["flags"] == "S" and packet["sport"] == local), None)
     synack = next((packet for packet in seen if packet["flags"] == "SA" and packet["dport"] == local
                    and packet["src"] == address), None)
-    return (syn is not None and synack is not None and facts["connect_began"] <= syn["time"]
-            and synack["time"] <= facts["connected_at"])
+    return (syn is not None and synack is not None
+            and facts["connect_began"] <= syn["time"] <= synack["time"] <= facts["connected_at"])
 
 
 def _own_address(server: str) -> str | None:

@@ -206,7 +206,7 @@ class Timeline:
                 if (stats := Stats.of(values, bounded.get(name, 0))) is not None}
 
     def to_json(self) -> dict[str, Any]:
-        """The documented shape (README "labctl trace", labctl/schemas/trace.schema.json): times in seconds
+        """The documented shape (labctl/schemas/trace.schema.json, README "Seeing a server wake up"): times in seconds
         since `began` (itself the wall clock's), latencies in microseconds, the server's strings escaped."""
         def t(value: float | None) -> float | None:
             return None if value is None else round(value - self.began, 6)
@@ -244,7 +244,7 @@ class Timeline:
                                           "max": round(stats.maximum * 1e6, 1), "min": round(stats.minimum * 1e6, 1),
                                           "bounded": stats.bounded}
                                    for name, stats in self.latencies().items()},
-            "clock_check": {"pairs": self.clock.pairs, "wrong_order": self.clock.wrong,
+            "clock_check": {"pairs": self.clock.pairs, "wrong_order": self.clock.wrong, "early": self.clock.early,
                             "closest_us": None if self.clock.closest is None else round(self.clock.closest * 1e6, 1),
                             "sends": self.clock.sends, "wrong_sends": self.clock.wrong_sends,
                             "closest_send_us": (None if self.clock.closest_send is None
