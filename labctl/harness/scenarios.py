@@ -41,6 +41,8 @@ TAIL = 0.3
 SETTLE = 0.1
 #: The most warm-up requests made before the capture's timestamps hold.
 WARM_UPS = 10
+#: Seconds a warm-up waits for the server's answer.
+WARM_UP_WAIT = 2.0
 #: TCP flag bits, in the order tcpdump writes them.
 _FLAGS = (("F", 0x01), ("S", 0x02), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20))
 
@@ -135,13 +137,14 @@ def play_scenario(host: str, port: int, scenario: str = "one", path: str = "/", 
         request = client.get_request(path, address)
         warm_ups: list[dict] = []
         stamped = False
+        give_up = time.monotonic() + 2 * timeout  # a server that never answers: the scenario still runs
         for _ in range(WARM_UPS):
-            facts = _warm_up(address, port, request, timeout)
+            facts = _warm_up(address, port, request, min(timeout, WARM_UP_WAIT))
             time.sleep(SETTLE)
             with lock:
                 stamped = _stamps_hold(facts, seen, address, port)
             warm_ups.append(facts)
-            if stamped:
+            if stamped or "connected_at" not in facts or time.monotonic() >= give_up:
                 break
         began = time.time()
         exchanges = play(address, port, scenario, path, clients, pieces, pause, timeout)

@@ -122,6 +122,9 @@ def trace_threads(token: str, seconds: float = 30.0, max_bytes: int = MAX_BYTES,
         return facts
     output = output_path(token)
     limit = max(1024, int(max_bytes))
+    # timeout(1) around this command, or the host's exec ending, stops it with SIGTERM: strace must be
+    # stopped with it (the finally below), not left tracing the server until its own limit.
+    signal.signal(signal.SIGTERM, _terminate)
     started = time.time()
     try:
         tracer = subprocess.Popen(strace_command(pids, seconds, output, strings), stdin=subprocess.DEVNULL,
@@ -190,6 +193,10 @@ def trace_threads(token: str, seconds: float = 30.0, max_bytes: int = MAX_BYTES,
     facts["truncated"] = written > len(kept)
     facts["strace_messages"] = (b"".join(messages)).decode("utf-8", errors="replace")[-MESSAGES_MAX:]
     return facts
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _size(path: str) -> int:

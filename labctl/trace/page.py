@@ -118,6 +118,9 @@ def _links(timeline: Timeline) -> str:
 def _latencies(timeline: Timeline) -> str:
     found = timeline.latencies()
     if not found:
+        if timeline.wake_ups:
+            return (f"<p>{len(timeline.wake_ups)} wake-up(s), whose latency strace could only bound (its stopwatch "
+                    "started late): see the links above.</p>")
         return "<p>No wake-up: no call was asleep when its packet came.</p>"
     rows = [[e(name), str(stats.count), f"{stats.median * 1e6:,.0f} µs", f"{stats.maximum * 1e6:,.0f} µs",
              f"{stats.minimum * 1e6:,.0f} µs", str(stats.bounded)] for name, stats in found.items()]

@@ -19,6 +19,8 @@ from labctl.untrusted import shown
 MAX_ROWS = 80
 #: The most links listed.
 MAX_LINKS = 40
+#: The most threads listed (a server may start hundreds).
+MAX_THREADS = 40
 #: Calls shown in the chronological table besides the waiting ones.
 TALKING = syscalls.SENDS | frozenset({"close", "shutdown", "clone", "clone3", "fork", "vfork", "exit", "exit_group"})
 #: Calls in which a thread sleeps (for "asleep" time).
@@ -110,13 +112,19 @@ def _links(timeline: Timeline) -> RenderableType:
 def _latencies(timeline: Timeline) -> RenderableType:
     found = timeline.latencies()
     if not found:
+        if timeline.wake_ups:
+            return Text(f"{len(timeline.wake_ups)} wake-up(s), whose latency strace could only bound (its stopwatch "
+                        "started late): see the links above.", style="yellow")
         return Text("No wake-up: no call was asleep when its packet came.", style="dim")
-    table = Table(title="Wake-up latency (packet to return, the call asleep when it came)", title_justify="left",
-                  box=None, padding=(0, 2), show_edge=False)
+    table = Table(title="Wake-up latency", title_justify="left", box=None, padding=(0, 2), show_edge=False,
+                  caption="a packet to the return of the call that was asleep when it came", caption_justify="left")
     for column in ("waiting call", "wake-ups", "median", "max"):
         table.add_column(column, justify="left" if column == "waiting call" else "right")
     for name, stats in found.items():
         table.add_row(name, str(stats.count), f"{stats.median * 1e6:,.0f} µs", f"{stats.maximum * 1e6:,.0f} µs")
+    bounded = sum(stats.bounded for stats in found.values())
+    if bounded:
+        table.caption = f"{table.caption}; {bounded} more only bounded (strace's stopwatch started late)"
     return table
 
 
@@ -124,12 +132,14 @@ def _threads(timeline: Timeline) -> RenderableType:
     table = Table(title="Threads", title_justify="left", box=None, padding=(0, 2), show_edge=False)
     for column in ("thread", "process", "began", "ended", "syscalls", "asleep"):
         table.add_column(column, justify="left" if column in ("thread", "began", "ended") else "right")
-    for lane in timeline.lanes:
+    for lane in timeline.lanes[:MAX_THREADS]:
         began = "before the trace" if lane.existed else (
             f"{ms(timeline, lane.born).strip()} ms (made by {lane.parent})" if lane.born is not None else "?")
         ended = f"{ms(timeline, lane.ended).strip()} ms: {lane.how_ended}" if lane.ended is not None else "-"
         table.add_row(Text(lane.label), str(lane.pid), began, ended, str(len(lane.calls)),
                       f"{asleep_share(timeline, lane):.0%}")
+    if len(timeline.lanes) > MAX_THREADS:
+        table.caption = f"... {len(timeline.lanes) - MAX_THREADS} more threads in the HTML page and the JSON"
     return table
 
 
