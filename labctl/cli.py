@@ -551,7 +551,7 @@ def trace(ctx, lab_id, scenario, clients, pieces, pause, output, json_path) -> N
     captured in the client, on one clock.
 
     Shows per thread what it waited in and when it woke, per packet the syscall return it caused and
-    how long after (accept4 returned 38 µs after the handshake's ACK), in the terminal, as an HTML page
+    how long after (e.g. accept4 returned 38 µs after the handshake's ACK), in the terminal, as an HTML page
     and as JSON. Needs a lab started with a submission (labctl up --exercise ... --submission ...).
     Tracing slows the server's every syscall: grading never does it.
     """

@@ -53,10 +53,10 @@ def refuse_without_features(backend) -> None:
     """A LabctlError naming the backend and what it lacks, when it cannot trace."""
     missing = [need for need in NEEDS if need not in backend.offers()]
     if missing:
-        raise LabctlError(f"labctl trace cannot run on the {backend.name} backend: it lacks "
-                          + "; ".join(FEATURES[need] for need in missing)
-                          + " (strace in the observer and a packet capture in the client need both; "
-                            "use --backend docker)")
+        raise LabctlError(f"labctl trace cannot run on the {backend.name} backend, which does not offer "
+                          + "; nor ".join(FEATURES[need] for need in missing)
+                          + ": strace in the observer needs the one, the packet capture in the client the other "
+                            "(use --backend docker)")
 
 
 def record(lab, scenario: str = "one", *, clients: int = 4, pieces: int = 4, pause: float = 0.25,
