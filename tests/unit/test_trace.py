@@ -285,7 +285,7 @@ def test_no_trace_on_a_backend_that_cannot_ptrace_or_capture():
     from tests.unit.fakes import FakeBackend
 
     fake = FakeBackend(features=frozenset({"thread_waits"}))
-    with pytest.raises(LabctlError, match="labctl trace cannot run on the fake backend, which does not offer hand-made packets"):
+    with pytest.raises(LabctlError, match="cannot run on the fake backend, which does not offer hand-made packets"):
         record.refuse_without_features(fake)
     record.refuse_without_features(FakeBackend(features=ALL_FEATURES))
 
