@@ -22,8 +22,10 @@ import io
 from pathlib import Path
 
 from labctl import __version__, syscalls
+from labctl.trace.links import family, latest_return
+from labctl.trace.packets import PACKET_WORDS
 from labctl.trace.terminal import SLEEPING, asleep_share, latency_words, link_sentence
-from labctl.trace.timeline import PACKET_WORDS, Lane, Timeline, family, latest_return
+from labctl.trace.timeline import Lane, Timeline
 from labctl.untrusted import printable
 
 #: The most thread lanes drawn (the tables list every thread).

@@ -12,7 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from labctl import syscalls
-from labctl.trace.timeline import HOW_WORDS, PACKET_WORDS, Lane, Link, Timeline, family
+from labctl.trace.links import HOW_WORDS, Link, family
+from labctl.trace.packets import PACKET_WORDS
+from labctl.trace.timeline import Lane, Timeline
 from labctl.untrusted import shown
 
 #: The most rows of the chronological table (the page and the JSON have all).

@@ -26,7 +26,7 @@ os.environ.setdefault("LABCTL_OWNER", f"bench-{os.getpid()}")
 from labctl.grading import with_server_image  # noqa: E402
 from labctl.lab import Lab, Submission  # noqa: E402
 from labctl.project import Project  # noqa: E402
-from labctl.trace import record, timeline  # noqa: E402
+from labctl.trace import links, record, timeline  # noqa: E402
 
 SCENARIOS = ("one", "slow-client", "concurrent")
 
@@ -54,7 +54,7 @@ def main() -> None:
                     recording = record.record(lab, scenario)
                     built = timeline.build(recording.strace, recording.scenario)
                     for link in built.wake_ups:
-                        family = timeline.family(built.calls[link.call].name) or "other"
+                        family = links.family(built.calls[link.call].name) or "other"
                         if link.bounded:
                             bounded[family] = bounded.get(family, 0) + 1
                         else:

@@ -22,7 +22,7 @@ from rich.console import Console
 from labctl.backends.base import ALL_FEATURES
 from labctl.errors import LabctlError
 from labctl.harness import scenarios, tracer
-from labctl.trace import page, record, strace, terminal, timeline
+from labctl.trace import links, page, record, strace, terminal, timeline
 
 TRACES = Path(__file__).parent / "traces"
 SCHEMA = json.loads((Path(__file__).parents[2] / "labctl" / "schemas" / "trace.schema.json").read_text())
@@ -275,7 +275,7 @@ def test_bursts_hold_their_packets_and_the_returns_they_caused():
     windows = page.bursts(trace)
     assert 1 < len(windows) <= page.MAX_ZOOMS
     for link in trace.links:
-        returned = timeline.latest_return(trace.calls[link.call]) if link.bounded else trace.calls[link.call].returned
+        returned = links.latest_return(trace.calls[link.call]) if link.bounded else trace.calls[link.call].returned
         assert any(start <= trace.packets[link.packet].time and returned <= end for start, end in windows)
 
 
