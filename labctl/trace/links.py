@@ -58,7 +58,6 @@ class Link:
     bounded: bool = False           # the latency is the most it can be (see link())
 
 
-
 @dataclass(frozen=True)
 class ClockCheck:
     """The pairs that cannot be in the wrong order, and how close they came."""
@@ -89,7 +88,6 @@ class ClockCheck:
 
 def _us(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e6:,.0f} µs"
-
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ class Packet:
         return f"{PACKET_WORDS[self.kind]}{size} {way} the server (client port {self.client_port})"
 
 
-
 def classify_packets(captured: list, server: str, port: int) -> list[Packet]:
     """The capture's segments in time order, each with its kind (PACKET_WORDS)."""
     ordered = sorted((item for item in captured if isinstance(item, dict)), key=lambda item: float(item["time"]))

@@ -73,7 +73,6 @@ class Stats:
         return cls(len(values), statistics.median(values), max(values), min(values), bounded)
 
 
-
 @dataclass
 class Timeline:
     scenario: str
