@@ -22,6 +22,7 @@ from rich.table import Table
 
 from labctl import __version__, backends
 from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError
+from labctl.harness.scenarios import SCENARIOS
 from labctl.interrupts import stop_on_interrupts
 from labctl.project import Project, find_root
 from labctl.spec import DEFAULT_PORT
@@ -532,7 +533,7 @@ def capture(ctx, lab_id, node, seconds, packet_filter, output) -> None:
 
 @main.command()
 @click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
-@click.option("--scenario", type=click.Choice(["one", "slow-client", "concurrent"]), default="one", show_default=True,
+@click.option("--scenario", type=click.Choice(SCENARIOS), default="one", show_default=True,
               help="What the client does meanwhile: one request; a slow client that sends its request in pieces with "
                    "pauses; several clients at once.")
 @click.option("--clients", type=click.IntRange(1, 32), default=4, show_default=True,
