@@ -181,6 +181,8 @@ def trace_threads(token: str, seconds: float = 30.0, max_bytes: int = MAX_BYTES,
                 kept = handle.read(limit)
         except OSError:
             pass
+        if written > len(kept):
+            kept = kept[:kept.rfind(b"\n") + 1]  # cut at a line's end: half a line is no line
         for path in (ready_path, stop_path, output):
             try:
                 os.unlink(path)
