@@ -270,7 +270,7 @@ def _svg(timeline: Timeline, window: tuple[float, float] | None, title: str) -> 
         axes.set_xlabel("ms since the scenario began")
         axes.set_title(title, loc="left")
         handles = [matplotlib.patches.Patch(color=colour, label=word) for word, colour in
-                   (("asleep in accept", COLOURS["accept"]), ("in a receive", COLOURS["receive"]),
+                   (("in accept", COLOURS["accept"]), ("in a receive", COLOURS["receive"]),
                     ("in poll/select/epoll", COLOURS["multiplexer"]), ("on a lock", COLOURS["lock"]),
                     ("packet woke it", "#1a7f37"), ("data was waiting", "#d4a72c"))]
         axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
