@@ -38,6 +38,10 @@ BURST_GAP = 0.02
 MAX_CALL_ROWS = 5000
 #: Latency labels written on a drawing (more would cover each other).
 MAX_LABELS = 24
+#: The most bars of a kind, or ticks, drawn on one lane of one drawing (a bound for busy servers).
+MARKS = 1500
+#: The most links drawn as arrows on one drawing (the list above the drawings has them all).
+MAX_ARROWS = 300
 
 COLOURS = {"accept": "#1f77b4", "receive": "#2ca02c", "multiplexer": "#9467bd", "lock": "#7f7f7f",
            "sleep": "#c7c7c7"}
@@ -186,6 +190,31 @@ def bursts(timeline: Timeline) -> list[tuple[float, float]]:
     return windows
 
 
+def merged(spans: list[tuple[float, float]], resolution: float) -> list[tuple[float, float]]:
+    """(start, width) bars, those closer than `resolution` merged: a drawing holds at most about MARKS bars
+    a lane, however many calls a busy server made (50,000 in a second of busy polling)."""
+    out: list[tuple[float, float]] = []
+    for start, width in sorted(spans):
+        if out and start - (out[-1][0] + out[-1][1]) < resolution:
+            first = out[-1][0]
+            out[-1] = (first, max(out[-1][1], start + width - first))
+        else:
+            out.append((start, width))
+    return out
+
+
+def thinned(ticks: list[float], resolution: float) -> list[float]:
+    """One tick per `resolution` at most (the same bound as merged())."""
+    seen: set[int] = set()
+    kept = []
+    for at in sorted(ticks):
+        slot = int(at / resolution) if resolution > 0 else 0
+        if slot not in seen:
+            seen.add(slot)
+            kept.append(at)
+    return kept
+
+
 def drawn_lanes(timeline: Timeline) -> list[Lane]:
     """The lanes drawn: every thread, or the MAX_LANES busiest."""
     if len(timeline.lanes) <= MAX_LANES:
@@ -240,23 +269,30 @@ def _svg(timeline: Timeline, window: tuple[float, float] | None, title: str) -> 
                 else:
                     left = max(call.entered, start)
                     bars.setdefault(kind, []).append((x(left), max(x(min(stop, end)) - x(left), 0.0005)))
+            resolution = (x(end) - x(start)) / MARKS
             for kind, spans in bars.items():
-                axes.broken_barh(spans, (row - 0.3, 0.6), facecolors=COLOURS[kind], zorder=2)
+                axes.broken_barh(merged(spans, resolution), (row - 0.3, 0.6), facecolors=COLOURS[kind], zorder=2)
             if ticks:
-                axes.vlines(ticks, row - 0.15, row + 0.15, colors="#333333", linewidth=0.5, zorder=2)
+                axes.vlines(thinned(ticks, resolution), row - 0.15, row + 0.15, colors="#333333", linewidth=0.5,
+                            zorder=2)
         axes.axhline(packet_row, color="#dddddd", linewidth=1, zorder=1)
+        marks: dict[tuple[str, bool], list[float]] = {}
         for packet in timeline.packets:
             if start <= packet.time <= end:
-                axes.plot([x(packet.time)], [packet_row + (0.18 if packet.inbound else -0.18)],
-                          marker=">" if packet.inbound else "<", color=PACKET_COLOURS[packet.kind],
-                          markersize=6 if packet.kind != "ack" else 3, zorder=4, linestyle="none")
-        labels = 0
+                marks.setdefault((packet.kind, packet.inbound), []).append(x(packet.time))
+        for (kind, inbound), times in marks.items():
+            axes.plot(times, [packet_row + (0.18 if inbound else -0.18)] * len(times), marker=">" if inbound else "<",
+                      color=PACKET_COLOURS[kind], markersize=6 if kind != "ack" else 3, zorder=4, linestyle="none")
+        labels = arrows = 0
         for link in timeline.links:
+            if arrows >= MAX_ARROWS:
+                break
             packet, call = timeline.packets[link.packet], timeline.calls[link.call]
             returned = latest_return(call) if link.bounded else call.returned
             if returned is None or link.tid not in rows or not (start <= packet.time <= end or start <= returned <= end):
                 continue
             colour = "#1a7f37" if link.woke else "#d4a72c"
+            arrows += 1
             axes.annotate("", xy=(x(returned), rows[link.tid]), xytext=(x(packet.time), packet_row),
                           arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 0.8}, zorder=5)
             if link.woke and labels < MAX_LABELS and window is not None:

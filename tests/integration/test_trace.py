@@ -135,3 +135,24 @@ def test_observe_json_shows_a_busy_poller_s_thread_using_the_cpu_its_cgroup_coun
         # one thread does it all: as much as the cgroup counted (the looks' windows are inside its), within
         # what a shared, loaded machine does to two windows that are not the same
         assert len(shares) == 1 and shares[0] > 5.0 and 0.5 * counted <= shares[0] <= 1.5 * counted + 5.0
+
+
+def test_a_busy_poller_s_flood_of_syscalls_makes_a_bounded_trace(lab_of, tmp_path):
+    """A server that never sleeps makes tens of thousands of syscalls a second under strace: the trace is
+    cut at its limit (and says so), and the page and the JSON stay bounded and whole."""
+    from labctl.harness import tracer
+    from labctl.trace import page
+
+    recording = record.record(lab_of("polling", "mutants/busy_poll"), "one")
+    kept = len(recording.strace["text"].encode())
+    print(f"strace wrote {recording.strace['bytes']} bytes, kept {kept}, stopped by {recording.strace['stopped_by']}")
+    assert kept <= tracer.MAX_BYTES
+    built = timeline.build(recording.strace, recording.scenario)
+    assert (recording.strace["stopped_by"] == "size") == bool(recording.strace["truncated"])
+    if recording.strace["truncated"]:
+        assert any("it ends early" in note for note in built.notes)
+    __import__("jsonschema").validate(built.to_json(), SCHEMA)
+    written = page.write(built, tmp_path / "busy.html")
+    assert written.stat().st_size < 16 * 2**20, written.stat().st_size
+    running = [lane for lane in built.lanes if lane.calls]
+    assert len(running) == 1 and len(running[0].calls) > 1000  # one thread, never asleep: thousands of calls
