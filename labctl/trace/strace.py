@@ -50,7 +50,7 @@ _DURATION = re.compile(r" <(\d{1,9}\.\d{1,9})>$")
 #: The end of a call's arguments and its result: the LAST ") = " of the line (see the docstring).
 _RESULT = re.compile(r"^(.*)\)\s+= (\?|-?\d+|0x[0-9a-f]+)(.*)$")
 _ERRNO = re.compile(r"^ (E[A-Z0-9_]+) \(")
-_FIRST_FD = re.compile(r"^\s*(\d+)\s*[,)]")
+_FIRST_FD = re.compile(r"^\s*(\d+)\s*(?:,|$)")
 
 
 @dataclass

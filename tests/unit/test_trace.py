@@ -191,6 +191,22 @@ def test_a_return_strace_put_before_its_packet_is_linked_with_its_latency_bounde
     assert trace.latencies() == {}  # a bound is no measure: counted apart, never in a median
 
 
+def test_a_closed_descriptor_is_no_longer_the_connection_when_its_number_comes_back():
+    # The server closes the connection (fd 4), opens a file that gets fd 4, reads it; then the client's FIN
+    # comes. A read of the file is not a receive on the connection: the FIN links to nothing.
+    text = ("7     100.000000 accept4(3, {sa_family=AF_INET, sin_port=htons(40000), sin_addr=inet_addr(\"10.0.0.3\")}, "
+            "[16], SOCK_CLOEXEC) = 4 <0.100000>\n"
+            "7     100.100100 recvfrom(4, \"GET\", 4096, 0, NULL, NULL) = 3 <0.000010>\n"
+            "7     100.100200 close(4) = 0 <0.000010>\n"
+            "7     100.100300 openat(AT_FDCWD, \"/srv/www/index.html\", O_RDONLY|O_CLOEXEC) = 4 <0.000010>\n"
+            "7     100.100400 read(4, \"<!doctype\", 9) = 9 <0.000500>\n")
+    packets = handshake(40000, 100.09) + [packet(100.1000, "PA", seq=1001, length=3),
+                                          packet(100.1004, "FA", seq=1004)]
+    trace = run(text, packets=packets, began=99.9)
+    assert strace.parse(text).calls[2].fd == 4
+    assert [trace.packets[link.packet].kind for link in trace.links] == ["handshake", "request"]
+
+
 def test_a_fork_copies_the_connection_to_the_child():
     text = ("7     100.000000 accept4(3, {sa_family=AF_INET, sin_port=htons(40000), sin_addr=inet_addr(\"10.0.0.3\")}, "
             "[16], SOCK_CLOEXEC) = 4 <0.100000>\n"
