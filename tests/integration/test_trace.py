@@ -155,4 +155,8 @@ def test_a_busy_poller_s_flood_of_syscalls_makes_a_bounded_trace(lab_of, tmp_pat
     written = page.write(built, tmp_path / "busy.html")
     assert written.stat().st_size < 16 * 2**20, written.stat().st_size
     running = [lane for lane in built.lanes if lane.calls]
-    assert len(running) == 1 and len(running[0].calls) > 1000  # one thread, never asleep: thousands of calls
+    assert len(running) == 1
+    # never asleep: it asks every socket again and again, and nearly every accept finds no one (EAGAIN); how
+    # many times it asks depends on how much CPU a loaded machine leaves it, not what it does with it
+    accepts = [built.calls[index] for index in running[0].calls if built.calls[index].name == "accept4"]
+    assert len(accepts) > 20 and sum(call.errno == "EAGAIN" for call in accepts) >= 0.9 * len(accepts)
