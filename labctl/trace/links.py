@@ -6,8 +6,9 @@ can end (syscalls.NETWORK_WAITS: accept, receive, poll/select/epoll) that concer
 an accept that returned it, a receive on its descriptor, a poll/select/epoll that named its
 descriptor (or the listener, for a handshake) or whose answer names none labctl knows. Its latency
 is measured, packet to return; `woke` says whether the call was already waiting when the packet
-came (entered before it): a wake-up, whose latency is the kernel waking the thread plus strace
-noticing. The SYN itself wakes nobody: the kernel answers it (SYN-ACK) alone, and a connection is
+came (entered before it) and this was the first packet for it since: a wake-up, whose latency is
+the kernel waking the thread plus strace noticing (a packet that came while the call was already
+waking is `shared`). The SYN itself wakes nobody: the kernel answers it (SYN-ACK) alone, and a connection is
 ready for accept only when the handshake's ACK arrives.
 
 A return is strace's entry time plus its duration, a little early when strace was slow to start the
@@ -22,6 +23,7 @@ client's port (the sockaddr strace decodes), close ends it, a fork copies them; 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass
 
 from labctl import syscalls
@@ -56,6 +58,7 @@ class Link:
     how: str                        # a key of HOW_WORDS
     accepted: int | None = None     # a handshake seen by poll/select/epoll: the accept that then took it
     bounded: bool = False           # the latency is the most it can be (see link())
+    shared: bool = False            # it came while the call was waking for an earlier packet: the same return
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,14 @@ def link(packets: list[Packet], calls: list[Call], descriptors: Descriptors) -> 
             accepted = taker.index if taker is not None else None
         links.append(Link(packet.index, call.index, call.tid, returned - packet.time, woke=call.entered < packet.time,
                           how=how, accepted=accepted, bounded=bounded))
+    # One return can answer several packets (an epoll_wait that names four connections): the first packet
+    # that came while the call waited woke it; the others came while it was waking, and share its return.
+    woken: set[int] = set()
+    for index, made in enumerate(links):
+        if made.woke:
+            if made.call in woken:
+                links[index] = dataclasses.replace(made, woke=False, shared=True)
+            woken.add(made.call)
     return links
 
 

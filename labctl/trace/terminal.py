@@ -44,7 +44,8 @@ def link_sentence(timeline: Timeline, link: Link) -> str:
     packet, call = timeline.packets[link.packet], timeline.calls[link.call]
     lane = timeline.lane(link.tid)
     where = lane.label if lane else f"thread {link.tid}"
-    state = "it was asleep in it" if link.woke else "it was not waiting yet: the data was there when it asked"
+    state = ("it was asleep in it" if link.woke else "it was already waking for an earlier packet" if link.shared
+             else "it was not waiting yet: the data was there when it asked")
     said = (f"{PACKET_WORDS[packet.kind]} (client port {packet.client_port}) arrived at "
             f"{ms(timeline, packet.time).strip()} ms; {call.name} returned {latency_words(link)} later in {where}, "
             f"{HOW_WORDS[link.how]}; {state}")
@@ -100,7 +101,8 @@ def _links(timeline: Timeline) -> RenderableType:
     for link in timeline.links[:MAX_LINKS]:
         packet, call = timeline.packets[link.packet], timeline.calls[link.call]
         lane = timeline.lane(link.tid)
-        note = "woke it" if link.woke else "not asleep: returned at once"
+        note = "woke it" if link.woke else "with an earlier packet's wake-up" if link.shared else \
+            "not asleep: returned at once"
         if link.accepted is not None:
             note += f", then {timeline.calls[link.accepted].name} took it"
         table.add_row(ms(timeline, packet.time), f"{PACKET_WORDS[packet.kind]} :{packet.client_port}",

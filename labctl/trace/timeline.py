@@ -145,7 +145,8 @@ class Timeline:
                        "client_port": self.packets[link.packet].client_port,
                        "thread": link.tid, "call": link.call, "syscall": self.calls[link.call].name,
                        "returned": t(self.calls[link.call].returned), "latency_us": round(link.latency * 1e6, 1),
-                       "woke": link.woke, "how": link.how, "bounded": link.bounded, "accepted_by": link.accepted}
+                       "woke": link.woke, "shared": link.shared, "how": link.how, "bounded": link.bounded,
+                       "accepted_by": link.accepted}
                       for link in self.links],
             "wake_up_latency_us": {name: {"count": stats.count, "median": round(stats.median * 1e6, 1),
                                           "max": round(stats.maximum * 1e6, 1), "min": round(stats.minimum * 1e6, 1),

@@ -143,6 +143,18 @@ def test_the_polling_reference_epoll_wait_returns_are_linked_to_the_packets_that
     assert trace.clock.pairs >= 5 and trace.clock.wrong == 0 and trace.clock.sends == 1 and trace.clock.wrong_sends == 0
 
 
+def test_one_return_that_answers_several_packets_is_woken_by_the_first():
+    trace = recorded("polling-concurrent")  # one epoll_wait return named two new connections
+    by_call: dict[int, list[timeline.Link]] = {}
+    for link in trace.links:
+        by_call.setdefault(link.call, []).append(link)
+    shared = [group for group in by_call.values() if len(group) > 1]
+    assert shared and any(link.shared for group in shared for link in group)
+    for group in by_call.values():
+        assert sum(link.woke for link in group) <= 1
+        assert all(not link.woke for link in group[1:]), "only the first packet can have woken it"
+
+
 def test_the_threaded_reference_gives_each_connection_a_new_thread():
     trace = recorded("threaded-concurrent")
     main, *workers = trace.lanes
