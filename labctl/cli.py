@@ -23,6 +23,7 @@ from rich.table import Table
 from labctl import __version__, backends
 from labctl.batch.job import REPORT_FILES
 from labctl.errors import EXIT_INFRASTRUCTURE, LabctlError
+from labctl.harness.scenarios import SCENARIOS
 from labctl.interrupts import exit_with_parent, stop_on_interrupts
 from labctl.project import Project, find_root
 from labctl.spec import DEFAULT_PORT
@@ -482,28 +483,33 @@ def logs(ctx, lab_id, follow, tail, raw, node) -> None:
 
 @main.command()
 @click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
-@click.option("--watch", "interval", type=float, default=None, metavar="SECONDS",
-              help="Look again every SECONDS until Ctrl-C.")
+@click.option("--watch", "interval", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Look again every SECONDS until Ctrl-C (or --count looks).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many looks (default: one without --watch, until Ctrl-C with it).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per look, one a line (NDJSON): each thread's state, syscall, wait and CPU % "
+                   "since the previous look.")
 @click.pass_context
-def observe(ctx, lab_id, interval) -> None:
+def observe(ctx, lab_id, interval, count, as_json) -> None:
     """Show the server's threads as the observer sees them: state, the syscall each sleeps in,
-    CPU ticks, context switches. Start a few clients and watch them wake up."""
+    what it waits on, its CPU % since the previous look (the first look is measured against one
+    taken a second, or --watch SECONDS, before it), CPU ticks, context switches. Start a few
+    clients and watch them wake up."""
     from labctl import observe as observer
 
     lab = _lab(ctx, lab_id)
     observers = lab.spec.nodes_by_role("observer")
     if not observers:
         raise LabctlError("lab.yaml has no observer node: nothing can look at the server's threads")
-    node = observers[0].name
     try:
-        while True:
-            text = observer.render(observer.snapshot(lab, node))
+        for previous, current, at in observer.refreshes(lab, observers[0].name, interval, count):
+            if as_json:
+                click.echo(json.dumps(observer.refresh_json(previous, current, at), separators=(",", ":")))
+                continue
             if interval and out.is_terminal:
                 out.clear()
-            out.print(text, highlight=False, soft_wrap=True, markup=False)
-            if not interval:
-                return
-            time.sleep(interval)
+            out.print(observer.render(current, previous), highlight=False, soft_wrap=True, markup=False)
     except KeyboardInterrupt:
         pass
 
@@ -573,6 +579,50 @@ def impair(ctx, lab_id, delay, jitter, loss, rate, clear, node) -> None:
         out.print(f"  {e(line)}", highlight=False)
     for problem in state.problems:
         out.print(f"  [yellow]warning:[/] {e(problem)}", highlight=False)
+
+
+@main.command()
+@click.option("--lab", "lab_id", default=None, help="Which lab (default: your only running lab).")
+@click.option("--scenario", type=click.Choice(SCENARIOS), default="one", show_default=True,
+              help="What the client does meanwhile: one request; a slow client that sends its request in pieces with "
+                   "pauses; several clients at once.")
+@click.option("--clients", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="concurrent: how many clients at once.")
+@click.option("--pieces", type=click.IntRange(2, 20), default=4, show_default=True,
+              help="slow-client: how many pieces the request is sent in.")
+@click.option("--pause", type=click.FloatRange(0.0, 2.0), default=0.25, show_default=True,
+              help="slow-client: seconds between two pieces.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("trace.html"),
+              show_default=True, help="The HTML page to write: the timeline drawn as SVG, self-contained (opens offline).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Also write the trace as JSON to this file ('-': print the JSON instead of the terminal view).")
+@click.pass_context
+def trace(ctx, lab_id, scenario, clients, pieces, pause, output, json_path) -> None:
+    """Trace the server's threads while the client plays a scenario: strace in the observer, the packets
+    captured in the client, on one clock.
+
+    Shows per thread what it waited in and when it woke, per packet the syscall return it caused and
+    how long after (e.g. accept4 returned 38 µs after the handshake's ACK), in the terminal, as an HTML page
+    and as JSON. Needs a lab started with a submission (labctl up --exercise ... --submission ...).
+    Tracing slows the server's every syscall: grading never does it.
+    """
+    from labctl.trace import page, record, terminal, timeline
+
+    record.refuse_without_features(project(ctx).backend)
+    lab = _lab(ctx, lab_id)
+    with progress_display("trace") as say:
+        recording = record.record(lab, scenario, clients=clients, pieces=pieces, pause=pause, progress=say)
+    built = timeline.build(recording.strace, recording.scenario)
+    page.write(built, output)
+    data = json.dumps(built.to_json(), indent=1)
+    if json_path == "-":
+        click.echo(data)
+    else:
+        if json_path:
+            Path(json_path).write_text(data + "\n", encoding="utf-8")
+        out.print(terminal.renderable(built))
+    written = f"{output}" + (f" and {json_path}" if json_path and json_path != "-" else "")
+    err.print(f"wrote {e(written)}", highlight=False)
 
 
 @main.command()

@@ -13,7 +13,10 @@ in between from the log. `Window` is that pair. This module turns them into:
 - `Thread.waiting`: "asleep in accept4 (288)", "running", ... in words;
 - `watch(sample)`: per thread, what it was seen doing across a sample (`ThreadWatch`);
 - `blocked_in(sample, names)`: per thread, whether it sleeps in one of the named syscalls;
-- `render(snapshot)`: a `ps`-like table for people; `snapshot(lab)`: take one (for `labctl observe`).
+- `render(snapshot, previous)`: a `ps`-like table for people, with each thread's CPU % since the
+  previous look; `refresh_json(previous, snapshot)`: the same as one JSON object (`labctl observe
+  --json`, one a line); `snapshot(lab)`: take one; `refreshes(lab, ...)`: take them, each with the
+  one before it (`labctl observe`).
 
 wchan (the kernel function a thread sleeps in) is carried and shown, never graded: its
 names differ between kernel builds. Syscall NUMBERS are what is graded.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -423,26 +426,98 @@ def blocked_in(sample: Sample, names: Iterable[str], set_aside: bool = True) -> 
 
 # -- for people ------------------------------------------------------------------------------------
 
-def render(snapshot: Snapshot) -> str:
+def cpu_percent(previous: Snapshot | None, current: Snapshot) -> dict[tuple[int, int], float | None]:
+    """(pid, tid) -> the share of one CPU (in %) each thread of `current` used since `previous`: its CPU
+    ticks between the two looks over the time between them (the observer's own clock). None for a thread
+    the previous look did not see (it is new) or without a previous look. Ticks are 1/clk_tck s, so over
+    a second the figure is good to about 1 %."""
+    before = {(thread.pid, thread.tid): thread.ticks for thread in previous.threads} if previous else {}
+    elapsed = current.time - previous.time if previous else 0.0
+    found: dict[tuple[int, int], float | None] = {}
+    for thread in current.threads:
+        key = (thread.pid, thread.tid)
+        if key not in before or elapsed <= 0:
+            found[key] = None
+        else:
+            found[key] = round(100.0 * max(0, thread.ticks - before[key]) / current.clk_tck / elapsed, 1)
+    return found
+
+
+def render(snapshot: Snapshot, previous: Snapshot | None = None) -> str:
     """A `ps`-like table of the server's threads: the syscall each sleeps in, what that waits on (a new
-    connection, one client, many sockets, a lock...), CPU ticks, context switches; per process, the
-    client connections it holds."""
+    connection, one client, many sockets, a lock...), its CPU % since the previous look, CPU ticks,
+    context switches; per process, the client connections it holds."""
+    shares = cpu_percent(previous, snapshot)
     header = (f"{'PID':>6} {'TID':>6}  {'COMM':<15} {'ST':<2}  {'WAITING':<30} {'WAITS ON':<27} "
-              f"{'WCHAN (not graded)':<20} {'TICKS':>6} {'CTXSW vol/invol':>16}")
+              f"{'WCHAN (not graded)':<20} {'CPU%':>6} {'TICKS':>6} {'CTXSW vol/invol':>16}")
     lines = [header]
     for process in snapshot.processes:
         for thread in process.threads:
             ctx = f"{thread.voluntary if thread.voluntary is not None else '?'}/" \
                   f"{thread.nonvoluntary if thread.nonvoluntary is not None else '?'}"
+            share = shares.get((thread.pid, thread.tid))
+            cpu = "new" if share is None and previous is not None else "-" if share is None else f"{share:.1f}"
             # comm is the server's to choose (prctl, pthread_setname_np): shown, never trusted.
             lines.append(f"{thread.pid:>6} {thread.tid:>6}  {printable(thread.comm)[:15]:<15} "
                          f"{printable(thread.state):<2}  {thread.waiting[:30]:<30} {WAIT_WORDS[thread.wait][:27]:<27} "
-                         f"{printable(thread.wchan or '-')[:20]:<20} {thread.ticks:>6} {ctx:>16}")
+                         f"{printable(thread.wchan or '-')[:20]:<20} {cpu:>6} {thread.ticks:>6} {ctx:>16}")
     held = [f"{process.pid}: {process.clients}" for process in snapshot.processes if process.clients]
+    over = f"CPU % over the last {snapshot.time - previous.time:.1f} s; " if previous is not None else ""
     lines.append(f"{snapshot.process_count} process(es), {snapshot.thread_count} thread(s); "
                  + (f"client connections held by process {', '.join(held)}; " if held else "")
-                 + f"architecture {snapshot.machine}")
+                 + over + f"architecture {snapshot.machine}")
     return "\n".join(lines)
+
+
+def refresh_json(previous: Snapshot | None, current: Snapshot, at: float | None = None) -> dict[str, Any]:
+    """One look as JSON (`labctl observe --json`, one object a line): per process and thread, its state,
+    the syscall it is in, what that waits on (a word of WAIT_WORDS and its words), and its CPU % since the
+    previous look (None: a new thread, or no previous look). The server's strings are made printable."""
+    shares = cpu_percent(previous, current)
+    return {
+        "at": at if at is not None else time.time(),
+        "interval": round(current.time - previous.time, 3) if previous is not None else None,
+        "machine": current.machine,
+        "process_count": current.process_count,
+        "thread_count": current.thread_count,
+        "processes": [{
+            "pid": process.pid, "ppid": process.ppid, "comm": printable(process.comm),
+            "cmdline": printable(process.cmdline), "clients": process.clients,
+            "threads": [{
+                "tid": thread.tid, "comm": printable(thread.comm), "state": printable(thread.state),
+                "syscall": thread.syscall if isinstance(thread.syscall, int) else None,
+                "syscall_name": thread.syscall_name, "running": thread.running, "waiting": thread.waiting,
+                "wait": thread.wait, "wait_words": WAIT_WORDS[thread.wait], "wchan": printable(thread.wchan),
+                "cpu_percent": shares.get((thread.pid, thread.tid)), "ticks": thread.ticks,
+                "voluntary": thread.voluntary, "nonvoluntary": thread.nonvoluntary,
+            } for thread in process.threads],
+        } for process in current.processes],
+        "errors": [printable(error) for error in current.errors],
+    }
+
+
+#: Seconds between the first look and the look before it that its CPU % is measured against.
+BASELINE = 1.0
+
+
+def refreshes(lab, observer: str = "observer", interval: float | None = None, count: int | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[Snapshot, Snapshot, float]]:
+    """Looks at the server, each with the one before it and the host's time of it: `count` of them (default:
+    one without `interval`, endless with it), a look every `interval` seconds (a look itself takes a moment:
+    the pause is what is left). The first is measured against a look taken `interval` (or BASELINE)
+    seconds before it, so that every look has its CPU %."""
+    count = count if count is not None else (None if interval else 1)
+    step = interval or BASELINE
+    began = time.monotonic()
+    previous = snapshot(lab, observer)
+    done = 0
+    while count is None or done < count:
+        sleep(max(0.0, began + step - time.monotonic()))
+        began = time.monotonic()
+        current = snapshot(lab, observer)
+        yield previous, current, time.time()
+        done += 1
+        previous = current
 
 
 def snapshot(lab, observer: str = "observer", timeout: float = 15.0) -> Snapshot:

@@ -180,6 +180,11 @@ MULTIPLEXERS = frozenset({"select", "pselect6", "poll", "ppoll", "epoll_wait", "
 ACCEPTS = frozenset({"accept", "accept4"})
 #: Syscalls in which a thread waits for data from one descriptor.
 RECEIVES = frozenset({"read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"})
+#: Syscalls in which a thread sends data on one descriptor.
+SENDS = frozenset({"write", "writev", "pwrite64", "sendto", "sendmsg", "sendmmsg", "sendfile"})
+#: Syscalls that a packet from a client can end: a server asleep in one is woken by the network
+#: (what `labctl trace` links each packet to).
+NETWORK_WAITS = MULTIPLEXERS | ACCEPTS | RECEIVES
 #: Syscalls in which a thread waits for another thread (a lock, a condition, a queue).
 LOCKS = frozenset({"futex", "futex_wait", "futex_waitv"})
 #: Syscalls in which a thread waits for a child to end or for a signal (a master process).

@@ -75,7 +75,8 @@ def parse_stat(text: str) -> dict:
 
 
 def parse_status(text: str) -> dict:
-    """Real uid, thread group id and context switches from /proc/<pid>[/task/<tid>]/status."""
+    """Real uid, thread group id, context switches and the tracer's pid (0: none) from
+    /proc/<pid>[/task/<tid>]/status."""
     found: dict = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -86,6 +87,8 @@ def parse_status(text: str) -> dict:
             found["tgid"] = int(value)
         elif key == "PPid":
             found["ppid"] = int(value)
+        elif key == "TracerPid":
+            found["tracer"] = int(value)
         elif key == "voluntary_ctxt_switches":
             found["voluntary"] = int(value)
         elif key == "nonvoluntary_ctxt_switches":

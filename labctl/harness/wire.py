@@ -104,6 +104,9 @@ class Exchange(TypedDict, total=False):
     skipped: bool
     skip_reason: str
     server_spoke_first: bool        # reset: the server said something before the RST
+    # play_scenario's own keys on each of its exchanges
+    client: int                     # the client's number in the scenario
+    started_at: float               # wall clock when it began to connect
 
 
 class TimedRequest(Exchange, total=False):
@@ -373,6 +376,56 @@ class Impaired(TypedDict, total=False):
     removed: list[str]              # impair_clear: what was taken away
 
 
+# -- labctl trace: the observer's strace, the client's scenario and its packets -------------------
+
+class StraceRun(TypedDict, total=False):
+    """What strace wrote while it held the server's threads (harness/tracer.py's trace_threads)."""
+
+    pids: list[int]                 # the server's processes when the trace began
+    threads: dict[str, list[list[Any]]]  # pid -> [[tid, comm], ...] when the trace began
+    attached_at: float              # wall clock: every thread held from here on
+    attached_threads: int
+    stopped_at: float
+    stopped_by: str                 # "stop" (the host), "time", "size" (max_bytes), "strace-exit", "error"
+    strace_exit: int | None
+    text: str                       # strace -f -ttt -T -yy output, at most max_bytes of it
+    bytes: int                      # how much strace wrote in all
+    truncated: bool
+    strace_messages: str            # strace's own stderr (warnings), its end
+    error: str
+
+
+class TracePacket(TypedDict):
+    """One TCP segment the client's capture saw."""
+
+    time: float                     # the kernel's timestamp of it (wall clock)
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    flags: str                      # "S", "SA", "A", "PA", "FA", "R"...
+    seq: int
+    ack: int
+    length: int                     # payload bytes
+    payload: str                    # its first bytes (latin-1): the server's, when it sent them
+
+
+class ScenarioRun(TypedDict, total=False):
+    """A scenario played by the client, and the packets captured meanwhile (harness/scenarios.py)."""
+
+    scenario: str
+    server: str                     # the server's address
+    port: int
+    client: str | None              # the client's own address
+    began: float                    # wall clock, just before the first connect
+    ended: float                    # wall clock, after the last answer
+    warm_ups: list[dict[str, Any]]  # the requests before the scenario: {connect_began, connected_at, port, error}
+    stamped: bool                   # the last warm-up's packets were stamped by the kernel on their way
+    exchanges: list[Exchange]
+    packets: list[TracePacket]
+    truncated: bool
+
+
 class Failure(TypedDict, total=False):
     """What every command answers when it could not run at all (harness/__main__.py)."""
 
@@ -403,4 +456,8 @@ FACTS: dict[str, str] = {
     "impair_show": "Impaired",
     "impair_clear": "Impaired",
     "impair_reader": "dict",            # nfqueue.hold's counts, in its log when it stops
+
+
+    "trace_threads": "StraceRun",
+    "play_scenario": "ScenarioRun",
 }

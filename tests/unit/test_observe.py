@@ -73,7 +73,7 @@ def test_parse_stat_with_spaces_and_parentheses_in_the_name():
 
 
 def test_parse_status():
-    assert proc.parse_status(STATUS_SERVER) == {"tgid": 7, "ppid": 1, "uid": 1000, "voluntary": 551,
+    assert proc.parse_status(STATUS_SERVER) == {"tgid": 7, "ppid": 1, "uid": 1000, "voluntary": 551, "tracer": 0,
                                                 "nonvoluntary": 120}
 
 
@@ -579,3 +579,58 @@ def test_blocked_in_sets_aside_a_master_and_helpers_but_not_a_lone_sleeper():
     sleeper = same([(7, [(7, "S", NANOSLEEP)])])  # a loop that sleeps between non-blocking tries
     [verdict] = observe.blocked_in(sleeper, ["epoll_wait"])
     assert not verdict.ok and "nanosleep" in verdict.why
+
+
+# -- labctl observe: CPU % between looks, --json ----------------------------------------------------------
+
+def _look(at: float, busy_ticks: int, idle_ticks: int = 3, extra: bool = False) -> dict:
+    """proc_snapshot's answer: a busy thread 8 and an idle main thread 7 (and a thread 9 that is new)."""
+    threads = [{"tid": 7, "comm": "python3", "state": "S", "syscall": 232, "ticks": idle_ticks},
+               {"tid": 8, "comm": "\x1b[2Jspin", "state": "R", "syscall": "running", "ticks": busy_ticks}]
+    if extra:
+        threads.append({"tid": 9, "comm": "python3", "state": "S", "syscall": 202, "ticks": 40})
+    return {"machine": "x86_64", "clk_tck": 100, "time": at,
+            "processes": [{"pid": 7, "ppid": 1, "comm": "python3", "uid": 1000, "cmdline": "python3 server.py",
+                           "ticks": 0, "child_ticks": 0, "threads": threads}]}
+
+
+def test_cpu_percent_is_each_thread_s_ticks_over_the_time_between_two_looks():
+    before = observe.Snapshot.from_json(_look(1000.0, busy_ticks=500))
+    after = observe.Snapshot.from_json(_look(1002.0, busy_ticks=696, extra=True))
+    shares = observe.cpu_percent(before, after)
+    assert shares[(7, 8)] == 98.0 and shares[(7, 7)] == 0.0 and shares[(7, 9)] is None  # 9 is new
+    assert observe.cpu_percent(None, after) == {(7, 7): None, (7, 8): None, (7, 9): None}
+    table = observe.render(after, before)
+    assert "CPU%" in table.splitlines()[0] and "  98.0" in table and "   new" in table and "over the last 2.0 s" in table
+    assert "\x1b" not in table
+
+
+def test_observe_json_is_one_object_a_look_with_each_thread_s_state_wait_and_cpu():
+    before = observe.Snapshot.from_json(_look(1000.0, busy_ticks=500))
+    after = observe.Snapshot.from_json(_look(1001.0, busy_ticks=599))
+    line = json.dumps(observe.refresh_json(before, after, at=1796300000.5))
+    assert "\n" not in line and "\x1b" not in line
+    document = json.loads(line)
+    assert document["interval"] == 1.0 and document["at"] == 1796300000.5 and document["thread_count"] == 2
+    idle, busy = document["processes"][0]["threads"]
+    assert idle == {**idle, "tid": 7, "state": "S", "syscall": 232, "syscall_name": "epoll_wait", "running": False,
+                    "waiting": "asleep in epoll_wait (232)", "cpu_percent": 0.0}
+    assert busy["running"] and busy["wait"] == "runs" and busy["cpu_percent"] == 99.0
+    assert busy["comm"] == "\\x1b[2Jspin"
+
+
+def test_observe_refreshes_measure_the_first_look_against_one_before_it(tmp_path):
+    from tests.unit.fakes import FakeBackend, up_lab
+
+    fake = FakeBackend()
+    lab = up_lab(fake, tmp_path)
+    ticks = iter([100, 150, 250, 350, 450])
+    clock = iter([10.0, 11.0, 12.0, 13.0, 14.0])
+    fake.harness["observer"]["proc_snapshot"] = lambda params: _look(next(clock), busy_ticks=next(ticks))
+    pauses: list[float] = []
+    looks = list(observe.refreshes(lab, "observer", interval=None, count=None, sleep=pauses.append))
+    assert len(looks) == 1 and len(pauses) == 1 and 0 < pauses[0] <= observe.BASELINE  # one look, after a baseline
+    previous, current, _ = looks[0]
+    assert observe.cpu_percent(previous, current)[(7, 8)] == 50.0
+    more = list(observe.refreshes(lab, "observer", interval=0.5, count=2, sleep=pauses.append))
+    assert [observe.cpu_percent(one, two)[(7, 8)] for one, two, _ in more] == [100.0, 100.0]
