@@ -66,7 +66,7 @@ def test_repo_lab_yaml_loads_with_its_values() -> None:
         "injector": ("injector", "tools", ["NET_RAW", "NET_ADMIN"], None, None, None,
                      Limits(cpus=0.5, memory="256m", pids=128, nofile=4096)),
         "observer": ("observer", "tools", ["SYS_PTRACE", "DAC_READ_SEARCH"], None, None, "server",
-                     Limits(cpus=0.25, memory="128m", pids=64, nofile=1024)),
+                     Limits(cpus=0.5, memory="128m", pids=64, nofile=1024)),
     }
     for name, (role, image, capabilities, user, port, watches, limits) in expected.items():
         node = lab.nodes[name]
