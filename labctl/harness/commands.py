@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from harness import agent, concurrency, net, proc, protocol
+from harness import agent, concurrency, load, net, proc, protocol
 
 COMMANDS: dict[str, Callable[..., Any]] = {}
-for _module in (net, protocol, concurrency, proc, agent):
+for _module in (net, protocol, concurrency, load, proc, agent):
     for _name, _function in _module.COMMANDS.items():
         if _name in COMMANDS:
             raise RuntimeError(f"harness command {_name!r} defined twice")
