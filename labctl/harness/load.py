@@ -89,10 +89,10 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
               request_timeout: float = 5.0, connect_timeout: float = 4.0, budget: float = 30.0,
               max_latencies: int = MAX_LATENCIES, max_examples: int = 5) -> LoadStep:
     """`connections` slots at once for `seconds`, each making requests one after the other on fresh
-    connections (HTTP/1.0 GET `path`); the slots start evenly over `ramp` seconds (a burst of SYNs larger
-    than the server's listen backlog would overflow it whenever the server is slow to accept: a verdict on
-    the machine's load, not on the server). `rcvbuf` (bytes, 0: the kernel's default) is each connection's
-    SO_RCVBUF, set before it connects.
+    connections (HTTP/1.0 GET `path`); the slots start evenly over `ramp` seconds, or `interval` if longer (a
+    burst of SYNs larger than the server's listen backlog would overflow it whenever the server is slow to
+    accept: a verdict on the machine's load, not on the server). `rcvbuf` (bytes, 0: the kernel's default)
+    is each connection's SO_RCVBUF until its read_delay is over, set before it connects.
 
     The client's soft nofile limit is raised to its hard limit first; `connections` is clamped (and
     `clamped` says so) when even that leaves fewer than RESERVE descriptors to spare. Everything ends
@@ -288,8 +288,11 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
         else:
             fail(slot, "timeout")
 
+    # The slots' first requests are spread over the ramp, or over one interval if that is longer: paced
+    # clients that all began in the ramp would ask together again at every interval, in bursts.
+    spread = max(ramp, interval)
     for slot in slots:
-        at(t0 + ramp * slot.index / max(1, target), slot, _START)
+        at(t0 + spread * slot.index / max(1, target), slot, _START)
     try:
         while waiting or by_fd:          # timers of requests that are over are stale: they do not count
             now = time.monotonic()
@@ -301,15 +304,15 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
                     fire(slots[index], what)
             wait = min(timers[0][0] - now if timers else 1.0, hard_end - now)
             for fd, events in poller.poll(max(0.0, wait) + _MS if wait > 0 else 0):
-                slot = by_fd.get(fd)
-                if slot is None:
+                ready = by_fd.get(fd)
+                if ready is None:
                     continue
-                if slot.phase == _CONNECTING:
-                    connected(slot)
-                elif slot.phase == _SENDING and events & select.EPOLLOUT:
-                    send(slot)
+                if ready.phase == _CONNECTING:
+                    connected(ready)
+                elif ready.phase == _SENDING and events & select.EPOLLOUT:
+                    send(ready)
                 elif events & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
-                    readable(slot)
+                    readable(ready)
     finally:
         unfinished = sum(1 for slot in slots if slot.sock is not None and not slot.answered)
         for slot in slots:
