@@ -75,7 +75,7 @@ class LoadCurveParams(CheckParams):
         "Requests per second all clients of a step together start at most (each client starts its next request "
         "no sooner than clients/rate seconds after its last began), so the load on the machine stays bounded "
         "at the large steps; null: each client asks again as soon as it has its answer."))
-    p99_growth: float | None = Field(10.0, gt=1, description=(
+    p99_growth: float | None = Field(25.0, gt=1, description=(
         "The most the 99th percentile of latency may grow, as a factor, from the first step to any later one; "
         "null: not judged."))
     max_threads: int | Literal["bounded"] | None = Field(None, description=(
@@ -196,6 +196,11 @@ def step_problems(rows: list[dict[str, Any]], params: LoadCurveParams) -> list[s
     first, last = rows[0], rows[-1]
     at = f"at {_clients(last)}"
     problems = []
+    if (params.p99_growth is not None and len(rows) > 1 and first["p99"] and last["p99"] is not None
+            and last["p99"] > params.p99_growth * first["p99"]):
+        problems.append(f"p99 grew {_times(last['p99'] / first['p99'])} from {_clients(first)} to {last['clients']} "
+                        f"({seconds_text(first['p99'])} -> {seconds_text(last['p99'])}; at most "
+                        f"{params.p99_growth:g}x)")
     if last["answered"] == 0:
         failed = counts_text(last["errors"]) or "none was answered in time"
         problems.append(f"{at} no request got a whole answer ({failed})")
@@ -203,11 +208,6 @@ def step_problems(rows: list[dict[str, Any]], params: LoadCurveParams) -> list[s
         allowed = "none may fail" if params.max_errors == 0 else f"at most {params.max_errors} may"
         problems.append(f"{at} {last['failed']} of {last['answered'] + last['failed']} requests failed "
                         f"({counts_text(last['errors'])}; {allowed})")
-    if (params.p99_growth is not None and len(rows) > 1 and first["p99"] and last["p99"] is not None
-            and last["p99"] > params.p99_growth * first["p99"]):
-        problems.append(f"p99 grew {_times(last['p99'] / first['p99'])} from {_clients(first)} to {last['clients']} "
-                        f"({seconds_text(first['p99'])} -> {seconds_text(last['p99'])}; at most "
-                        f"{params.p99_growth:g}x)")
     if params.max_threads is not None:
         threads = last["threads"]
         if threads is None:
@@ -261,9 +261,12 @@ def judge_load_curve(rows: list[dict[str, Any]], params: LoadCurveParams, notes:
         return Outcome(False, "no step of the load curve ran." + noted, evidence)
     problems = step_problems(rows, params)
     if problems:
-        later = f" (the steps of {', '.join(map(str, not_run))} clients were not run)" if not_run else ""
+        later = ""
+        if not_run:
+            later = (f" (the step of {not_run[0]} clients was not run)" if len(not_run) == 1 else
+                     f" (the steps of {', '.join(map(str, not_run))} clients were not run)")
         message = "; ".join(problems) + f": {diagnosis(rows, params)}{later}"
-        return Outcome(False, message[0].upper() + message[1:] + noted, evidence)
+        return Outcome(False, message + noted, evidence)
     first, last = rows[0], rows[-1]
     p99 = (f"p99 went from {seconds_text(first['p99'])} to {seconds_text(last['p99'])}"
            + (f" ({_times(last['p99'] / first['p99'])}; at most {params.p99_growth:g}x)"

@@ -52,10 +52,10 @@ def test_timed_request_refused_and_timeout():
 
 
 def test_every_harness_command_answers_the_facts_the_wire_names():
-    from labctl.harness import agent, concurrency, net, proc, protocol, wire
+    from labctl.harness import agent, concurrency, load, net, proc, protocol, wire
 
     commands = {}
-    for module in (net, protocol, concurrency, proc, agent):
+    for module in (net, protocol, concurrency, load, proc, agent):
         commands.update(module.COMMANDS)
     assert set(commands) == set(wire.FACTS)
     for name, function in commands.items():
