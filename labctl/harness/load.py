@@ -28,6 +28,7 @@ and a thread per client's do not.
 
 from __future__ import annotations
 
+import collections
 import errno
 import heapq
 import os
@@ -46,9 +47,10 @@ RESERVE = 64
 #: The most latencies a step answers: more are thinned to this many evenly spaced order statistics of the
 #: sorted list (the percentiles stay where they were; the JSON stays small).
 MAX_LATENCIES = 10000
-#: Seconds an answered connection waits for the server to close it (HTTP/1.0) before the client closes it
-#: itself. The side that closes first keeps the connection in TIME_WAIT for a minute: tens of thousands
-#: of requests a minute would use up the client's ports if it were the client.
+#: Seconds an answered connection is kept open for the server to close it (HTTP/1.0) before the client
+#: closes it itself. The side that closes first keeps the connection in TIME_WAIT for a minute: tens of
+#: thousands of requests a minute would use up the client's ports if it were the client. Its slot does
+#: not wait for that: its next request begins at once (the answer's latency is measured already).
 CLOSE_WAIT = 1.0
 #: Seconds a slot waits after a failed request before its next one: a server that is gone (refused at
 #: once) is not hammered in a tight loop.
@@ -63,9 +65,9 @@ DRAIN_RCVBUF = 1 << 18
 _MS = 0.001
 
 # A slot's phases.
-_CONNECTING, _SENDING, _DELAY, _READING, _CLOSING, _IDLE = range(6)
+_CONNECTING, _SENDING, _DELAY, _READING, _IDLE = range(5)
 # What a timer does when it fires.
-_START, _DEADLINE, _READ, _CLOSE = range(4)
+_START, _DEADLINE, _READ = range(3)
 
 
 class _Slot:
@@ -119,6 +121,8 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
     by_fd: dict[int, _Slot] = {}
     timers: list[tuple[float, int, int, int, int]] = []   # (when, order, slot, generation, what)
     poller = select.epoll()
+    closing: dict[int, socket.socket] = {}              # answered connections the server is to close
+    closing_since: collections.deque[tuple[float, int, socket.socket]] = collections.deque()
     slots = [_Slot(index) for index in range(target)]
     t0 = time.monotonic()
     last_answer = t0
@@ -175,11 +179,13 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
                 return
             last_answer = time.monotonic()
             latencies.append(last_answer - slot.began)
-        if response.eof:
-            next_request(slot)
-            return
-        slot.phase = _CLOSING            # answered; the server closes next (see CLOSE_WAIT)
-        at(time.monotonic() + CLOSE_WAIT, slot, _CLOSE)
+        if not response.eof and slot.sock is not None:
+            # Answered; the server closes next: its close is awaited aside (CLOSE_WAIT), the slot goes on.
+            by_fd.pop(slot.fd, None)
+            closing[slot.fd] = slot.sock
+            closing_since.append((time.monotonic(), slot.fd, slot.sock))
+            slot.sock, slot.fd = None, -1
+        next_request(slot)
 
     def start(slot: _Slot) -> None:
         slot.generation += 1
@@ -247,15 +253,8 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
-            if slot.answered:                    # how it ended after the answer is not the answer's
-                next_request(slot)
-            else:
-                fail(slot, client.ending_of(error))
+            fail(slot, client.ending_of(error))
             return
-        if slot.phase == _CLOSING:
-            if not chunk:
-                next_request(slot)
-            return                               # bytes past the answer: ignored, as any client would
         if slot.phase in (_SENDING, _DELAY):
             counts["early"] += 1                 # the connection broke while the client was not reading
             slot.phase = _READING
@@ -286,8 +285,6 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
                     _widen(slot.sock)
                 slot.phase = _READING
                 poller.modify(slot.fd, select.EPOLLIN)
-        elif what == _CLOSE or slot.phase == _CLOSING:
-            next_request(slot)            # answered; the server did not close in time: the client does
         elif slot.phase == _CONNECTING:
             fail(slot, "connect-timeout")
         else:
@@ -313,6 +310,8 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
             for fd, events in poller.poll(max(0.0, wait) + _MS if wait > 0 else 0):
                 ready = by_fd.get(fd)
                 if ready is None:
+                    if fd in closing:
+                        _await_close(closing, fd)
                     continue
                 if ready.phase == _CONNECTING:
                     connected(ready)
@@ -320,7 +319,14 @@ def load_step(host: str, port: int, connections: int = 1, seconds: float = 2.0, 
                     send(ready)
                 elif events & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
                     readable(ready)
+            while closing_since and closing_since[0][0] + CLOSE_WAIT <= now:
+                _, fd, sock = closing_since.popleft()
+                if closing.get(fd) is sock:      # the server did not close it in time: the client does
+                    del closing[fd]
+                    sock.close()
     finally:
+        for sock in closing.values():
+            sock.close()
         unfinished = sum(1 for slot in slots if slot.sock is not None and not slot.answered)
         for slot in slots:
             close(slot)
@@ -347,6 +353,20 @@ def _widen(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_WINDOW_CLAMP", 10), DRAIN_RCVBUF)
     except OSError:
         pass
+
+
+def _await_close(closing: dict[int, socket.socket], fd: int) -> None:
+    """An answered connection became readable: the server's close (or bytes past the answer, ignored)."""
+    sock = closing[fd]
+    try:
+        if sock.recv(65536):
+            return
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        pass
+    del closing[fd]
+    sock.close()
 
 
 def _closed_already(sock: socket.socket) -> bool:
