@@ -191,44 +191,59 @@ def _clients(row: dict[str, Any]) -> str:
     return plural(int(row["clients"]), "client")
 
 
-def step_problems(rows: list[dict[str, Any]], params: LoadCurveParams) -> list[str]:
-    """What is wrong at the last step measured, compared with the first; [] when its shape is still right."""
+Problem = tuple[str, str]   # (kind: "p99", "silent", "errors", "unseen", "threads"; the words)
+
+
+def _problems(rows: list[dict[str, Any]], params: LoadCurveParams) -> list[Problem]:
     first, last = rows[0], rows[-1]
     at = f"at {_clients(last)}"
-    problems = []
+    problems: list[Problem] = []
     if (params.p99_growth is not None and len(rows) > 1 and first["p99"] and last["p99"] is not None
             and last["p99"] > params.p99_growth * first["p99"]):
-        problems.append(f"p99 grew {_times(last['p99'] / first['p99'])} from {_clients(first)} to {last['clients']} "
-                        f"({seconds_text(first['p99'])} -> {seconds_text(last['p99'])}; at most "
-                        f"{params.p99_growth:g}x)")
+        problems.append(("p99", f"p99 grew {_times(last['p99'] / first['p99'])} from {_clients(first)} to "
+                                f"{last['clients']} ({seconds_text(first['p99'])} -> {seconds_text(last['p99'])}; "
+                                f"at most {params.p99_growth:g}x)"))
     if last["answered"] == 0:
         failed = counts_text(last["errors"]) or "none was answered in time"
-        problems.append(f"{at} no request got a whole answer ({failed})")
+        problems.append(("silent", f"{at} no request got a whole answer ({failed})"))
     elif last["failed"] > params.max_errors:
         allowed = "none may fail" if params.max_errors == 0 else f"at most {params.max_errors} may"
-        problems.append(f"{at} {last['failed']} of {last['answered'] + last['failed']} requests failed "
-                        f"({counts_text(last['errors'])}; {allowed})")
+        problems.append(("errors", f"{at} {last['failed']} of {last['answered'] + last['failed']} requests failed "
+                                   f"({counts_text(last['errors'])}; {allowed})"))
     if params.max_threads is not None:
         threads = last["threads"]
         if threads is None:
-            problems.append(f"{at} the observer saw no server process (did the server exit?)")
+            problems.append(("unseen", f"{at} the observer saw no server process (did the server exit?)"))
         elif params.max_threads == "bounded":
             base = first["threads"] or 0
             if len(rows) > 1 and threads > base + params.thread_slack:
-                problems.append(f"the server's threads grew from {base} to {threads} from {_clients(first)} to "
-                                f"{last['clients']} (threads must stay bounded: at most {base} + "
-                                f"{params.thread_slack})")
+                problems.append(("threads", f"the server's threads grew from {base} to {threads} from "
+                                            f"{_clients(first)} to {last['clients']} (threads must stay bounded: "
+                                            f"at most {base} + {params.thread_slack})"))
         elif threads > params.max_threads:
-            problems.append(f"{at} the server had {plural(threads, 'thread')} (at most {params.max_threads})")
+            problems.append(("threads", f"{at} the server had {plural(threads, 'thread')} (at most "
+                                        f"{params.max_threads})"))
     return problems
 
 
-def diagnosis(rows: list[dict[str, Any]], params: LoadCurveParams) -> str:
-    """What the shape says about how the server serves its clients, in words a student can act on."""
+def step_problems(rows: list[dict[str, Any]], params: LoadCurveParams) -> list[str]:
+    """What is wrong at the last step measured, compared with the first; [] when its shape is still right."""
+    return [words for _, words in _problems(rows, params)]
+
+
+def diagnosis(rows: list[dict[str, Any]], params: LoadCurveParams, kinds: set[str] | None = None) -> str:
+    """What the shape says about how the server serves its clients, in words a student can act on (`kinds`:
+    the problems found at the last step; all of them when not given)."""
+    kinds = kinds if kinds is not None else {"p99", "silent", "errors", "unseen", "threads"}
     first, last = rows[0], rows[-1]
-    if params.max_threads is not None and last["threads"] is not None and first["threads"] is not None:
+    if "threads" in kinds and last["threads"] is not None and first["threads"] is not None:
         if last["threads"] >= first["threads"] + max(2, last["clients"] // 2):
             return f"it starts a thread (or a process) per connection. {HINT_THREADS}"
+        if not kinds & {"p99", "errors", "silent"}:
+            return "it runs more threads than the exercise allows."
+    if kinds & {"silent", "unseen"} and not last["answered"]:
+        return ("the server answered none of them: is it still running, and does it answer every request? (its "
+                "log is in the evidence)")
     cpu = last["cpu_percent"]
     if cpu is not None and cpu >= 100 * BUSY_FRACTION:
         return (f"the server used {cpu:.0f}% of a CPU at {_clients(last)}: it is busy, not waiting for its "
@@ -244,6 +259,10 @@ def diagnosis(rows: list[dict[str, Any]], params: LoadCurveParams) -> str:
                     f"requests/s with {_clients(last)}, each taking {seconds_text(params.read_delay)} over its "
                     "answer): a pool of workers that small, or a loop that waits on one client at a time. "
                     + HINT_ONE_AT_A_TIME)
+    if "errors" in kinds and "p99" not in kinds:
+        return ("requests that one client makes alone succeed, and fail when many come at once: look for a listen "
+                "backlog that is too small, a limit that closes the extra connections, or state shared between "
+                "clients without a lock.")
     return ("requests waited longer and longer as clients were added: something in the server is done for one "
             "client at a time.")
 
@@ -259,13 +278,14 @@ def judge_load_curve(rows: list[dict[str, Any]], params: LoadCurveParams, notes:
     noted = "".join(f" Note: {note}." for note in notes)
     if not rows:
         return Outcome(False, "no step of the load curve ran." + noted, evidence)
-    problems = step_problems(rows, params)
+    problems = _problems(rows, params)
     if problems:
         later = ""
         if not_run:
             later = (f" (the step of {not_run[0]} clients was not run)" if len(not_run) == 1 else
                      f" (the steps of {', '.join(map(str, not_run))} clients were not run)")
-        message = "; ".join(problems) + f": {diagnosis(rows, params)}{later}"
+        why = diagnosis(rows, params, {kind for kind, _ in problems})
+        message = "; ".join(words for _, words in problems) + f": {why}{later}"
         return Outcome(False, message + noted, evidence)
     first, last = rows[0], rows[-1]
     p99 = (f"p99 went from {seconds_text(first['p99'])} to {seconds_text(last['p99'])}"

@@ -197,6 +197,10 @@ def test_a_number_of_threads():
     assert judge(POLLING, max_threads=1).passed
     outcome = judge(THREADED, max_threads=16)
     assert not outcome.passed and outcome.message.startswith("at 64 clients the server had 65 threads (at most 16)")
+    assert "a thread (or a process) per connection" in outcome.message
+    pool = judge(POOL, max_threads=4, p99_growth=None)
+    assert not pool.passed and pool.message.startswith(
+        "at 1 client the server had 9 threads (at most 4): it runs more threads than the exercise allows.")
 
 
 def test_a_small_pool_is_named_by_how_many_it_serves_at_once():
@@ -211,14 +215,16 @@ def test_errors_fail_a_step_even_with_flat_latency():
     outcome = judge(recorded)
     assert not outcome.passed
     assert outcome.message.startswith("at 64 clients 4 of 404 requests failed (3 connection reset, 1 closed by "
-                                      "the server; none may fail)")
+                                      "the server; none may fail): requests that one client makes alone succeed, "
+                                      "and fail when many come at once: look for a listen backlog")
     assert judge(recorded, max_errors=4).passed
 
 
 def test_a_server_that_answers_nothing_fails_at_the_first_step():
     outcome = judge([(1, 0, 0, 0, 0, 1, 0.5, {"timeout": 1})] + POLLING[1:])
     assert not outcome.passed
-    assert outcome.message.startswith("at 1 client no request got a whole answer (1 timeout)")
+    assert outcome.message.startswith("at 1 client no request got a whole answer (1 timeout): the server "
+                                      "answered none of them: is it still running")
     assert outcome.evidence["not_run"] == [8, 64, 256]
 
 
