@@ -71,7 +71,7 @@ class LoadCurveParams(CheckParams):
     rcvbuf: int = Field(4096, ge=0, le=1 << 20, description=(
         "The clients' receive buffer (SO_RCVBUF, bytes) until their read_delay is over: small, so the answer "
         "fills the kernel's buffers and the server's send waits. 0: the kernel's default."))
-    rate: float | None = Field(250.0, gt=0, le=100000, description=(
+    rate: float | None = Field(128.0, gt=0, le=100000, description=(
         "Requests per second all clients of a step together start at most (each client starts its next request "
         "no sooner than clients/rate seconds after its last began), so the load on the machine stays bounded "
         "at the large steps; null: each client asks again as soon as it has its answer."))

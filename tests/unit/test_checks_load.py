@@ -290,7 +290,7 @@ def test_the_check_runs_each_step_with_the_observer_watching(fake, lab):
     outcome = run(lab, max_threads="bounded", seconds=0.5)
     assert outcome.passed, outcome.message
     assert [params["connections"] for params in given] == [1, 8, 64, 256]
-    assert given[3]["interval"] == pytest.approx(256 / 250) and given[0]["read_delay"] == 0.25
+    assert given[3]["interval"] == pytest.approx(256 / 128) and given[0]["read_delay"] == 0.25
     assert given[0]["path"] == "/medium.bin" and given[0]["rcvbuf"] == 4096 and given[0]["host"] == lab.server_host
     assert [row["threads"] for row in outcome.evidence["steps"]] == [1, 1, 1, 1]
     assert outcome.evidence["steps"][3]["cpu_percent"] > 0
