@@ -184,7 +184,7 @@ def step_row(asked: int, facts: LoadStep, seen: observe.Sample | None = None,
 # -- judging ---------------------------------------------------------------------------------------------
 
 def _times(value: float) -> str:
-    return f"{value:.0f}x" if value >= 10 else f"{value:.1f}x"
+    return f"{value:.1f}x"
 
 
 def _clients(row: dict[str, Any]) -> str:
