@@ -22,7 +22,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 Format = Literal["svg", "png"]
 
@@ -58,8 +58,14 @@ def plot_load_curve(steps: Sequence[Mapping[str, Any]], fmt: Format = "svg", tit
         xs, ys = _values(steps, key, 1000.0)
         latency.plot(xs, ys, marker="o", color=color, label=f"latency {label}")
     latency.set_ylabel("latency (ms)")
-    if any(_values(steps, "p99", 1000.0)[1]):
+    shown = [value for key in ("p50", "p99") for value in _values(steps, key, 1000.0)[1] if value > 0]
+    if shown and max(shown) >= 4 * min(shown):      # a curve that climbs: factors read best on a log scale
         latency.set_yscale("log")
+        latency.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        latency.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        latency.yaxis.set_minor_formatter(NullFormatter())
+    else:                                            # a flat one looks flat from 0
+        latency.set_ylim(bottom=0, top=max([1.0, *shown]) * 1.3)
     rate = latency.twinx()
     xs, ys = _values(steps, "requests_per_second")
     rate.plot(xs, ys, marker="s", linestyle="--", color=RATE, label="throughput")

@@ -128,3 +128,27 @@ def test_many_latencies_are_thinned_keeping_their_percentiles():
     for q in (50, 90, 99):
         assert abs(percentile(thinned, q) - percentile(values, q)) < 0.002
     assert load._thin(values[:10], 1000) == values[:10]
+
+
+def test_a_server_that_keeps_answered_connections_open_does_not_stall_its_clients():
+    """The close of an answered connection is awaited aside: the client's next request begins at once, and the
+    step ends with its last request, not CLOSE_WAIT later."""
+    def answer_and_linger(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(1024)
+            if not chunk:
+                return
+            data += chunk
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.recv(1)        # until the client closes (CLOSE_WAIT) or goes
+
+    server = ThreadPerClient(answer_and_linger)
+    try:
+        started = time.monotonic()
+        facts = step(server.port, 1, read_delay=0.0, rcvbuf=0, seconds=0.3)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert facts["errors"] == {} and facts["answered"] > 10, facts
+    assert took < 0.3 + load.CLOSE_WAIT / 2
