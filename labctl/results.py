@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 
 #: What an evidence file holds (labctl/evidence): the thread timeline picture of a process check and the samples
 #: it was drawn from; the packets of a network check and its connections as a timing table.
-EvidenceKind = Literal["threads-picture", "threads-samples", "packets", "connections"]
+EvidenceKind = Literal["threads-picture", "threads-samples", "packets", "connections", "load-curve"]
 
 
 class EvidenceFile(BaseModel):

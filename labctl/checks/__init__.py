@@ -136,14 +136,14 @@ def check(name: str, params: type[P], summary: str, default_timeout: float = 30.
 
 
 #: The built-in check modules, in the catalog's order: the network side, then the process side.
-CATALOG_MODULES = ("protocol", "concurrency", "process")
+CATALOG_MODULES = ("protocol", "concurrency", "load", "process")
 
 
 def load_catalog() -> dict[str, CheckDef]:
     """Import the built-in check modules (they register themselves) and return the registry,
     ordered as the catalog is documented: built-in modules in CATALOG_MODULES order, each in
     the order it defines its checks, then instructors' checks."""
-    from labctl.checks import concurrency, process, protocol  # noqa: F401  (they register on import)
+    from labctl.checks import concurrency, load, process, protocol  # noqa: F401  (they register on import)
 
     def rank(item: tuple[int, CheckDef]) -> tuple[int, int]:
         position, definition = item

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labctl.checks import REGISTRY
+from labctl.checks.load import LOAD_CURVE_CHECK
 from labctl.errors import LabctlError
 from labctl.evidence import pcap, timeline
 from labctl.evidence.capture import SNAPLEN, PacketCapture
@@ -149,7 +150,9 @@ class CheckEvidence:
             windows = list(self.windows)
         if windows:
             self._keep_timeline(result, windows, files)
-        elif "threads" in self.proof:
+        if result.check == LOAD_CURVE_CHECK and result.evidence.get("steps"):
+            self._keep_load_curve(result, files)
+        if not windows and "threads" in self.proof:
             self.notes.append("no thread timeline: the check failed before the observer's looks were read")
         if not files and not self.notes:
             return result
@@ -195,6 +198,19 @@ class CheckEvidence:
         self._write("connections", "connections.txt", table.encode(), "text/plain",
                     f"{len(found)} connection{'s' if len(found) != 1 else ''}: connect, first byte, last byte "
                     "and how each one ended", files)
+
+    def _keep_load_curve(self, result: CheckResult, files: list[EvidenceFile]) -> None:
+        """The curve a load_curve check judged: latency, throughput, threads and CPU at each step."""
+        from labctl.load_plot import plot_load_curve
+
+        steps = result.evidence["steps"]
+        try:
+            picture = plot_load_curve(steps, "png", title=f"{self.spec.name}: {WORDS.get(result.status, result.status)}")
+        except Exception as error:  # evidence only: a picture that cannot be drawn never touches the verdict
+            self.notes.append(f"no load curve picture: matplotlib could not draw it ({type(error).__name__}: {error})")
+            return
+        self._write("load-curve", "load-curve.png", picture, "image/png",
+                    f"latency, throughput, threads and CPU at each of {len(steps)} steps of clients at once", files)
 
     def _keep_timeline(self, result: CheckResult, windows: list[tuple[str, Sample]],
                        files: list[EvidenceFile]) -> None:

@@ -192,6 +192,29 @@ class ConcurrentClients(TypedDict, total=False):
     wall_seconds: float
 
 
+class LoadStep(TypedDict, total=False):
+    """One step of a load curve (harness/load.py's load_step): N connections making requests for a while."""
+
+    connections_asked: int
+    connections: int                           # after clamping to the client's nofile limit
+    clamped: bool
+    nofile: Nofile
+    seconds: float                             # the step's length: no request starts after it
+    read_delay: float                          # seconds each client stops reading once its answer has begun
+    interval: float                            # seconds between the starts of one slot's two requests, at least
+    requests: int                              # requests started (connections opened)
+    answered: int                              # whole 200 answers
+    errors: dict[str, int]                     # Ending, Problem or "status N" -> count
+    client_errors: dict[str, int]              # the client's own failures (out of descriptors): not the server's
+    error_examples: list[dict[str, Any]]
+    unfinished: int                            # requests the step's budget cut off
+    syn_retried: int                           # connects that waited for a SYN to be sent again
+    answered_early: int                        # connections that broke before their client read
+    wall_seconds: float                        # from the step's start to its last answer
+    latencies: list[float]                     # of the answered requests, sorted (thinned past MAX_LATENCIES)
+    latencies_thinned: bool
+
+
 class Nofile(TypedDict):
     soft_before: int
     hard: int                                  # -1: unlimited
@@ -446,6 +469,7 @@ FACTS: dict[str, str] = {
     "concurrent_clients": "ConcurrentClients",
     "idle_connections": "IdleConnections",
     "slow_reader": "SlowReader",
+    "load_step": "LoadStep",
     "proc_snapshot": "ProcSnapshot",
     "hold_connections": "Hold",
     "probe": "Probe",

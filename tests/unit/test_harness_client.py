@@ -52,10 +52,10 @@ def test_timed_request_refused_and_timeout():
 
 
 def test_every_harness_command_answers_the_facts_the_wire_names():
-    from labctl.harness import agent, concurrency, impair, net, packets, proc, protocol, scenarios, tracer, wire
+    from labctl.harness import agent, concurrency, impair, load, net, packets, proc, protocol, scenarios, tracer, wire
 
     commands = {}
-    for module in (net, protocol, concurrency, proc, agent, packets, impair, tracer, scenarios):
+    for module in (net, protocol, concurrency, load, proc, agent, packets, impair, tracer, scenarios):
         commands.update(module.COMMANDS)
     assert set(commands) == set(wire.FACTS)
     for name, function in commands.items():

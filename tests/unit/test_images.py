@@ -86,7 +86,7 @@ def test_bootstrap_without_root_says_so(images_dir: Path, monkeypatch):
 def test_images_are_discovered_with_their_parents(images_dir: Path):
     found = images.discover(images_dir)
     assert [(image.name, image.parent, image.packages) for image in found.values()] == [
-        ("base", None, "base"), ("server", "base", None), ("server-c", "server", "server-c"), ("tools", "base", None)]
+        ("base", None, "base"), ("server", "base", None), ("server-c", "server", "server-c"), ("tools", "base", "tools")]
     (images_dir / "server-node").mkdir()
     (images_dir / "server-node" / "Dockerfile").write_text("ARG BASE=labctl-server\nFROM ${BASE}\nRUN true\n")
     own = images_dir.parent / "own"
