@@ -596,8 +596,11 @@ def impair(ctx, lab_id, delay, jitter, loss, rate, clear, node) -> None:
               show_default=True, help="The HTML page to write: the timeline drawn as SVG, self-contained (opens offline).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Also write the trace as JSON to this file ('-': print the JSON instead of the terminal view).")
+@click.option("--load-curve", "with_load", is_flag=True,
+              help="After the trace, measure the load curve (load_curve's steps of 1 to 256 clients: latency, "
+                   "throughput, threads, CPU) and draw it on the page (and in the JSON).")
 @click.pass_context
-def trace(ctx, lab_id, scenario, clients, pieces, pause, output, json_path) -> None:
+def trace(ctx, lab_id, scenario, clients, pieces, pause, output, json_path, with_load) -> None:
     """Trace the server's threads while the client plays a scenario: strace in the observer, the packets
     captured in the client, on one clock.
 
@@ -612,15 +615,27 @@ def trace(ctx, lab_id, scenario, clients, pieces, pause, output, json_path) -> N
     lab = _lab(ctx, lab_id)
     with progress_display("trace") as say:
         recording = record.record(lab, scenario, clients=clients, pieces=pieces, pause=pause, progress=say)
+        load = None
+        if with_load:
+            from labctl.trace.load import measure
+
+            say("the load curve: 1 to 256 clients at once, a few seconds each")
+            load = measure(lab)
     built = timeline.build(recording.strace, recording.scenario)
-    page.write(built, output)
-    data = json.dumps(built.to_json(), indent=1)
+    page.write(built, output, load)
+    document = built.to_json()
+    if load is not None:
+        document["load_curve"] = load.to_json()
+    data = json.dumps(document, indent=1)
     if json_path == "-":
         click.echo(data)
     else:
         if json_path:
             Path(json_path).write_text(data + "\n", encoding="utf-8")
         out.print(terminal.renderable(built))
+        if load is not None:
+            out.print(f"under load: {'would pass' if load.passed else 'would fail'} load_curve: {e(load.verdict)}",
+                      highlight=False)
     written = f"{output}" + (f" and {json_path}" if json_path and json_path != "-" else "")
     err.print(f"wrote {e(written)}", highlight=False)
 

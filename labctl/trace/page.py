@@ -20,9 +20,11 @@ from __future__ import annotations
 import html
 import io
 from pathlib import Path
+from typing import Any
 
 from labctl import __version__, syscalls
 from labctl.trace.links import family, latest_return
+from labctl.trace.load import LoadCurve
 from labctl.trace.packets import PACKET_WORDS
 from labctl.trace.terminal import SLEEPING, asleep_share, latency_words, link_sentence
 from labctl.trace.timeline import Lane, Timeline
@@ -63,13 +65,13 @@ def e(text: object) -> str:
     return html.escape(printable(str(text)))
 
 
-def write(timeline: Timeline, path: Path) -> Path:
-    path.write_text(render(timeline), encoding="utf-8")
+def write(timeline: Timeline, path: Path, load: LoadCurve | None = None) -> Path:
+    path.write_text(render(timeline, load), encoding="utf-8")
     return path
 
 
-def render(timeline: Timeline) -> str:
-    """The whole page."""
+def render(timeline: Timeline, load: LoadCurve | None = None) -> str:
+    """The whole page; with `load` (labctl trace --load-curve), the load curve measured after the trace."""
     processes = len({lane.pid for lane in timeline.lanes})
     parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>labctl trace: {e(timeline.scenario)}</title><style>{STYLE}</style></head><body>",
@@ -85,6 +87,7 @@ def render(timeline: Timeline) -> str:
              *[_svg(timeline, window, f"Zoom: {(window[0] - timeline.began) * 1e3:.3f} to "
                                       f"{(window[1] - timeline.began) * 1e3:.3f} ms")
                for window in bursts(timeline)],
+             *([_load_curve(load)] if load is not None else []),
              "<h2>Threads</h2>", _threads(timeline),
              "<h2>Packets</h2>", _packets(timeline),
              "<h2>Every syscall</h2>", _calls(timeline),
@@ -97,6 +100,26 @@ def render(timeline: Timeline) -> str:
     parts.append(f"<footer><p class=\"mono\">made by labctl {e(__version__)}; this page needs no network</p></footer>"
                  "</body></html>\n")
     return "\n".join(parts)
+
+
+def _load_curve(load: LoadCurve) -> str:
+    """The load curve's section: the check's words, its drawing (matplotlib SVG), its table."""
+    from labctl.load_plot import plot_load_curve
+
+    head = ("<h2>Under load</h2><p>After the trace, with no strace: load_curve's steps (its default limits) on the "
+            f"same server. {'It would pass' if load.passed else 'It would fail'}: {e(load.verdict)}</p>")
+    if not load.steps:
+        return head
+    svg = plot_load_curve(load.steps, "svg", title="load curve").decode("utf-8")
+    def seconds_as_ms(value: Any) -> str:
+        return "" if value is None else f"{float(value) * 1e3:.1f}"
+
+    rows = [[e(step.get("clients")), seconds_as_ms(step.get("p50")), seconds_as_ms(step.get("p99")),
+             e(step.get("requests_per_second")), e(step.get("failed")), e(step.get("threads") or ""),
+             e(step.get("cpu_percent") or "")] for step in load.steps]
+    return head + svg[svg.index("<svg"):] + _table(
+        ["clients at once", "p50 (ms)", "p99 (ms)", "requests/s", "errors", "threads", "CPU %"], rows,
+        numeric=set(range(7)))
 
 
 def ms(timeline: Timeline, at: float | None) -> str:

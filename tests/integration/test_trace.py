@@ -108,7 +108,8 @@ def test_the_threaded_reference_starts_a_thread_per_connection(lab_of):
 def test_labctl_trace_links_the_polling_reference_s_epoll_wait_returns_to_packets(lab_of, tmp_path):
     lab = lab_of("polling")
     page, data = tmp_path / "trace.html", tmp_path / "trace.json"
-    run = labctl("trace", "--lab", lab.id, "--scenario", "slow-client", "-o", str(page), "--json", str(data))
+    run = labctl("trace", "--lab", lab.id, "--scenario", "slow-client", "-o", str(page), "--json", str(data),
+                 "--load-curve")
     assert run.returncode == 0, run.stderr
     assert "What woke the server" in run.stdout and "epoll_wait" in run.stdout
     document = json.loads(data.read_text())
@@ -118,7 +119,11 @@ def test_labctl_trace_links_the_polling_reference_s_epoll_wait_returns_to_packet
     assert len(woken) >= 3 and all(link["latency_us"] > 0 for link in woken)  # three pauses: three wake-ups at least
     assert document["clock_check"]["wrong_order"] == 0 and document["clock_check"]["pairs"] >= 5
     html = page.read_text()
-    assert html.count("<svg") >= 2 and "What woke the server" in html and "<script" not in html
+    assert html.count("<svg") >= 3 and "What woke the server" in html and "<script" not in html
+    # --load-curve: the event loop's curve after the trace, on the page and in the JSON (the check would pass)
+    curve = document["load_curve"]
+    assert [step["clients"] for step in curve["steps"]] == [1, 8, 64, 256] and curve["passed"], curve["verdict"]
+    assert "Under load" in html and "would pass load_curve" in run.stdout
 
 
 def test_observe_json_shows_a_busy_poller_s_thread_using_the_cpu_its_cgroup_counts(lab_of):

@@ -414,3 +414,19 @@ def test_the_harness_halves():
     late = [dict(caught[0], time=10.02), dict(caught[1], time=10.021)]  # stamped when the capture read them
     assert not scenarios._stamps_hold(warm, late, "10.0.0.2", 8080)  # type: ignore[arg-type]
     assert not scenarios._stamps_hold(warm, [dict(caught[0], time=10.003), caught[1]], "10.0.0.2", 8080)  # type: ignore[arg-type]
+
+
+def test_a_load_curve_measured_after_the_trace_is_drawn_on_the_page_and_kept_in_the_json(tmp_path):
+    from labctl.trace.load import LoadCurve
+
+    from .test_checks_load import BLOCKING, rows_of
+
+    load = LoadCurve(rows_of(BLOCKING), "p99 grew 34x from 1 to 64 clients: <b>one at a time</b>", passed=False)
+    built = recorded("threaded-concurrent")
+    html = page.render(built, load)
+    assert "Under load" in html and "It would fail" in html
+    assert html.count("<svg") == 2 + len(page.bursts(built))   # the timelines and the curve
+    assert "&lt;b&gt;one at a time&lt;/b&gt;" in html and "<b>one" not in html
+    document = {**built.to_json(), "load_curve": load.to_json()}
+    jsonschema.validate(document, SCHEMA)
+    assert "Under load" not in page.render(built)
