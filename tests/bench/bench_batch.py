@@ -240,7 +240,12 @@ def main() -> int:
                              "Without serial, nothing is compared.")
     parser.add_argument("--exercises", default="",
                         help="Comma-separated exercise ids (default: every exercise with a validate section).")
+    parser.add_argument("--keep", metavar="DIR", type=Path,
+                        help="Keep the class, every mode's output folders and the logs in DIR (new; default: a "
+                             "temporary folder, removed at the end), to see why a verdict differs.")
     args = parser.parse_args()
+    if args.keep and args.keep.exists():
+        parser.error(f"--keep {args.keep}: exists already (expected a new folder)")
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -269,7 +274,8 @@ def main() -> int:
     for reason in left_out:
         print(f"  left out: {reason}")
 
-    scratch = Path(tempfile.mkdtemp(prefix="labctl-bench-batch-"))
+    scratch = args.keep or Path(tempfile.mkdtemp(prefix="labctl-bench-batch-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     results: dict[str, tuple[float, Verdicts]] = {}
     failed = True
     try:
@@ -289,7 +295,8 @@ def main() -> int:
         failed = False
     finally:
         left = remove_labs(backend, owners)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
         if left:
             print(f"labs left behind and removed: {', '.join(left)}")
             failed = True
@@ -313,4 +320,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:   # the batch, farm and labs are gone by now (main's finally blocks)
+        print("interrupted: nothing left running")
+        sys.exit(130)
