@@ -53,6 +53,7 @@ from labctl.backends.base import (
 )
 from labctl.errors import LabctlError
 from labctl.harness.proc import TREE_ROOT_ENV
+from labctl.pids import alive
 
 STATE_ENV = "LABCTL_STATE_DIR"
 #: The uids a server may be given (systemd's range for dynamic users: no account has one of these).
@@ -84,21 +85,6 @@ def _has_capability(bit: int) -> bool:
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) >> bit & 1)
     return False
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive (a supervisor whose starter has not reaped it yet)
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
@@ -236,7 +222,7 @@ class LocalBackend:
         node = self._node(container)
         if node.get("pid_of"):  # the observer: it sees the process tree of the node it watches
             watched = self._state(node["pid_of"])
-            if watched.get("status") != "running" or not _alive(watched.get("supervisor")):
+            if watched.get("status") != "running" or not alive(watched.get("supervisor")):
                 raise LabctlError(f"cannot start node {container}: the node it watches ({node['pid_of']}) is not running")
             node["env"][TREE_ROOT_ENV] = str(watched["supervisor"])
             _write_private(folder / "plan.json", json.dumps(node))
@@ -270,7 +256,7 @@ class LocalBackend:
         supervisor reaped) and their threads now, from /proc."""
         state = self._state(container)
         supervisor = int(state.get("supervisor") or 0)
-        if state.get("status") != "running" or not _alive(supervisor):
+        if state.get("status") != "running" or not alive(supervisor):
             raise LabctlError(f"node {container} is no longer running")
         ticks, tasks = _ticks(supervisor, children_only=True)
         for pid in local_node.tree(supervisor):
@@ -350,14 +336,14 @@ class LocalBackend:
         except (OSError, ValueError):
             node = {}
         supervisor = int(self._state(container).get("supervisor") or 0)
-        if _alive(supervisor):
+        if alive(supervisor):
             os.kill(supervisor, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE
-            while _alive(supervisor) and time.monotonic() < deadline:
+            while alive(supervisor) and time.monotonic() < deadline:
                 time.sleep(0.02)
         if supervisor:  # the supervisor gone or not, nothing of its tree may stay
             local_node.kill_all(supervisor, node.get("own_uid"))
-            if _alive(supervisor):
+            if alive(supervisor):
                 os.kill(supervisor, signal.SIGKILL)
         if node.get("own_uid") is not None:
             local_node.kill_all(-1, node["own_uid"])
@@ -379,7 +365,7 @@ class LocalBackend:
             state = json.loads((self.root / "nodes" / container / "state.json").read_text())
         except (OSError, ValueError):
             return {"status": "unknown"}
-        if state.get("status") == "running" and not _alive(state.get("supervisor")):
+        if state.get("status") == "running" and not alive(state.get("supervisor")):
             state["status"] = "dead"  # killed from outside (kill -9): its tree may be loose; remove() ends it
         return state
 

@@ -56,6 +56,7 @@ from labctl.batch.job import (
 )
 from labctl.errors import LabctlError
 from labctl.exercise import Exercise
+from labctl.pids import alive
 from labctl.project import Project
 from labctl.spec import LabSpec
 from labctl.untrusted import printable
@@ -124,22 +125,12 @@ def remove_left_labs(project: Project, pids: set[int]) -> int:
         found += [info.labels for info in backend.find_networks(wanted)]
         labs = {labels[LABEL_LAB] for labels in found
                 if labels.get(LABEL_PID, "").isdigit() and int(labels[LABEL_PID]) in pids
-                and not _alive(int(labels[LABEL_PID])) and labels.get(LABEL_LAB)}
+                and not alive(int(labels[LABEL_PID]), labctl_only=True) and labels.get(LABEL_LAB)}
         for lab in sorted(labs):
             backend.remove({LABEL_LAB: lab})
     except LabctlError:
         return 0  # the engine is gone: nothing can be found, nor was anything left that it still runs
     return len(labs)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_executor(project: Project, exercise: Exercise, fingerprint: str, jobs: int | None, farm: str | None,

@@ -51,6 +51,7 @@ from labctl.batch.job import (
 from labctl.errors import InfrastructureError, LabctlError
 from labctl.interrupts import ignore_interrupts
 from labctl.lab import LABEL_HOST, LABEL_LAB, LABEL_OWNER, LABEL_PID
+from labctl.pids import alive
 from labctl.project import Project
 
 #: The owner label of every lab a farm worker's gradings make: `labctl-farm:<worker name>`. Orphans are
@@ -159,20 +160,6 @@ async def stop_gradings(keys: list[str]) -> int:
 
 # -- orphans ------------------------------------------------------------------------------------------
 
-def process_alive(pid: int) -> bool:
-    """A process with this pid exists and is a labctl (a pid reused by another program is no grading)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        return b"labctl" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc to tell: alive, so nothing of a live grading is removed
-
-
 def remove_orphans(backend: Backend, host: str | None = None) -> list[str]:
     """Remove the labs of farm gradings on this host whose grading process is gone (a worker and its child
     killed -9 together leave their lab behind), found by label: owner `labctl-farm:...`, `labctl.host` this
@@ -187,7 +174,7 @@ def remove_orphans(backend: Backend, host: str | None = None) -> list[str]:
     for lab_id, seen in sorted(labels.items()):
         pid = seen.get(LABEL_PID, "")
         if (lab_id and seen.get(LABEL_OWNER, "").startswith(FARM_OWNER + ":") and seen.get(LABEL_HOST) == host
-                and pid.isdigit() and not process_alive(int(pid))):
+                and pid.isdigit() and not alive(int(pid), labctl_only=True)):
             backend.remove({LABEL_LAB: lab_id})
             orphans.append(lab_id)
     return orphans
@@ -199,7 +186,7 @@ def remove_stale_scratch(base: Path | None = None) -> list[Path]:
     removed = []
     for folder in sorted(base.glob(SCRATCH_PREFIX + "*")):
         pid = folder.name[len(SCRATCH_PREFIX):]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid), labctl_only=True):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

@@ -17,11 +17,11 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.errors import LabctlError
+from labctl.files import replace_whole
 from labctl.results import EvidenceFile, EvidenceKind
 
 #: The most bytes of one evidence file (a pcap slice, a picture, the samples).
@@ -96,7 +96,7 @@ class EvidenceFolder:
             raise Full(f"{description}: the grading's evidence cap of {self.per_grading} bytes was reached")
         name = f"{index:02d}-{slug(check)}.{suffix}"
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_whole(self.path / name, data)
+        replace_whole(self.path / name, data)
         self.used += len(data)
         entry = EvidenceFile(kind=kind, path=name, media_type=media_type, bytes=len(data), description=description)
         self.files.append({"check": check, **entry.model_dump()})
@@ -108,7 +108,7 @@ class EvidenceFolder:
             return
         manifest = {"about": "labctl grade --evidence: what proves each failed check", "files": self.files,
                     "bytes": self.used, "caps": {"per_file": self.per_file, "per_grading": self.per_grading}}
-        _write_whole(self.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        replace_whole(self.path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def _existing_parent(path: Path) -> Path:
@@ -116,16 +116,3 @@ def _existing_parent(path: Path) -> Path:
         if parent.exists():
             return parent
     return Path("/")
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise

@@ -5,14 +5,12 @@ Nothing here knows a format; each renderer decides what to show and where.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from labctl.files import replace_whole
 from labctl.results import CheckResult, GradeReport
 from labctl.untrusted import neutralize, printable_all, shown  # noqa: F401  (the renderers' one text filter)
 
@@ -191,13 +189,4 @@ def write_text(path: Path, text: str, *, append: bool = False) -> None:
         with open(path, "a" if append else "w", encoding="utf-8") as handle:
             handle.write(text)
         return
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    replace_whole(path, text.encode("utf-8"))

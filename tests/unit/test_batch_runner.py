@@ -9,6 +9,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,8 +247,11 @@ def test_labs_of_gradings_that_are_gone_are_removed_and_no_other(tmp_path):
     fake.harness["client"]["wait_listening"] = lambda params: {"listening": True}
     ended = subprocess.Popen(["true"])
     ended.wait()
+    # A grading that still runs: a live process whose command line says labctl (a pid the kernel gave again
+    # to another program is no grading, and its lab an orphan: labctl.pids.alive(labctl_only=True)).
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "labctl-grade"])
     labs = {name: up_lab(fake, tmp_path / name, name=name) for name in ("ours", "alive", "other")}
-    pids = {"ours": ended.pid, "alive": os.getpid(), "other": ended.pid}
+    pids = {"ours": ended.pid, "alive": running.pid, "other": ended.pid}
     for name, lab in labs.items():
         for container in fake.containers.values():
             if container.plan.labels.get("labctl.lab") == lab.id:
@@ -255,10 +259,14 @@ def test_labs_of_gradings_that_are_gone_are_removed_and_no_other(tmp_path):
                 container.plan.labels[LABEL_OWNER] = "someone-else" if name == "other" else current_owner()
     project = Project(ROOT, fake)
     assert all(info.labels[LABEL_HOST] for info in fake.find_containers({LABEL_OWNER: ""}))
-    assert runner.remove_left_labs(project, {ended.pid, os.getpid()}) == 1
-    left = {info.labels["labctl.lab"] for info in fake.find_containers({"labctl.lab": ""})}
-    assert left == {labs["alive"].id, labs["other"].id}
-    assert runner.remove_left_labs(project, set()) == 0
+    try:
+        assert runner.remove_left_labs(project, {ended.pid, running.pid}) == 1
+        left = {info.labels["labctl.lab"] for info in fake.find_containers({"labctl.lab": ""})}
+        assert left == {labs["alive"].id, labs["other"].id}
+        assert runner.remove_left_labs(project, set()) == 0
+    finally:
+        running.kill()
+        running.wait()
 
 
 # -- the command ----------------------------------------------------------------------------------------
