@@ -7,15 +7,22 @@ import threading
 from collections.abc import Callable
 
 
+def read_request(conn: socket.socket) -> bytes | None:
+    """A request's head, read to its blank line; None when the client closed before it ended."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(1024)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 def answer_with(body: bytes) -> Callable[[socket.socket], None]:
     """A handler that reads a whole request and answers 200 with `body`."""
     def handle(conn: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(1024)
-            if not chunk:
-                return
-            data += chunk
+        if read_request(conn) is None:
+            return
         conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     return handle

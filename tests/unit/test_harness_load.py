@@ -10,7 +10,7 @@ import time
 
 from labctl.checks.concurrency import percentile
 from labctl.harness import load
-from unit.loopback import LocalServer
+from unit.loopback import LocalServer, read_request
 
 BODY = bytes(range(256)) * 1024          # 256 KiB: more than the kernel's buffers hold with the ones set here
 
@@ -19,12 +19,9 @@ def answer_slowly_taken(conn: socket.socket) -> None:
     """Read a request, answer BODY with a blocking sendall through a small send buffer (loopback's own are
     large enough to hold all of it, which a lab's network interface's are not)."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(1024)
-        if not chunk:
-            return
-        data += chunk
+    data = read_request(conn)
+    if data is None:
+        return
     if b" /missing " in data:
         conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         return
@@ -134,12 +131,8 @@ def test_a_server_that_keeps_answered_connections_open_does_not_stall_its_client
     """The close of an answered connection is awaited aside: the client's next request begins at once, and the
     step ends with its last request, not CLOSE_WAIT later."""
     def answer_and_linger(conn: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(1024)
-            if not chunk:
-                return
-            data += chunk
+        if read_request(conn) is None:
+            return
         conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
         conn.recv(1)        # until the client closes (CLOSE_WAIT) or goes
 
